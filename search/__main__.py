@@ -1,0 +1,165 @@
+"""The CLI: python -m search TAG PHRASE [--top N] [--offset K] [--candidates M] [--json] [--grid FILE]
+
+Exit codes: 0 found; 2 bad input or settings; 3 Pixabay refused or failed;
+4 rate limited; 5 nothing found (no hits, or no image readable); 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .config import Settings
+from .errors import (
+    AllImagesFailed,
+    ConfigError,
+    ImageSkipped,
+    InvalidQuery,
+    ModelLoadError,
+    NoResults,
+    PixabayError,
+    RateLimited,
+    SearchError,
+)
+from .grid import contact_sheet
+from .pixabay import COLORS, IMAGE_TYPES, ORDERS, ORIENTATIONS, Filters
+from .service import SearchResult, SearchService
+
+EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (InvalidQuery, 2), (ConfigError, 2), (ModelLoadError, 2), (RateLimited, 4),
+    (PixabayError, 3), (NoResults, 5), (AllImagesFailed, 5), (SearchError, 1),
+)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m search",
+                                description="Rank Pixabay images for TAG by similarity to PHRASE.")
+    p.add_argument("tag", help="the Pixabay tag that fetches candidates, e.g. tiger")
+    p.add_argument("phrase", help='what the picture shows, e.g. "tiger playing in the snow"')
+    p.add_argument("--top", type=int, default=5, help="hits to show (1-50, default 5)")
+    p.add_argument("--offset", type=int, default=0, help="skip this many ranks (paging)")
+    p.add_argument("--candidates", type=int, default=None,
+                   help="Pixabay candidates to rank (1-500, default SEARCH_CANDIDATES)")
+    p.add_argument("--image-type", choices=IMAGE_TYPES, default="all")
+    p.add_argument("--orientation", choices=ORIENTATIONS, default="all")
+    p.add_argument("--colors", default="", help=f"comma list of: {', '.join(COLORS)}")
+    p.add_argument("--order", choices=ORDERS, default="popular")
+    p.add_argument("--no-safesearch", action="store_true", help="include images unsuitable "
+                   "for all ages")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--grid", type=Path, metavar="FILE.png",
+                   help="write a contact sheet of the hits")
+    p.add_argument("-v", "--verbose", action="store_true", help="log skipped images and retries")
+    return p.parse_args(argv)
+
+
+def to_json(result: SearchResult) -> dict:
+    return {
+        "tag": result.tag,
+        "phrase": result.phrase,
+        "candidates": result.candidates,
+        "hits": [
+            {"rank": h.rank, "id": h.hit.id, "score": round(h.score, 6),
+             "page_url": h.hit.page_url, "image_url": h.hit.image_url,
+             "preview_url": h.hit.preview_url, "tags": list(h.hit.tags), "user": h.hit.user}
+            for h in result.hits
+        ],
+        "timings": {k: round(v, 1) for k, v in result.timings.items()},
+        "skipped": result.skipped,
+        "truncated": result.truncated,
+        "cached": result.cached,
+    }
+
+
+def to_table(result: SearchResult) -> str:
+    lines = [f"{'rank':>4}  {'score':>5}  {'id':>9}  {'tags':<32}  page"]
+    for h in result.hits:
+        tags = ", ".join(h.hit.tags)[:32]
+        lines.append(f"{h.rank:>4}  {h.display:>5.1f}  {h.hit.id:>9}  {tags:<32}  {h.hit.page_url}")
+    t = result.timings
+    stages = "  ".join(f"{k} {t[k]:.0f} ms" for k in ("api", "download", "decode", "encode",
+                                                       "rank", "total") if k in t)
+    skipped = sum(result.skipped.values())
+    lines.append(f"{result.candidates} candidates ranked"
+                 + (f", {skipped} skipped ({_reasons(result.skipped)})" if skipped else "")
+                 + (", from cache" if result.cached else "") + f"; {stages}")
+    if result.truncated:
+        lines.append("note: the phrase was longer than the model reads; its end was ignored.")
+    lines.append("Images from Pixabay (https://pixabay.com).")
+    return "\n".join(lines)
+
+
+def _reasons(skipped: dict[str, int]) -> str:
+    return ", ".join(f"{n} {r}" for r, n in sorted(skipped.items()))
+
+
+async def write_grid(service: SearchService, result: SearchResult, path: Path) -> int:
+    async def load(url: str):
+        try:
+            return await service.fetcher.decode(await service.fetcher.fetch(url))
+        except ImageSkipped:
+            return None
+
+    images = await asyncio.gather(*(load(h.hit.variant_url(340)) for h in result.hits))
+    labels = [f"#{h.rank}  {h.display:.1f}" for h in result.hits]
+    sheet = contact_sheet(images, labels)
+    await asyncio.to_thread(sheet.save, path, "PNG")
+    return len(labels)
+
+
+async def run(args: argparse.Namespace, settings: Settings) -> SearchResult:
+    colors = tuple(c.strip() for c in args.colors.split(",") if c.strip())
+    filters = Filters(image_type=args.image_type, orientation=args.orientation, colors=colors,
+                      order=args.order, safesearch=not args.no_safesearch)
+    bar = None
+    progress = None
+    if sys.stdout.isatty() and not args.json:
+        from tqdm import tqdm
+
+        def progress(stage: str, done: int, total: int) -> None:
+            nonlocal bar
+            if bar is None:
+                bar = tqdm(total=total, desc="download + encode", unit="img", leave=False)
+            bar.update(done - bar.n)
+
+    async with SearchService.open(settings) as service:
+        try:
+            result = await service.find(args.tag, args.phrase, top=args.top, offset=args.offset,
+                                        candidates=args.candidates, filters=filters,
+                                        progress=progress)
+        finally:
+            if bar is not None:
+                bar.close()
+        if args.grid:
+            await write_grid(service, result, args.grid)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.load()
+        result = asyncio.run(run(args, settings))
+    except SearchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return next(code for kind, code in EXIT_CODES if isinstance(e, kind))
+    except KeyboardInterrupt:
+        print("error: interrupted.", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(to_json(result)))
+    else:
+        print(to_table(result))
+        if args.grid:
+            print(f"wrote {args.grid}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""One frozen Settings object, read from the environment and then `.env`.
+
+Nothing else in the project reads ``os.environ``. A value in the environment wins
+over the same name in `.env`. Every invalid value becomes a ``ConfigError`` whose
+sentence names the variable and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from dotenv import dotenv_values
+from yarl import URL
+
+from .errors import ConfigError
+
+DEFAULT_MODEL = "ViT-B-32-256"
+DEFAULT_PRETRAINED = "datacomp_s34b_b86k"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+IMAGE_VARIANTS = (180, 340, 640, 960)
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Settings:
+    discord_token: str | None = field(default=None, repr=False)
+    discord_guild_id: int | None = None
+    discord_api_base: str = "https://discord.com/api/v10"
+    discord_gateway_url: str = "wss://gateway.discord.gg/"
+    pixabay_api_key: str | None = field(default=None, repr=False)
+    pixabay_api_url: str = "https://pixabay.com/api/"
+    pixabay_rate_limit: int = 100
+    image_hosts: tuple[str, ...] = ("pixabay.com", "cdn.pixabay.com")
+    image_variant: int = 340
+    clip_model: str = DEFAULT_MODEL
+    clip_pretrained: str | None = DEFAULT_PRETRAINED
+    clip_device: str = "auto"
+    data_dir: Path = Path("./data")
+    search_candidates: int = 200
+    max_concurrent_searches: int = 4
+    user_cooldown_seconds: float = 10.0
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
+             ) -> Settings:
+        """Read settings: ``environ`` (default ``os.environ``) first, then ``env_file``."""
+        values: dict[str, str] = {}
+        if env_file is not None and Path(env_file).is_file():
+            values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        values.update(os.environ if environ is None else environ)
+        return cls.from_mapping(values)
+
+    @classmethod
+    def from_mapping(cls, env: Mapping[str, str]) -> Settings:
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            if value is None:
+                return None
+            value = value.strip()
+            return value or None
+
+        kw: dict[str, object] = {}
+        kw["discord_token"] = get("DISCORD_TOKEN")
+        kw["pixabay_api_key"] = get("PIXABAY_API_KEY")
+        if (raw := get("DISCORD_GUILD_ID")) is not None:
+            if not raw.isdigit():
+                raise ConfigError(f"DISCORD_GUILD_ID must be a numeric server id, not '{raw}'.")
+            kw["discord_guild_id"] = int(raw)
+        if (raw := get("DISCORD_API_BASE")) is not None:
+            kw["discord_api_base"] = _url("DISCORD_API_BASE", raw, ("http", "https")).rstrip("/")
+        if (raw := get("DISCORD_GATEWAY_URL")) is not None:
+            kw["discord_gateway_url"] = _url("DISCORD_GATEWAY_URL", raw, ("ws", "wss"))
+        if (raw := get("PIXABAY_API_URL")) is not None:
+            kw["pixabay_api_url"] = _url("PIXABAY_API_URL", raw, ("http", "https"))
+        if (raw := get("PIXABAY_RATE_LIMIT")) is not None:
+            kw["pixabay_rate_limit"] = _int("PIXABAY_RATE_LIMIT", raw, 1, 100)
+        if (raw := get("IMAGE_HOSTS")) is not None:
+            kw["image_hosts"] = _hosts(raw)
+        if (raw := get("IMAGE_VARIANT")) is not None:
+            if not raw.isdigit() or int(raw) not in IMAGE_VARIANTS:
+                allowed = ", ".join(map(str, IMAGE_VARIANTS))
+                raise ConfigError(f"IMAGE_VARIANT must be one of {allowed}, not '{raw}'.")
+            kw["image_variant"] = int(raw)
+        if (raw := get("CLIP_DEVICE")) is not None:
+            if raw not in DEVICES and not (raw.startswith("cuda:") and raw[5:].isdigit()):
+                raise ConfigError(f"CLIP_DEVICE must be auto, cpu, cuda or cuda:N, not '{raw}'.")
+            kw["clip_device"] = raw
+        model = get("CLIP_MODEL")
+        pretrained = get("CLIP_PRETRAINED")
+        if model is not None:
+            kw["clip_model"] = model
+            kw["clip_pretrained"] = pretrained
+        elif pretrained is not None:
+            kw["clip_pretrained"] = pretrained
+        if (raw := get("DATA_DIR")) is not None:
+            kw["data_dir"] = Path(raw)
+        if (raw := get("SEARCH_CANDIDATES")) is not None:
+            kw["search_candidates"] = _int("SEARCH_CANDIDATES", raw, 1, 500)
+        if (raw := get("MAX_CONCURRENT_SEARCHES")) is not None:
+            kw["max_concurrent_searches"] = _int("MAX_CONCURRENT_SEARCHES", raw, 1, 64)
+        if (raw := get("USER_COOLDOWN_SECONDS")) is not None:
+            kw["user_cooldown_seconds"] = float(_int("USER_COOLDOWN_SECONDS", raw, 0, 3600))
+        settings = cls(**kw)  # type: ignore[arg-type]
+        settings.check_model()
+        return settings
+
+    def replace(self, **changes: object) -> Settings:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data.update(changes)
+        return type(self)(**data)  # type: ignore[arg-type]
+
+    def check_model(self) -> None:
+        """Check CLIP_MODEL / CLIP_PRETRAINED without loading any weights."""
+        model, pretrained = self.clip_model, self.clip_pretrained
+        if model.startswith("local-dir:"):
+            path = Path(model[len("local-dir:"):])
+            if not (path / "open_clip_config.json").is_file():
+                raise ConfigError(
+                    f"CLIP_MODEL points at '{path}', which has no open_clip_config.json; "
+                    "use a folder saved by open_clip."
+                )
+            return
+        if model.startswith("hf-hub:"):
+            repo = model[len("hf-hub:"):]
+            if repo.count("/") != 1 or not all(repo.split("/")):
+                raise ConfigError(f"CLIP_MODEL must be hf-hub:org/repo, not '{model}'.")
+            return
+        import open_clip  # deferred: importing torch is slow and only needed here
+
+        if model not in open_clip.list_models():
+            raise ConfigError(
+                f"CLIP_MODEL '{model}' is not an open_clip model; use a name from "
+                "open_clip.list_models(), hf-hub:org/repo or local-dir:/path."
+            )
+        if pretrained is None:
+            raise ConfigError(f"CLIP_PRETRAINED must be set for CLIP_MODEL '{model}'.")
+        tags = open_clip.list_pretrained_tags_by_model(model)
+        if pretrained not in tags and not Path(pretrained).is_file():
+            allowed = ", ".join(tags) or "a weights file"
+            raise ConfigError(
+                f"CLIP_PRETRAINED '{pretrained}' does not fit CLIP_MODEL '{model}'; "
+                f"use one of: {allowed}, or a weights file."
+            )
+
+    def require(self, *names: str) -> None:
+        """Raise ConfigError for the first of ``names`` (env names) that is unset."""
+        for name in names:
+            if not getattr(self, name.lower()):
+                raise ConfigError(
+                    f"{name} is not set; put it in the environment or in .env "
+                    "(see .env.example)."
+                )
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "search.sqlite3"
+
+
+def _url(name: str, raw: str, schemes: tuple[str, ...]) -> str:
+    try:
+        url = URL(raw)
+    except (ValueError, TypeError):
+        url = None
+    if url is None or url.scheme not in schemes or not url.host:
+        allowed = " or ".join(f"{s}://" for s in schemes)
+        raise ConfigError(f"{name} must be a URL starting with {allowed} and a host, not '{raw}'.")
+    return raw
+
+
+def _int(name: str, raw: str, lo: int, hi: int) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or not lo <= value <= hi:
+        raise ConfigError(f"{name} must be a whole number from {lo} to {hi}, not '{raw}'.")
+    return value
+
+
+def _hosts(raw: str) -> tuple[str, ...]:
+    hosts = tuple(h.strip().lower() for h in raw.split(",") if h.strip())
+    for host in hosts:
+        if any(c in host for c in "/ @?#") or (":" in host and host not in LOOPBACK_HOSTS):
+            raise ConfigError(
+                f"IMAGE_HOSTS must be a comma list of host names such as cdn.pixabay.com, "
+                f"not '{host}'."
+            )
+    if not hosts:
+        raise ConfigError("IMAGE_HOSTS must name at least one host, such as cdn.pixabay.com.")
+    return hosts

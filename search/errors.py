@@ -1,0 +1,79 @@
+"""Typed errors. ``str(error)`` is the one sentence a user sees, in Discord or on stderr."""
+
+from __future__ import annotations
+
+
+class SearchError(Exception):
+    """Base of every error that the engine raises on purpose."""
+
+
+class ConfigError(SearchError):
+    """A setting is missing or invalid; the sentence names the variable and what is allowed."""
+
+
+class InvalidQuery(SearchError):
+    """The tag or the phrase cannot be searched (empty, too long)."""
+
+
+class PixabayError(SearchError):
+    """Pixabay refused or failed the search."""
+
+
+class InvalidApiKey(PixabayError):
+    def __init__(self, detail: str = "") -> None:
+        self.detail = detail
+        super().__init__("Pixabay rejected the API key; check PIXABAY_API_KEY.")
+
+
+class PixabayRejected(PixabayError):
+    """A 400 other than the key; carries Pixabay's own text."""
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(f"Pixabay refused the search: {detail}")
+
+
+class RateLimited(PixabayError):
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = max(1.0, float(retry_after))
+        super().__init__(
+            f"Pixabay's rate limit is reached; try again in {int(self.retry_after + 0.999)} s."
+        )
+
+
+class PixabayUnavailable(PixabayError):
+    def __init__(self, why: str) -> None:
+        self.why = why
+        super().__init__(f"Pixabay is not answering right now ({why}); try again in a minute.")
+
+
+class MalformedResponse(PixabayError):
+    def __init__(self) -> None:
+        super().__init__("Pixabay sent a response that could not be read; try again in a minute.")
+
+
+class NoResults(SearchError):
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        super().__init__(f"Pixabay has no images tagged '{tag}'; try a broader tag.")
+
+
+class AllImagesFailed(SearchError):
+    def __init__(self, count: int, reasons: dict[str, int]) -> None:
+        self.count = count
+        self.reasons = dict(reasons)
+        why = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))
+        super().__init__(f"None of the {count} images could be downloaded or read ({why}).")
+
+
+class ImageSkipped(SearchError):
+    """One image was skipped; ``reason`` is a short label used in counts and logs."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"skipped: {reason}" + (f" ({detail})" if detail else ""))
+
+
+class ModelLoadError(SearchError):
+    """The CLIP model could not be loaded."""

@@ -1,0 +1,360 @@
+"""The retriever: a Pixabay API client on one shared aiohttp session.
+
+It pages with ``per_page=200``, caches every page for 24 hours (Pixabay's terms),
+keeps its own budget of requests per window so it never sends a request it knows
+will be refused, and maps every failure to a typed error. The API key travels as a
+query parameter, so full request URLs are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+
+import aiohttp
+
+from .errors import (
+    InvalidApiKey,
+    InvalidQuery,
+    MalformedResponse,
+    PixabayRejected,
+    PixabayUnavailable,
+    RateLimited,
+)
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+PROVIDER = "pixabay"
+PER_PAGE = 200
+MAX_REACHABLE = 500  # Pixabay returns at most 500 hits per query
+MAX_QUERY_CHARS = 100
+
+IMAGE_TYPES = ("all", "photo", "illustration", "vector")
+ORIENTATIONS = ("all", "horizontal", "vertical")
+CATEGORIES = ("backgrounds", "fashion", "nature", "science", "education", "feelings", "health",
+              "people", "religion", "places", "animals", "industry", "computer", "food",
+              "sports", "transportation", "travel", "buildings", "business", "music")
+COLORS = ("grayscale", "transparent", "red", "orange", "yellow", "green", "turquoise", "blue",
+          "lilac", "pink", "white", "gray", "black", "brown")
+ORDERS = ("popular", "latest")
+LANGS = ("cs", "da", "de", "en", "es", "fr", "id", "it", "hu", "nl", "no", "pl", "pt", "ro",
+         "sk", "fi", "sv", "tr", "vi", "th", "bg", "ru", "el", "ja", "ko", "zh")
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise InvalidQuery(f"{name} must be one of {', '.join(allowed)}, not '{value}'.")
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Pixabay's documented filters, typed and checked before any call."""
+
+    image_type: str = "all"
+    orientation: str = "all"
+    category: str | None = None
+    colors: tuple[str, ...] = ()
+    min_width: int = 0
+    min_height: int = 0
+    editors_choice: bool = False
+    order: str = "popular"
+    lang: str = "en"
+    safesearch: bool = True
+
+    def __post_init__(self) -> None:
+        _choice("image_type", self.image_type, IMAGE_TYPES)
+        _choice("orientation", self.orientation, ORIENTATIONS)
+        if self.category is not None:
+            _choice("category", self.category, CATEGORIES)
+        for colour in self.colors:
+            _choice("colors", colour, COLORS)
+        _choice("order", self.order, ORDERS)
+        _choice("lang", self.lang, LANGS)
+        for name in ("min_width", "min_height"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 0 <= value <= 100_000:
+                raise InvalidQuery(f"{name} must be a whole number of pixels from 0 to 100000.")
+
+    def params(self) -> dict[str, str]:
+        p = {
+            "image_type": self.image_type,
+            "orientation": self.orientation,
+            "min_width": str(self.min_width),
+            "min_height": str(self.min_height),
+            "editors_choice": "true" if self.editors_choice else "false",
+            "order": self.order,
+            "lang": self.lang,
+            "safesearch": "true" if self.safesearch else "false",
+        }
+        if self.category:
+            p["category"] = self.category
+        if self.colors:
+            p["colors"] = ",".join(sorted(set(self.colors)))
+        return p
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["colors"] = list(self.colors)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Filters:
+        d = dict(d)
+        d["colors"] = tuple(d.get("colors") or ())
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One Pixabay image, with only the fields we use; unknown fields are dropped."""
+
+    id: int
+    page_url: str
+    image_url: str
+    preview_url: str = ""
+    large_url: str = ""
+    tags: tuple[str, ...] = ()
+    user: str = "unknown"
+    user_id: int = 0
+    width: int = 0
+    height: int = 0
+    image_size: int = 0
+
+    @property
+    def user_page_url(self) -> str:
+        return f"https://pixabay.com/users/{self.user}-{self.user_id}/"
+
+    def variant_url(self, size: int) -> str:
+        """The webformat URL at another size: Pixabay serves _180, _340, _640 and _960."""
+        return self.image_url.replace("_640.", f"_{size}.") if size != 640 else self.image_url
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["tags"] = list(self.tags)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Hit:
+        d = dict(d)
+        d["tags"] = tuple(d.get("tags") or ())
+        return cls(**d)
+
+    @classmethod
+    def from_api(cls, raw: Mapping) -> Hit | None:
+        """Build a Hit from an API hit; None when it lacks an id or an image URL."""
+        try:
+            image_id = int(raw["id"])
+            image_url = str(raw.get("webformatURL") or raw.get("largeImageURL") or "")
+        except (KeyError, TypeError, ValueError):
+            return None
+        if not image_url:
+            return None
+        tags = tuple(t.strip() for t in str(raw.get("tags") or "").split(",") if t.strip())
+
+        def num(name: str) -> int:
+            try:
+                return int(raw.get(name) or 0)
+            except (TypeError, ValueError):
+                return 0
+
+        return cls(
+            id=image_id,
+            page_url=str(raw.get("pageURL") or f"https://pixabay.com/photos/id-{image_id}/"),
+            image_url=image_url,
+            preview_url=str(raw.get("previewURL") or ""),
+            large_url=str(raw.get("largeImageURL") or ""),
+            tags=tags,
+            user=str(raw.get("user") or "unknown"),
+            user_id=num("user_id"),
+            width=num("imageWidth"),
+            height=num("imageHeight"),
+            image_size=num("imageSize"),
+        )
+
+
+@dataclass
+class Candidates:
+    hits: list[Hit]
+    total_hits: int
+    requests: int = 0  # API requests actually sent for this call
+    from_cache: bool = False
+
+
+@dataclass
+class RateBudget:
+    """A sliding window of our own requests, tightened by what Pixabay's headers say."""
+
+    limit: int = 100
+    window: float = 60.0
+    clock: Callable[[], float] = time.monotonic
+    sent: deque = field(default_factory=deque)
+    server_remaining: int | None = None
+    server_reset_at: float = 0.0
+
+    def acquire(self) -> None:
+        now = self.clock()
+        while self.sent and now - self.sent[0] >= self.window:
+            self.sent.popleft()
+        if now >= self.server_reset_at:
+            self.server_remaining = None
+        if self.server_remaining is not None and self.server_remaining <= 0:
+            raise RateLimited(self.server_reset_at - now)
+        if len(self.sent) >= self.limit:
+            raise RateLimited(self.sent[0] + self.window - now)
+        self.sent.append(now)
+        if self.server_remaining is not None:
+            self.server_remaining -= 1
+
+    def observe(self, headers: Mapping[str, str]) -> float | None:
+        """Read X-RateLimit-*; returns the reset delay in seconds when given."""
+        try:
+            remaining = int(headers["X-RateLimit-Remaining"])
+            reset = float(headers["X-RateLimit-Reset"])
+        except (KeyError, ValueError):
+            return None
+        now = self.clock()
+        self.server_remaining = remaining
+        self.server_reset_at = now + reset
+        try:
+            self.limit = min(self.limit, int(headers["X-RateLimit-Limit"]))
+        except (KeyError, ValueError):
+            pass
+        return reset
+
+
+def normalise_tag(tag: str) -> str:
+    return " ".join(tag.lower().split())
+
+
+class PixabayClient:
+    def __init__(self, session: aiohttp.ClientSession, *, api_url: str, key: str,
+                 store: Store | None = None, rate_limit: int = 100, window: float = 60.0,
+                 timeout: float = 10.0, retries: int = 2, backoff: float = 0.5,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.session = session
+        self.api_url = api_url
+        self._key = key
+        self.store = store
+        self.budget = RateBudget(limit=rate_limit, window=window, clock=clock)
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.retries = retries
+        self.backoff = backoff
+        self._inflight: dict[str, asyncio.Future] = {}
+
+    async def candidates(self, tag: str, filters: Filters | None = None, limit: int = 200
+                         ) -> Candidates:
+        """Up to ``limit`` hits for ``tag``, paging with per_page=200."""
+        q = normalise_tag(tag)
+        if not q:
+            raise InvalidQuery("The tag is empty; give one word such as 'tiger'.")
+        if len(q) > MAX_QUERY_CHARS:
+            raise InvalidQuery(f"The tag is {len(q)} characters; Pixabay allows at most "
+                               f"{MAX_QUERY_CHARS}.")
+        limit = max(1, min(int(limit), MAX_REACHABLE))
+        filters = filters or Filters()
+        hits: list[Hit] = []
+        seen: set[int] = set()
+        total_hits = 0
+        sent = 0
+        cached_pages = 0
+        page = 1
+        while len(hits) < limit:
+            body, was_cached = await self._page(q, filters, page)
+            sent += 0 if was_cached else 1
+            cached_pages += 1 if was_cached else 0
+            raw_hits = body.get("hits")
+            if not isinstance(raw_hits, list):
+                raise MalformedResponse()
+            try:
+                total_hits = min(int(body.get("totalHits") or 0), MAX_REACHABLE)
+            except (TypeError, ValueError):
+                total_hits = len(raw_hits)
+            for raw in raw_hits:
+                hit = Hit.from_api(raw) if isinstance(raw, Mapping) else None
+                if hit is not None and hit.id not in seen:
+                    seen.add(hit.id)
+                    hits.append(hit)
+            if len(raw_hits) < PER_PAGE or page * PER_PAGE >= total_hits:
+                break
+            page += 1
+        return Candidates(hits=hits[:limit], total_hits=total_hits, requests=sent,
+                          from_cache=sent == 0 and cached_pages > 0)
+
+    async def _page(self, q: str, filters: Filters, page: int) -> tuple[dict, bool]:
+        params = {"q": q, **filters.params(), "page": str(page), "per_page": str(PER_PAGE)}
+        cache_key = json.dumps(sorted(params.items()), separators=(",", ":"))
+        if self.store is not None:
+            cached = await asyncio.to_thread(self.store.get_response, cache_key)
+            if cached is not None:
+                return cached, True
+        # Two searches for the same page at once share one request.
+        if cache_key in self._inflight:
+            return await asyncio.shield(self._inflight[cache_key]), True
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._inflight[cache_key] = future
+        try:
+            body = await self._request(params)
+            if self.store is not None:
+                await asyncio.to_thread(self.store.put_response, cache_key, body)
+            future.set_result(body)
+            return body, False
+        except BaseException as e:
+            future.set_exception(e)
+            future.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            del self._inflight[cache_key]
+
+    async def _request(self, params: dict[str, str]) -> dict:
+        last = "no answer"
+        for attempt in range(self.retries + 1):
+            if attempt:
+                await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+            self.budget.acquire()
+            try:
+                async with self.session.get(self.api_url, params={"key": self._key, **params},
+                                            timeout=self.timeout) as resp:
+                    reset = self.budget.observe(resp.headers)
+                    text = await resp.text()
+                    status = resp.status
+            except TimeoutError:
+                last = "timed out"
+                log.warning("pixabay: request timed out (attempt %d)", attempt + 1)
+                continue
+            except aiohttp.ClientError as e:
+                last = type(e).__name__
+                log.warning("pixabay: %s (attempt %d)", last, attempt + 1)
+                continue
+            if status == 200:
+                try:
+                    body = json.loads(text)
+                except ValueError:
+                    raise MalformedResponse() from None
+                if not isinstance(body, dict):
+                    raise MalformedResponse()
+                return body
+            if status == 429:
+                retry = reset
+                if retry is None:
+                    try:
+                        retry = float(resp.headers.get("Retry-After", "60"))
+                    except ValueError:
+                        retry = 60.0
+                self.budget.server_remaining = 0
+                self.budget.server_reset_at = self.budget.clock() + retry
+                raise RateLimited(retry)
+            if status >= 500:
+                last = f"HTTP {status}"
+                log.warning("pixabay: HTTP %d (attempt %d)", status, attempt + 1)
+                continue
+            detail = " ".join(text.split())[:300] or f"HTTP {status}"
+            if "key" in detail.lower() and status in (400, 401, 403):
+                raise InvalidApiKey(detail)
+            raise PixabayRejected(detail)
+        raise PixabayUnavailable(last)

@@ -1,0 +1,212 @@
+"""SearchService.find(): retriever → fetch → encode → rank.
+
+The one entry point that the CLI and the bot share. Images are decoded and
+preprocessed as they arrive and handed straight to the encoder, whose worker
+coalesces them into batches, so downloads, decoding and encoding overlap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+
+import aiohttp
+import numpy as np
+
+from .clip import ClipEncoder
+from .config import Settings
+from .errors import AllImagesFailed, ImageSkipped, InvalidQuery, NoResults
+from .images import ImageFetcher
+from .pixabay import PROVIDER, Filters, Hit, PixabayClient
+from .ranking import Ranking, ScoredHit, rank
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+MAX_PHRASE_CHARS = 300
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class SearchResult:
+    tag: str
+    phrase: str
+    hits: list[ScoredHit]
+    ranking: Ranking
+    offset: int
+    top: int
+    candidates: int  # ranked candidates
+    fetched: int  # hits Pixabay returned
+    total_hits: int
+    skipped: dict[str, int]
+    api_cached: bool
+    embeddings_cached: int  # vectors read from the embedding cache
+    downloaded: int
+    truncated: bool
+    timings: dict[str, float] = field(default_factory=dict)  # milliseconds per stage
+
+    @property
+    def cached(self) -> bool:
+        return self.api_cached and self.downloaded == 0
+
+
+def check_query(tag: str, phrase: str) -> tuple[str, str]:
+    tag = " ".join(tag.split())
+    phrase = " ".join(phrase.split())
+    if not tag:
+        raise InvalidQuery("The tag is empty; give one word such as 'tiger'.")
+    if len(tag) > 100:
+        raise InvalidQuery(f"The tag is {len(tag)} characters; Pixabay allows at most 100.")
+    if not phrase:
+        raise InvalidQuery("The phrase is empty; describe the picture you want, "
+                           "such as 'tiger playing in the snow'.")
+    if len(phrase) > MAX_PHRASE_CHARS:
+        raise InvalidQuery(f"The phrase is {len(phrase)} characters; keep it under "
+                           f"{MAX_PHRASE_CHARS}.")
+    return tag, phrase
+
+
+class SearchService:
+    def __init__(self, settings: Settings, *, pixabay: PixabayClient, fetcher: ImageFetcher,
+                 encoder: ClipEncoder, store: Store) -> None:
+        self.settings = settings
+        self.pixabay = pixabay
+        self.fetcher = fetcher
+        self.encoder = encoder
+        self.store = store
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, settings: Settings, *, session: aiohttp.ClientSession | None = None,
+                   encoder: ClipEncoder | None = None, **pixabay_options
+                   ) -> AsyncIterator[SearchService]:
+        """Open every resource the service needs, load and warm the model, close on exit."""
+        settings.require("PIXABAY_API_KEY")
+        async with AsyncExitStack() as stack:
+            if session is None:
+                connector = aiohttp.TCPConnector(limit=64, limit_per_host=32,
+                                                 keepalive_timeout=30)
+                session = await stack.enter_async_context(
+                    aiohttp.ClientSession(connector=connector))
+            store = await asyncio.to_thread(Store, settings.db_path)
+            stack.callback(store.close)
+            if encoder is None:
+                encoder = ClipEncoder(settings.clip_model, settings.clip_pretrained,
+                                      settings.clip_device)
+                await stack.enter_async_context(encoder)
+            fetcher = ImageFetcher(session, settings.image_hosts)
+            stack.push_async_callback(fetcher.close)
+            pixabay = PixabayClient(session, api_url=settings.pixabay_api_url,
+                                    key=settings.pixabay_api_key or "", store=store,
+                                    rate_limit=settings.pixabay_rate_limit, **pixabay_options)
+            yield cls(settings, pixabay=pixabay, fetcher=fetcher, encoder=encoder, store=store)
+
+    @property
+    def model_key(self) -> str:
+        return f"{self.encoder.identity}|_{self.settings.image_variant}"
+
+    async def find(self, tag: str, phrase: str, *, top: int = 5, offset: int = 0,
+                   candidates: int | None = None, filters: Filters | None = None,
+                   progress: Progress | None = None) -> SearchResult:
+        tag, phrase = check_query(tag, phrase)
+        if not 1 <= top <= 50:
+            raise InvalidQuery("top must be from 1 to 50.")
+        if offset < 0:
+            raise InvalidQuery("offset must be 0 or more.")
+        limit = candidates or self.settings.search_candidates
+        if not 1 <= limit <= 500:
+            raise InvalidQuery("candidates must be from 1 to 500; Pixabay serves at most 500.")
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+
+        # The text encode runs beside the API call and the downloads.
+        text_task = asyncio.ensure_future(self.encoder.encode_text(phrase))
+        try:
+            t0 = time.perf_counter()
+            found = await self.pixabay.candidates(tag, filters, limit)
+            timings["api"] = _ms(t0)
+            if not found.hits:
+                raise NoResults(tag)
+            hits = found.hits
+            cached = await asyncio.to_thread(self.store.get_embeddings, PROVIDER,
+                                             self.model_key, [h.id for h in hits])
+            missing = [h for h in hits if h.id not in cached]
+            fresh, skipped, stage = await self._embed(missing, progress)
+            timings.update(stage)
+            vectors = {**cached, **fresh}
+            if fresh:
+                await asyncio.to_thread(self.store.put_embeddings, PROVIDER, self.model_key,
+                                        fresh.items())
+            ranked_hits = [h for h in hits if h.id in vectors]
+            if not ranked_hits:
+                raise AllImagesFailed(len(hits), skipped)
+            text = await text_task
+        finally:
+            if not text_task.done():
+                text_task.cancel()
+        t0 = time.perf_counter()
+        matrix = np.stack([vectors[h.id] for h in ranked_hits])
+        ranking = rank(ranked_hits, matrix, text.vector)
+        timings["rank"] = _ms(t0)
+        timings["total"] = _ms(started)
+        return SearchResult(
+            tag=tag, phrase=phrase, hits=ranking.page(offset, top), ranking=ranking,
+            offset=offset, top=top, candidates=len(ranking), fetched=len(hits),
+            total_hits=found.total_hits, skipped=dict(skipped), api_cached=found.from_cache,
+            embeddings_cached=len(cached), downloaded=len(fresh), truncated=text.truncated,
+            timings=timings)
+
+    async def _embed(self, hits: list[Hit], progress: Progress | None
+                     ) -> tuple[dict[int, np.ndarray], Counter, dict[str, float]]:
+        """Download, decode and encode ``hits`` concurrently; skips are counted."""
+        skipped: Counter = Counter()
+        vectors: dict[int, np.ndarray] = {}
+        spent = {"download": 0.0, "decode": 0.0, "encode": 0.0}
+        if not hits:
+            return vectors, skipped, {k: 0.0 for k in spent}
+        variant = self.settings.image_variant
+        min_side = min(self.encoder.image_size)
+        done = 0
+        download_end = 0.0
+        t_start = time.perf_counter()
+
+        async def one(hit: Hit) -> None:
+            nonlocal done, download_end
+            try:
+                data = await self.fetcher.fetch(hit.variant_url(variant))
+                download_end = max(download_end, time.perf_counter())
+                t0 = time.perf_counter()
+                pixels = await self.fetcher.prepare(data, self.encoder.preprocess,
+                                                    min_side=min_side)
+                spent["decode"] += time.perf_counter() - t0
+                vecs, seconds = await self.encoder.encode_images(pixels[None])
+                spent["encode"] += seconds
+                vectors[hit.id] = vecs[0]
+            except ImageSkipped as e:
+                skipped[e.reason] += 1
+                log.info("skipping image %s: %s", hit.id, e)
+            finally:
+                done += 1
+                if progress is not None:
+                    progress("images", done, len(hits))
+
+        await asyncio.gather(*(one(h) for h in hits))
+        timings = {
+            "download": (max(download_end, t_start) - t_start) * 1000.0,
+            "decode": spent["decode"] * 1000.0,
+            "encode": spent["encode"] * 1000.0,
+        }
+        return vectors, skipped, timings
+
+    def page(self, ranking: Ranking, offset: int, top: int) -> list[ScoredHit]:
+        """Another page of a ranking already computed: no Pixabay call, no model call."""
+        return ranking.page(offset, top)
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0
