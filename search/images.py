@@ -64,7 +64,7 @@ def decode_image(data: bytes, *, min_side: int | None = None,
     except Image.DecompressionBombError:
         raise ImageSkipped("too large") from None
     except (OSError, ValueError, SyntaxError) as e:
-        raise ImageSkipped("unreadable", str(e)) from None
+        raise _broken(e) from None
     width, height = img.size
     if width * height > max_pixels:
         raise ImageSkipped("too large", f"{width}x{height}")
@@ -76,8 +76,12 @@ def decode_image(data: bytes, *, min_side: int | None = None,
         img = ImageOps.exif_transpose(img)
         return to_rgb(img)
     except (OSError, ValueError, SyntaxError) as e:
-        reason = "truncated" if "truncated" in str(e).lower() else "unreadable"
-        raise ImageSkipped(reason, str(e)) from None
+        raise _broken(e) from None
+
+
+def _broken(error: Exception) -> ImageSkipped:
+    reason = "truncated" if "truncated" in str(error).lower() else "unreadable"
+    return ImageSkipped(reason, str(error))
 
 
 class ImageFetcher:

@@ -1,0 +1,74 @@
+"""Start the bot: python -m bot (or make run)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from contextlib import AsyncExitStack
+
+import discord
+import discord.gateway
+import discord.http
+import yarl
+
+from search.config import Settings
+from search.errors import ConfigError, ModelLoadError
+from search.service import SearchService
+
+from .app import FindImageBot
+from .state import State
+
+log = logging.getLogger("bot")
+
+
+def point_at(settings: Settings) -> None:
+    """Send REST and the gateway where the settings say (a proxy, or the tests' fake)."""
+    discord.http.Route.BASE = settings.discord_api_base
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
+
+
+async def run(settings: Settings, *, bot_options: dict | None = None,
+              started: asyncio.Future | None = None, handle_signals: bool = False) -> None:
+    """Open the resources, warm the model, then go online until closed or signalled."""
+    point_at(settings)
+    async with AsyncExitStack() as stack:
+        service = await stack.enter_async_context(SearchService.open(settings))
+        state = await stack.enter_async_context(State(settings.data_dir / "bot.sqlite3"))
+        bot = FindImageBot(settings, service, state, **(bot_options or {}))
+        await stack.enter_async_context(bot)
+        if handle_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, lambda: asyncio.ensure_future(bot.close()))
+        if started is not None:
+            started.set_result(bot)
+        await bot.start(settings.discord_token or "")
+    log.info("closed cleanly")
+
+
+def main() -> int:
+    try:
+        settings = Settings.load()
+        settings.require("DISCORD_TOKEN", "PIXABAY_API_KEY")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    discord.utils.setup_logging(level=logging.INFO)
+    try:
+        asyncio.run(run(settings, handle_signals=True))
+    except discord.LoginFailure:
+        print("error: Discord refused DISCORD_TOKEN; copy the token again from the Developer "
+              "Portal (Bot → Reset Token).", file=sys.stderr)
+        return 2
+    except (ConfigError, ModelLoadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

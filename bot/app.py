@@ -1,0 +1,52 @@
+"""The Bot subclass: holds the shared resources, loads the cogs, syncs commands."""
+
+from __future__ import annotations
+
+import logging
+
+import discord
+from discord.ext import commands
+
+from search.config import Settings
+from search.service import SearchService
+
+from .state import State
+
+log = logging.getLogger(__name__)
+
+COGS = ("bot.cogs.findimage", "bot.cogs.picks")
+
+
+def intents() -> discord.Intents:
+    """The defaults (guilds, reactions, …) without the privileged message-content intent."""
+    value = discord.Intents.default()
+    value.message_content = False
+    return value
+
+
+class FindImageBot(commands.Bot):
+    def __init__(self, settings: Settings, service: SearchService, state: State,
+                 **options) -> None:
+        super().__init__(command_prefix=commands.when_mentioned, intents=intents(),
+                         help_command=None, **options)
+        self.settings = settings
+        self.service = service
+        self.state = state
+        self.synced: list[discord.app_commands.AppCommand] = []
+
+    async def setup_hook(self) -> None:
+        for name in COGS:
+            await self.load_extension(name)
+        guild_id = self.settings.discord_guild_id
+        if guild_id:
+            guild = discord.Object(guild_id)
+            self.tree.copy_global_to(guild=guild)
+            self.synced = await self.tree.sync(guild=guild)
+            log.info("synced %d commands to server %s", len(self.synced), guild_id)
+        else:
+            self.synced = await self.tree.sync()
+            log.info("synced %d commands globally (may take up to an hour to appear)",
+                     len(self.synced))
+
+    async def on_ready(self) -> None:
+        log.info("online as %s in %d servers", self.user, len(self.guilds))

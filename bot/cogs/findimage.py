@@ -1,0 +1,183 @@
+"""/findimage and its results pages: ◀️ ▶️ edit the same message from the stored ranking."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from search.pixabay import Filters
+
+from ..embeds import NEXT, NUMBERS, PREV, results_embeds, summary_line
+from ..errors import Refusal, reply_error
+from ..state import ResultsState
+
+if TYPE_CHECKING:
+    from ..app import FindImageBot
+
+log = logging.getLogger(__name__)
+
+IMAGE_TYPES = [app_commands.Choice(name=n, value=n) for n in ("photo", "illustration", "vector")]
+ORIENTATIONS = [app_commands.Choice(name=n, value=n) for n in ("horizontal", "vertical")]
+COLOURS = [app_commands.Choice(name=n, value=n) for n in (
+    "red", "orange", "yellow", "green", "turquoise", "blue", "lilac", "pink", "white", "gray",
+    "black", "brown", "grayscale", "transparent")]
+
+
+def _cooldown(interaction: discord.Interaction) -> app_commands.Cooldown | None:
+    seconds = interaction.client.settings.user_cooldown_seconds  # type: ignore[attr-defined]
+    return app_commands.Cooldown(1, seconds) if seconds > 0 else None
+
+
+class FindImage(commands.Cog):
+    def __init__(self, bot: FindImageBot) -> None:
+        self.bot = bot
+        limit = bot.settings.max_concurrent_searches
+        self.slots = asyncio.Semaphore(limit)
+        self.queue_limit = limit * 2  # searches waiting for a slot before we say "busy"
+        self.pending = 0
+        self._locks: dict[int, asyncio.Lock] = {}
+        self.cannot_remove: set[int] = set()  # channels where we may not remove reactions
+
+    async def cog_app_command_error(self, interaction: discord.Interaction,
+                                    error: app_commands.AppCommandError) -> None:
+        await reply_error(interaction, error)
+
+    @app_commands.command(name="findimage",
+                          description="Find Pixabay images for a tag, ranked by a phrase.")
+    @app_commands.describe(
+        tag="One Pixabay tag that fetches candidates, e.g. tiger",
+        phrase='What the picture should show, e.g. "tiger playing in the snow"',
+        count="Images per page (1-10)",
+        image_type="Only this kind of image",
+        orientation="Only this orientation",
+        colors="Only images with this colour",
+        safe="Safe search (can be turned off only in age-restricted channels)",
+    )
+    @app_commands.choices(image_type=IMAGE_TYPES, orientation=ORIENTATIONS, colors=COLOURS)
+    @app_commands.checks.dynamic_cooldown(_cooldown)
+    async def findimage(self, interaction: discord.Interaction,
+                        tag: app_commands.Range[str, 1, 100],
+                        phrase: app_commands.Range[str, 1, 300],
+                        count: app_commands.Range[int, 1, 10] = 5,
+                        image_type: app_commands.Choice[str] | None = None,
+                        orientation: app_commands.Choice[str] | None = None,
+                        colors: app_commands.Choice[str] | None = None,
+                        safe: bool = True) -> None:
+        if not safe and not _age_restricted(interaction.channel):
+            raise Refusal("Safe search can be turned off only in age-restricted channels; "
+                          "this channel is not marked age-restricted.")
+        if self.pending >= self.bot.settings.max_concurrent_searches + self.queue_limit:
+            raise Refusal("I'm busy with other searches right now; try again in a few seconds.")
+        filters = Filters(image_type=image_type.value if image_type else "all",
+                          orientation=orientation.value if orientation else "all",
+                          colors=(colors.value,) if colors else (), safesearch=safe)
+        await interaction.response.defer(thinking=True)
+        interaction.extras["deferred_public"] = True
+        started = time.perf_counter()
+        self.pending += 1
+        try:
+            async with self.slots:
+                result = await self.bot.service.find(tag, phrase, top=count, filters=filters)
+        finally:
+            self.pending -= 1
+        seconds = time.perf_counter() - started
+        state = ResultsState(
+            message_id=0, channel_id=interaction.channel_id or 0, guild_id=interaction.guild_id,
+            requester_id=interaction.user.id, tag=result.tag, phrase=result.phrase,
+            filters=filters, per_page=count, page=0, seconds=seconds, ranking=result.ranking)
+        message = await interaction.followup.send(
+            content=summary_line(tag=state.tag, phrase=state.phrase,
+                                 candidates=result.candidates, seconds=seconds, page=0,
+                                 pages=state.pages),
+            embeds=results_embeds(result.hits), wait=True,
+            allowed_mentions=discord.AllowedMentions.none())
+        interaction.extras["answered"] = True
+        state.message_id = message.id
+        state.channel_id = message.channel.id if message.channel else state.channel_id
+        await self.bot.state.save_results(state)
+        if result.truncated:
+            await interaction.followup.send(
+                "Your phrase was longer than the model reads; only its beginning was used.",
+                ephemeral=True)
+        target = self.bot.get_partial_messageable(state.channel_id).get_partial_message(message.id)
+        for emoji in (PREV, NEXT, *NUMBERS[:len(result.hits)]):
+            await target.add_reaction(emoji)
+
+    # -- paging ---------------------------------------------------------------
+    @commands.Cog.listener()
+    async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        if not self._is_page_press(payload):
+            return
+        if not await self.bot.state.is_results(payload.message_id):
+            return
+        await self.turn(payload)
+        await self._remove_press(payload)
+
+    @commands.Cog.listener()
+    async def on_raw_reaction_remove(self, payload: discord.RawReactionActionEvent) -> None:
+        # Where we may not remove a member's reaction, taking it off is the next press.
+        if payload.channel_id not in self.cannot_remove or not self._is_page_press(payload):
+            return
+        if await self.bot.state.is_results(payload.message_id):
+            await self.turn(payload)
+
+    def _is_page_press(self, payload: discord.RawReactionActionEvent) -> bool:
+        me = self.bot.user
+        return (me is not None and payload.user_id != me.id
+                and str(payload.emoji) in (PREV, NEXT))
+
+    async def turn(self, payload: discord.RawReactionActionEvent) -> None:
+        step = 1 if str(payload.emoji) == NEXT else -1
+        lock = self._locks.setdefault(payload.message_id, asyncio.Lock())
+        async with lock:
+            state = await self.bot.state.get_results(payload.message_id)
+            if state is None:
+                return
+            page = state.page + step
+            note = ""
+            if page >= state.pages:
+                page, note = state.page, (f"That was the last page: all {len(state.ranking)} "
+                                          "candidates are shown.")
+            elif page < 0:
+                page, note = 0, "This is the first page."
+            hits = state.ranking.page(page * state.per_page, state.per_page)
+            content = summary_line(tag=state.tag, phrase=state.phrase,
+                                   candidates=len(state.ranking), seconds=state.seconds,
+                                   page=page, pages=state.pages, note=note)
+            message = (self.bot.get_partial_messageable(payload.channel_id)
+                       .get_partial_message(payload.message_id))
+            try:
+                await message.edit(content=content, embeds=results_embeds(hits),
+                                   allowed_mentions=discord.AllowedMentions.none())
+            except discord.HTTPException as e:
+                log.warning("could not turn page of %s: %s", payload.message_id, e)
+                return
+            if page != state.page:
+                await self.bot.state.set_page(payload.message_id, page)
+
+    async def _remove_press(self, payload: discord.RawReactionActionEvent) -> None:
+        if payload.channel_id in self.cannot_remove:
+            return
+        message = (self.bot.get_partial_messageable(payload.channel_id)
+                   .get_partial_message(payload.message_id))
+        try:
+            await message.remove_reaction(payload.emoji, discord.Object(payload.user_id))
+        except discord.Forbidden:
+            self.cannot_remove.add(payload.channel_id)
+        except discord.HTTPException as e:
+            log.info("could not remove a reaction: %s", e)
+
+
+def _age_restricted(channel: object) -> bool:
+    is_nsfw = getattr(channel, "is_nsfw", None)
+    return bool(is_nsfw()) if callable(is_nsfw) else False
+
+
+async def setup(bot: FindImageBot) -> None:
+    await bot.add_cog(FindImage(bot))

@@ -1,0 +1,125 @@
+"""Sharing picks: 1️⃣…🔟 on a results message posts that image, attached, for the team."""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from search.errors import ImageSkipped
+
+from ..embeds import number_index, pick_embed, picks_list_embed
+from ..errors import reply_error
+
+if TYPE_CHECKING:
+    from ..app import FindImageBot
+
+log = logging.getLogger(__name__)
+
+DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
+
+
+class Picks(commands.Cog):
+    setup_group = app_commands.Group(
+        name="findimage-setup", description="Server settings for /findimage.",
+        default_permissions=discord.Permissions(manage_guild=True), guild_only=True)
+
+    def __init__(self, bot: FindImageBot) -> None:
+        self.bot = bot
+
+    async def cog_app_command_error(self, interaction: discord.Interaction,
+                                    error: app_commands.AppCommandError) -> None:
+        await reply_error(interaction, error)
+
+    # -- sharing ------------------------------------------------------------------
+    @commands.Cog.listener()
+    async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        me = self.bot.user
+        index = number_index(str(payload.emoji))
+        if me is None or payload.user_id == me.id or index is None or payload.guild_id is None:
+            return
+        state = await self.bot.state.get_results(payload.message_id)
+        if state is None or index >= state.per_page:
+            return
+        items = state.ranking.page(state.page * state.per_page + index, 1)
+        if not items:
+            return
+        item = items[0]
+        pick_id = await self.bot.state.claim_pick(
+            payload.guild_id, item.hit.id, payload.user_id, state.phrase, item.hit.page_url,
+            payload.message_id)
+        if pick_id is None:
+            log.info("pick %s in %s was shared within the last minute", item.hit.id,
+                     payload.guild_id)
+            return
+        guild = self.bot.get_guild(payload.guild_id)
+        limit = min(guild.filesize_limit if guild else DEFAULT_UPLOAD_LIMIT, DEFAULT_UPLOAD_LIMIT)
+        file = await self._download(item.hit, limit)
+        embed = pick_embed(item, phrase=state.phrase, filename=file.filename if file else None)
+        content = f"Shared by <@{payload.user_id}>"
+        picks_channel = await self.bot.state.picks_channel(payload.guild_id)
+        targets = [c for c in (picks_channel, payload.channel_id) if c]
+        for channel_id in dict.fromkeys(targets):
+            try:
+                if file is not None:
+                    file.reset()
+                message = await self.bot.get_partial_messageable(
+                    channel_id, guild_id=payload.guild_id).send(
+                    content=content, embed=embed, file=file if file else discord.utils.MISSING,
+                    allowed_mentions=discord.AllowedMentions.none())
+            except discord.HTTPException as e:
+                log.warning("could not post pick in channel %s: %s", channel_id, e)
+                continue
+            await self.bot.state.posted_pick(pick_id, channel_id, message.id)
+            return
+        await self.bot.state.drop_pick(pick_id)
+
+    async def _download(self, hit, limit: int) -> discord.File | None:
+        """The image as an attachment, within the upload limit; None if it cannot be had."""
+        for url in dict.fromkeys(u for u in (hit.large_url, hit.image_url) if u):
+            try:
+                data = await self.bot.service.fetcher.fetch(url, max_bytes=limit)
+            except ImageSkipped as e:
+                log.info("pick %s: %s from %s", hit.id, e, url.split("?")[0])
+                continue
+            ext = "png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "jpg"
+            return discord.File(io.BytesIO(data), filename=f"pixabay-{hit.id}.{ext}")
+        return None
+
+    # -- /picks ------------------------------------------------------------------
+    @app_commands.command(name="picks", description="This server's latest shared picks.")
+    @app_commands.describe(member="Only picks shared by this member")
+    @app_commands.guild_only()
+    async def picks(self, interaction: discord.Interaction,
+                    member: discord.Member | None = None) -> None:
+        rows = await self.bot.state.latest_picks(interaction.guild_id,
+                                                 member.id if member else None)
+        lines = [
+            f"• [{p.phrase[:80]}](https://discord.com/channels/{p.guild_id}/{p.channel_id}/"
+            f"{p.message_id}) · <@{p.member_id}> · <t:{int(p.created_at)}:R>"
+            for p in rows
+        ]
+        title = f"Latest picks by {member.display_name}" if member else "Latest picks"
+        await interaction.response.send_message(embed=picks_list_embed(lines, title=title),
+                                                ephemeral=True)
+
+    # -- /findimage-setup picks-channel --------------------------------------------
+    @setup_group.command(name="picks-channel",
+                         description="Where shared picks are posted (empty: the same channel).")
+    @app_commands.describe(channel="The channel for picks; leave empty to post where shared")
+    @app_commands.checks.has_permissions(manage_guild=True)
+    async def picks_channel(self, interaction: discord.Interaction,
+                            channel: discord.TextChannel | None = None) -> None:
+        await self.bot.state.set_picks_channel(interaction.guild_id,
+                                               channel.id if channel else None)
+        text = (f"Picks will be posted in {channel.mention}." if channel
+                else "Picks will be posted in the channel where they are shared.")
+        await interaction.response.send_message(text, ephemeral=True)
+
+
+async def setup(bot: FindImageBot) -> None:
+    await bot.add_cog(Picks(bot))
