@@ -38,6 +38,9 @@ def message_for(error: BaseException) -> str:
 
 async def reply_error(interaction: discord.Interaction, error: BaseException) -> None:
     """Tell the member in one ephemeral sentence; log what they should not see."""
+    if interaction.client.is_closed():  # shutting down: nobody can be answered any more
+        log.info("command %s interrupted by shutdown", getattr(interaction.command, "name", "?"))
+        return
     text = message_for(error)
     if text == APOLOGY:
         original = getattr(error, "original", error)

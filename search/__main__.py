@@ -135,7 +135,11 @@ async def run(args: argparse.Namespace, settings: Settings) -> SearchResult:
             if bar is not None:
                 bar.close()
         if args.grid:
-            await write_grid(service, result, args.grid)
+            try:
+                await write_grid(service, result, args.grid)
+            except OSError as e:
+                raise SearchError(f"Cannot write the contact sheet {args.grid}: "
+                                  f"{e.strerror or e}.") from e
     return result
 
 

@@ -122,7 +122,7 @@ class FindImage(commands.Cog):
     @commands.Cog.listener()
     async def on_raw_reaction_remove(self, payload: discord.RawReactionActionEvent) -> None:
         # Where we may not remove a member's reaction, taking it off is the next press.
-        if payload.channel_id not in self.cannot_remove or not self._is_page_press(payload):
+        if self._may_remove(payload) or not self._is_page_press(payload):
             return
         if await self.bot.state.is_results(payload.message_id):
             await self.turn(payload)
@@ -161,8 +161,18 @@ class FindImage(commands.Cog):
             if page != state.page:
                 await self.bot.state.set_page(payload.message_id, page)
 
-    async def _remove_press(self, payload: discord.RawReactionActionEvent) -> None:
+    def _may_remove(self, payload: discord.RawReactionActionEvent) -> bool:
+        """Whether we may take a member's reaction off (Manage Messages in that channel)."""
         if payload.channel_id in self.cannot_remove:
+            return False
+        guild = self.bot.get_guild(payload.guild_id) if payload.guild_id else None
+        channel = guild.get_channel(payload.channel_id) if guild else None
+        if guild is None or channel is None or guild.me is None:
+            return payload.guild_id is not None
+        return channel.permissions_for(guild.me).manage_messages
+
+    async def _remove_press(self, payload: discord.RawReactionActionEvent) -> None:
+        if not self._may_remove(payload):
             return
         message = (self.bot.get_partial_messageable(payload.channel_id)
                    .get_partial_message(payload.message_id))
