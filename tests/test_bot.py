@@ -2,6 +2,7 @@
 and the tiny CLIP model, driven the way members drive it."""
 
 import asyncio
+import signal
 import sys
 from contextlib import asynccontextmanager
 
@@ -350,3 +351,28 @@ async def test_missing_setting_exits_2_with_one_line(env, tmp_path, missing):
     assert code == 2
     assert err == (f"error: {missing} is not set; put it in the environment or in .env "
                    "(see .env.example).\n")
+
+
+async def test_bot_process_serves_then_stops_cleanly_on_sigterm_without_logging_secrets(
+        env, fake_discord, tmp_path):
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", cwd=tmp_path, env={"PATH": "/usr/bin:/bin", **env},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        await fake_discord.wait_for(
+            lambda: fake_discord.guild_id in fake_discord.synced_commands
+            and fake_discord.connected, 120, what="the bot process to come online")
+        _, reply = await search(fake_discord, tag="circle", phrase="a red circle on snow")
+        assert len(reply.embeds) == 5
+        proc.send_signal(signal.SIGTERM)
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    log = out.decode()
+    assert proc.returncode == 0, log
+    assert "closed cleanly" in log
+    assert fake_discord.token not in log
+    assert env["PIXABAY_API_KEY"] not in log
+    assert "Traceback" not in log
