@@ -16,6 +16,11 @@ log = logging.getLogger(__name__)
 
 COGS = ("bot.cogs.findimage", "bot.cogs.picks")
 
+# What the invite link asks for (the README quotes its value).
+INVITE_PERMISSIONS = discord.Permissions(
+    view_channel=True, send_messages=True, embed_links=True, attach_files=True,
+    add_reactions=True, read_message_history=True, manage_messages=True)
+
 
 def intents() -> discord.Intents:
     """The defaults (guilds, reactions, …) without the privileged message-content intent."""
