@@ -8,6 +8,7 @@ import signal
 import sys
 from contextlib import AsyncExitStack
 
+import aiohttp
 import discord
 import discord.gateway
 import discord.http
@@ -65,6 +66,10 @@ def main() -> int:
     except (ConfigError, ModelLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (aiohttp.ClientError, OSError) as e:
+        print(f"error: cannot reach Discord at {settings.discord_api_base} "
+              f"({type(e).__name__}); check the network or DISCORD_API_BASE.", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         pass
     return 0
