@@ -73,3 +73,43 @@ async def test_rate_limited_exit_4_says_when_to_retry(fake_pixabay, tmp_path):
     assert code == 4
     assert err.startswith("error: Pixabay's rate limit is reached; try again in ")
     assert err.count("\n") == 1
+
+
+async def test_progress_bar_only_on_a_terminal(fake_pixabay, tmp_path):
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+    import threading
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 100 columns
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # the terminal closed
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    env = {"PATH": "/usr/bin:/bin", **engine_env(fake_pixabay, tmp_path / "data")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "search", "circle", "a red circle", "--candidates", "30",
+        cwd=tmp_path, env=env, stdout=slave, stderr=slave)
+    os.close(slave)
+    assert await asyncio.wait_for(proc.wait(), 120) == 0
+    await asyncio.to_thread(reader.join, 10)
+    os.close(master)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert "download + encode:" in screen and "/30 [" in screen
+    # piped, the same command prints the table alone
+    code, out, _ = await cli(fake_pixabay, tmp_path, "circle", "a red circle", "--candidates",
+                             "30")
+    assert code == 0 and "download + encode" not in out
