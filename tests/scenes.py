@@ -104,8 +104,11 @@ def render(scene: Scene, seed: int, width: int, height: int) -> Image.Image:
     img = _texture(scene.background, width, height, rng)
     m = min(width, height)
     r = m * rng.uniform(0.16, 0.34)
-    cx = rng.uniform(r, width - r)
-    cy = rng.uniform(r, height - r)
+    # The shape lies inside the centred m×m square, the part CLIP's shortest-side
+    # resize + centre crop keeps, so every photo still shows what its caption says.
+    ox, oy = (width - m) / 2, (height - m) / 2
+    cx = ox + rng.uniform(r, m - r)
+    cy = oy + rng.uniform(r, m - r)
     rot = rng.uniform(-0.35, 0.35)
     jitter = [max(0, min(255, v + rng.randint(-20, 20))) for v in COLOURS[scene.colour]]
     fill = tuple(jitter)
