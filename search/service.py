@@ -163,7 +163,14 @@ class SearchService:
 
     async def _embed(self, hits: list[Hit], progress: Progress | None
                      ) -> tuple[dict[int, np.ndarray], Counter, dict[str, float]]:
-        """Download, decode and encode ``hits`` concurrently; skips are counted."""
+        """Download, decode and encode ``hits`` concurrently; skips are counted.
+
+        On CPU each image is decoded on the decode threads as soon as it arrives and
+        handed to the encoder, whose worker batches what is waiting. When the encoder
+        decodes JPEGs itself (CUDA), arrivals are handed over in batches of
+        ``gpu_batch``, the last partial one when the last download ends; other formats
+        and files the batched decoder refuses take the CPU way.
+        """
         skipped: Counter = Counter()
         vectors: dict[int, np.ndarray] = {}
         spent = {"download": 0.0, "decode": 0.0, "encode": 0.0}
@@ -171,29 +178,70 @@ class SearchService:
             return vectors, skipped, {k: 0.0 for k in spent}
         variant = self.settings.image_variant
         min_side = min(self.encoder.image_size)
+        on_device = self.encoder.decodes_jpegs
+        pending: list[tuple[Hit, bytes]] = []
+        remaining = len(hits)
         done = 0
         download_end = 0.0
         t_start = time.perf_counter()
 
-        async def one(hit: Hit) -> None:
-            nonlocal done, download_end
+        def finished(n: int = 1) -> None:
+            nonlocal done
+            done += n
+            if progress is not None:
+                progress("images", done, len(hits))
+
+        def skip(hit: Hit, error: ImageSkipped) -> None:
+            skipped[error.reason] += 1
+            log.info("skipping image %s: %s", hit.id, error)
+
+        async def on_cpu(hit: Hit, data: bytes) -> None:
             try:
-                data = await self.fetcher.fetch(hit.variant_url(variant))
-                download_end = max(download_end, time.perf_counter())
                 t0 = time.perf_counter()
-                pixels = await self.fetcher.prepare(data, self.encoder.preprocess,
+                # 8-bit levels: on CPU the encoder lags the downloads, so most of the
+                # decoded images wait in its queue; levels take a quarter of floats' room.
+                pixels = await self.fetcher.prepare(data, self.encoder.preprocess_levels,
                                                     min_side=min_side)
                 spent["decode"] += time.perf_counter() - t0
                 vecs, seconds = await self.encoder.encode_images(pixels[None])
                 spent["encode"] += seconds
                 vectors[hit.id] = vecs[0]
             except ImageSkipped as e:
-                skipped[e.reason] += 1
-                log.info("skipping image %s: %s", hit.id, e)
+                skip(hit, e)
             finally:
-                done += 1
-                if progress is not None:
-                    progress("images", done, len(hits))
+                finished()
+
+        async def on_device_batch(batch: list[tuple[Hit, bytes]]) -> None:
+            result = await self.encoder.encode_jpegs([data for _, data in batch],
+                                                     max_pixels=self.fetcher.max_pixels)
+            spent["decode"] += result.decode_seconds
+            spent["encode"] += result.encode_seconds
+            for row, index in enumerate(result.encoded):
+                vectors[batch[index][0].id] = result.vectors[row]
+            finished(len(result.encoded))
+            await asyncio.gather(*(on_cpu(*batch[i]) for i in result.failed))
+
+        async def one(hit: Hit) -> None:
+            nonlocal download_end, remaining
+            data = None
+            try:
+                data = await self.fetcher.fetch(hit.variant_url(variant))
+                download_end = max(download_end, time.perf_counter())
+            except ImageSkipped as e:
+                skip(hit, e)
+                finished()
+            finally:
+                remaining -= 1
+            if on_device and data is not None and data.startswith(b"\xff\xd8"):
+                pending.append((hit, data))
+                data = None
+            if on_device and pending and (len(pending) >= self.gpu_batch
+                                          or remaining == 0):
+                batch = pending.copy()
+                pending.clear()
+                await on_device_batch(batch)
+            if data is not None:
+                await on_cpu(hit, data)
 
         await asyncio.gather(*(one(h) for h in hits))
         timings = {
@@ -202,6 +250,10 @@ class SearchService:
             "encode": spent["encode"] * 1000.0,
         }
         return vectors, skipped, timings
+
+    # JPEGs handed to the GPU decoder at a time as they arrive: the decode and encode
+    # of one batch overlap the downloads of the next.
+    gpu_batch = 32
 
     def page(self, ranking: Ranking, offset: int, top: int) -> list[ScoredHit]:
         """Another page of a ranking already computed: no Pixabay call, no model call."""
