@@ -36,7 +36,7 @@ from search.config import Settings
 from search.errors import ConfigError, ImageSkipped, SearchError
 from search.images import ImageFetcher, check_url
 from search.pixabay import Filters, Hit
-from search.service import SearchService
+from search.service import DOWNLOADS_IN_FLIGHT, SearchService
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_CLIP = f"local-dir:{ROOT / 'tests' / 'fixtures' / 'tiny-clip'}"
@@ -408,7 +408,7 @@ async def run(o: Options) -> Results:
                 free, total = torch.cuda.mem_get_info(torch.device(device))
                 # the CUDA context and nvjpeg's own buffers, which the allocator never sees
                 res.memory["gpu_device_used_loaded_mb"] = (total - free) / 2**20
-            per_host = o.fetch_concurrency or 32
+            per_host = o.fetch_concurrency or DOWNLOADS_IN_FLIGHT
             connector = aiohttp.TCPConnector(limit=max(64, per_host), limit_per_host=per_host)
             with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
                 async with aiohttp.ClientSession(connector=connector) as session:

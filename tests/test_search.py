@@ -11,7 +11,7 @@ import pytest
 from search.errors import AllImagesFailed, InvalidQuery, NoResults
 from search.images import decode_image
 from search.pixabay import Filters
-from search.service import SearchService
+from search.service import DOWNLOADS_IN_FLIGHT, SearchService
 
 PHRASES = [
     ("circle", "a red circle on snow"),
@@ -160,6 +160,13 @@ async def test_another_model_does_not_reuse_these_vectors(settings, tiny_encoder
         fake_pixabay.reset_counters()
         result = await service.find("circle", "a red circle", candidates=10)
         assert result.downloaded == 10 and fake_pixabay.image_requests == 10
+
+
+async def test_downloads_run_in_parallel_but_never_more_than_the_bound(service, fake_pixabay):
+    fake_pixabay.latency = 0.05  # every image request stays open a while, so they overlap
+    result = await service.find("circle", "a red circle", candidates=150)
+    assert result.downloaded == 150
+    assert DOWNLOADS_IN_FLIGHT // 2 <= fake_pixabay.peak_image_requests <= DOWNLOADS_IN_FLIGHT
 
 
 async def test_concurrent_queries_share_the_encoder(service, fake_pixabay):

@@ -91,6 +91,7 @@ Counters and ground truth
 -------------------------
 ``fake.hits_by_path`` (Counter of request paths, any route), ``fake.api_requests``,
 ``fake.image_requests``, ``fake.requests_for_image(id)`` (all sizes),
+``fake.peak_image_requests`` (most image requests being served at once),
 ``fake.queries`` (list of each API request's query as a dict, without ``key``),
 ``fake.render_count`` (renders actually done), ``fake.reset_counters()`` (clears
 all of these). ``fake.truth[id] -> Scene``, ``fake.entries``, ``fake.entry(id)``,
@@ -338,6 +339,8 @@ class FakePixabay:
         self.hits_by_path: Counter[str] = Counter()
         self.api_requests = 0
         self.image_requests = 0
+        self.images_in_flight = 0
+        self.peak_image_requests = 0
         self.render_count = 0
         self.queries: list[dict[str, str]] = []
         self._runner: web.AppRunner | None = None
@@ -409,6 +412,7 @@ class FakePixabay:
     def reset_counters(self) -> None:
         self.hits_by_path.clear()
         self.api_requests = self.image_requests = self.render_count = 0
+        self.peak_image_requests = self.images_in_flight
         self.queries.clear()
 
     # ------------------------------------------------------------------ lookups
@@ -612,6 +616,14 @@ class FakePixabay:
     async def _image(self, request: web.Request) -> web.Response:
         self._count(request)
         self.image_requests += 1
+        self.images_in_flight += 1
+        self.peak_image_requests = max(self.peak_image_requests, self.images_in_flight)
+        try:
+            return await self._serve_image(request)
+        finally:
+            self.images_in_flight -= 1
+
+    async def _serve_image(self, request: web.Request) -> web.Response:
         if not await self._pause(self.latency):
             return self._drop(request)
         match = _NAME.fullmatch(request.match_info["name"])
