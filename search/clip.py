@@ -33,6 +33,7 @@ import torch
 from .errors import ModelLoadError
 from .preprocess import batch_decodable, jpeg_info, preprocess
 from .store import FeatureVector
+from .threads import lower_priority
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +261,7 @@ class ClipEncoder:
 
     # -- worker thread ----------------------------------------------------------
     def _run(self, loop: asyncio.AbstractEventLoop) -> None:
+        lower_priority()  # before torch starts its own threads, which inherit it
         try:
             self._load()
         except BaseException as e:  # handed to start()'s caller

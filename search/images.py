@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -20,6 +21,7 @@ from yarl import URL
 
 from .config import LOOPBACK_HOSTS
 from .errors import ImageSkipped
+from .threads import lower_priority
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +99,8 @@ class ImageFetcher:
         self.max_pixels = max_pixels
         self._sem = asyncio.Semaphore(concurrency)
         self._pool = ThreadPoolExecutor(max_workers=decode_threads,
-                                        thread_name_prefix="decode")
+                                        thread_name_prefix="decode",
+                                        initializer=lower_priority)
 
     async def close(self) -> None:
         await asyncio.to_thread(self._pool.shutdown, True)
@@ -143,10 +146,16 @@ class ImageFetcher:
 
     async def prepare(self, data: bytes, transform: Callable[[Image.Image], object],
                       *, min_side: int | None = None):
-        """Decode and preprocess on the decode threads: only the forward pass is left."""
+        """Decode and preprocess on the decode threads: only the forward pass is left.
+
+        Returns the transformed image and the seconds a decode thread spent on it (not
+        the time it waited for a free thread, which is the downloads' doing).
+        """
         loop = asyncio.get_running_loop()
 
         def work():
-            return transform(decode_image(data, min_side=min_side, max_pixels=self.max_pixels))
+            t0 = time.perf_counter()
+            pixels = transform(decode_image(data, min_side=min_side, max_pixels=self.max_pixels))
+            return pixels, time.perf_counter() - t0
 
         return await loop.run_in_executor(self._pool, work)

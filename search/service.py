@@ -203,12 +203,11 @@ class SearchService:
 
         async def on_cpu(hit: Hit, data: bytes) -> None:
             try:
-                t0 = time.perf_counter()
                 # 8-bit levels: on CPU the encoder lags the downloads, so most of the
                 # decoded images wait in its queue; levels take a quarter of floats' room.
-                pixels = await self.fetcher.prepare(data, self.encoder.preprocess_levels,
-                                                    min_side=min_side)
-                spent["decode"] += time.perf_counter() - t0
+                pixels, seconds = await self.fetcher.prepare(
+                    data, self.encoder.preprocess_levels, min_side=min_side)
+                spent["decode"] += seconds
                 vecs, seconds = await self.encoder.encode_images(pixels[None])
                 spent["encode"] += seconds
                 vectors[hit.id] = vecs[0]

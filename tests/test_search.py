@@ -1,8 +1,10 @@
 """SearchService end to end: the real aiohttp client, the fake Pixabay, the tiny model."""
 
 import asyncio
+import os
 import random
 import sqlite3
+import threading
 from collections import Counter
 
 import numpy as np
@@ -37,6 +39,15 @@ async def test_phrase_ranks_matching_scenes_first(service, fake_pixabay, tag, ph
     assert first.page_url.startswith("https://pixabay.com/photos/")
     assert first.user and first.user_page_url.startswith("https://pixabay.com/users/")
     assert set(result.timings) >= {"api", "download", "decode", "encode", "rank", "total"}
+
+
+async def test_stage_times_are_work_not_waiting(service):
+    """Decode is decode-thread time and encode is encoder time, not time spent queued."""
+    t = (await service.find("circle", "a red circle on snow", candidates=200)).timings
+    threads = service.fetcher._pool._max_workers
+    assert 0 < t["decode"] <= t["total"] * threads
+    assert 0 < t["encode"] <= t["total"]
+    assert t["download"] <= t["total"]
 
 
 async def test_second_phrase_on_same_tag_downloads_nothing(service, fake_pixabay):
@@ -176,3 +187,12 @@ async def test_concurrent_queries_share_the_encoder(service, fake_pixabay):
         service.find("star", "a yellow star on sand", candidates=40))
     assert [r.candidates for r in results] == [40, 40, 40]
     assert all(np.isfinite(r.hits[0].score) for r in results)
+
+
+async def test_encoder_and_decode_threads_yield_the_cpu_to_the_event_loop(service):
+    await service.find("circle", "a red circle on snow", candidates=20)
+    loop_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    background = [t for t in threading.enumerate() if t.name.startswith("decode")]
+    background.append(service.encoder._thread)
+    assert len(background) >= 2
+    assert all(os.getpriority(os.PRIO_PROCESS, t.native_id) > loop_nice for t in background)
