@@ -463,9 +463,14 @@ async def scenarios(bench: Bench, res: Results) -> None:
         if name in ("cold", "downloaded") or name.startswith("concurrent"):
             res.scenarios[name]["worst_stall_ms"] = max(
                 (r.get("stall_ms", 0.0) for r in numeric), default=None)
-    serving = [r.get("peak_rss_mb") for n, s in res.scenarios.items() if n != "baseline"
-               for r in s["runs"]]
-    res.memory["peak_rss_serving_mb"] = max((v for v in serving if v), default=None)
+    # The product's own peak: its scenarios (not the baseline, not the synthetic
+    # batch-200 encoder row) in the first run, before the baseline's allocations have
+    # grown the heap that later runs inherit. The all-runs peak is kept beside it.
+    product = [s for n, s in res.scenarios.items() if n not in ("baseline", "encoder")]
+    first = [s["runs"][0].get("peak_rss_mb") for s in product if s["runs"]]
+    every = [r.get("peak_rss_mb") for s in product for r in s["runs"]]
+    res.memory["peak_rss_serving_mb"] = max((v for v in first if v), default=None)
+    res.memory["peak_rss_serving_all_runs_mb"] = max((v for v in every if v), default=None)
     gpu = [r["peak_gpu_mb"]["reserved"] for n, s in res.scenarios.items() if n != "baseline"
            for r in s["runs"] if "peak_gpu_mb" in r]
     if gpu or "peak_gpu_load_mb" in res.memory:
@@ -588,7 +593,8 @@ def table(res: Results) -> str:
               f"{mem.get('rss_loaded_mb', 0):.0f} MB loaded "
               f"(private {_cell(mem.get('rss_anon_loaded_mb'))} MB), peak "
               f"{_cell(mem.get('peak_rss_load_mb'))} MB at load, "
-              f"{_cell(mem.get('peak_rss_serving_mb'))} MB serving"
+              f"{_cell(mem.get('peak_rss_serving_mb'))} MB serving "
+              f"({_cell(mem.get('peak_rss_serving_all_runs_mb'))} MB after baseline runs)"
               + (f"; GPU peak reserved {mem['peak_gpu_reserved_mb']:.0f} MB"
                  if mem.get("peak_gpu_reserved_mb") is not None else ""), ""]
     lines.append(f"{'goal':<5}{'figure':<34}{'status':<20}target")
