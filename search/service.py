@@ -30,9 +30,10 @@ log = logging.getLogger(__name__)
 
 MAX_PHRASE_CHARS = 300
 # Image downloads in flight at once, across all queries, on keep-alive connections to
-# the image CDN. At 30 ms a request, 200 thumbnails take about 200/64 round trips
-# (~100 ms); at 16 they took ~400 ms, the whole of a GPU query's budget.
-DOWNLOADS_IN_FLIGHT = 64
+# the image CDN. Measured on 2 cores with 30 ms a request (bench --fetch-concurrency):
+# 16 took 480 ms for 200 thumbnails; 32 takes ~260 ms with the worst event-loop stall
+# 7-16 ms; 64 saves another 80 ms but its bursts of completions stall the loop 18-25 ms.
+DOWNLOADS_IN_FLIGHT = 32
 Progress = Callable[[str, int, int], None]
 
 
