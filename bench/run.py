@@ -507,7 +507,7 @@ def goals(res: Results) -> list[dict]:
     p1 = _med(res, "downloaded", "through_scores")
     base_ts = _med(res, "baseline", "through_scores")
     x1 = _ratio(base_ts, p1)
-    add("P1", _fmt_ms(p1) + (f", {x1:.0f}x baseline" if x1 else ""),
+    add("P1", _fmt_ms(p1) + (f", {x1:.1f}x baseline" if x1 else ""),
         verdict(p1 is not None and x1 is not None and p1 <= 30 and x1 >= 60,
                 None if cuda and big_gpu else ("needs GPU" if not cuda else "needs H100/H200")),
         ms=p1, x_baseline=x1)
