@@ -86,6 +86,29 @@ class BatchStats:
     jpegs_refused: int = 0
 
 
+def _load_malloc_trim():
+    try:
+        import ctypes
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def _trim_heap() -> None:
+    """Give the heap a CPU batch's activations freed back to the OS (glibc only).
+
+    Freed blocks of a few MB stay in glibc's arenas, so without this the process keeps
+    the largest batch's working set and some fragmentation for good: ~140 MB more
+    resident after a cold ViT-B-32 query on CPU. It costs well under a millisecond
+    against a batch's seconds.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -128,7 +151,10 @@ class ClipEncoder:
         self.model_name = model_name
         self.pretrained = None if model_name.startswith(("local-dir:", "hf-hub:")) else pretrained
         self.device = resolve_device(device)
-        self.max_batch = max_batch or (256 if self.device.startswith("cuda") else 32)
+        # On CPU, throughput is flat from 8 to 32 images a batch (ViT-B-32, 1 thread:
+        # 9-10 images/s), while the activations' memory and a text's wait behind the
+        # batch in progress grow with it; 16 keeps both small.
+        self.max_batch = max_batch or (256 if self.device.startswith("cuda") else 16)
         self.batch_wait = batch_wait
         self.threads = threads if threads is not None else default_threads(self.device)
         self.identity = ""
@@ -379,6 +405,9 @@ class ClipEncoder:
             with torch.inference_mode():
                 feats = self.model.encode_image(batch)
                 feats = torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy()
+            del batch, parts
+            if not self.device.startswith("cuda"):
+                _trim_heap()
             self.stats.batches += 1
             self.stats.images += total
             self.stats.largest_batch = max(self.stats.largest_batch, total)
