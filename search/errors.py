@@ -15,7 +15,11 @@ class InvalidQuery(SearchError):
     """The tag or the phrase cannot be searched (empty, too long)."""
 
 
-class PixabayError(SearchError):
+class SourceError(SearchError):
+    """An image source (Pixabay, Openverse) refused or failed the search."""
+
+
+class PixabayError(SourceError):
     """Pixabay refused or failed the search."""
 
 
@@ -33,11 +37,12 @@ class PixabayRejected(PixabayError):
         super().__init__(f"Pixabay refused the search: {detail}")
 
 
-class RateLimited(PixabayError):
-    def __init__(self, retry_after: float) -> None:
+class RateLimited(SourceError):
+    def __init__(self, retry_after: float, source: str = "Pixabay") -> None:
         self.retry_after = max(1.0, float(retry_after))
+        self.source = source
         super().__init__(
-            f"Pixabay's rate limit is reached; try again in {int(self.retry_after + 0.999)} s."
+            f"{source}'s rate limit is reached; try again in {int(self.retry_after + 0.999)} s."
         )
 
 
@@ -47,15 +52,39 @@ class PixabayUnavailable(PixabayError):
         super().__init__(f"Pixabay is not answering right now ({why}); try again in a minute.")
 
 
-class MalformedResponse(PixabayError):
+class MalformedResponse(SourceError):
+    def __init__(self, source: str = "Pixabay") -> None:
+        super().__init__(f"{source} sent a response that could not be read; try again in a "
+                         "minute.")
+
+
+class OpenverseError(SourceError):
+    """Openverse refused or failed the search."""
+
+
+class OpenverseRejected(OpenverseError):
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(f"Openverse refused the search: {detail}")
+
+
+class InvalidOpenverseCredentials(OpenverseError):
     def __init__(self) -> None:
-        super().__init__("Pixabay sent a response that could not be read; try again in a minute.")
+        super().__init__("Openverse rejected the client credentials; check OPENVERSE_CLIENT_ID "
+                         "and OPENVERSE_CLIENT_SECRET.")
+
+
+class OpenverseUnavailable(OpenverseError):
+    def __init__(self, why: str) -> None:
+        self.why = why
+        super().__init__(f"Openverse is not answering right now ({why}); try again in a minute.")
 
 
 class NoResults(SearchError):
-    def __init__(self, tag: str) -> None:
+    def __init__(self, tag: str, source: str = "Pixabay") -> None:
         self.tag = tag
-        super().__init__(f"Pixabay has no images tagged '{tag}'; try a broader tag.")
+        self.source = source
+        super().__init__(f"{source} has no images tagged '{tag}'; try a broader tag.")
 
 
 class AllImagesFailed(SearchError):

@@ -112,9 +112,13 @@ class Filters:
 
 @dataclass(frozen=True)
 class Hit:
-    """One Pixabay image, with only the fields we use; unknown fields are dropped."""
+    """One image from a source, with only the fields we use; unknown fields are dropped.
 
-    id: int
+    Pixabay ids are numbers; Openverse ids are UUID strings. ``source`` keeps them apart
+    (see ``search.sources`` for what each source's fields mean).
+    """
+
+    id: int | str
     page_url: str
     image_url: str
     preview_url: str = ""
@@ -125,6 +129,12 @@ class Hit:
     width: int = 0
     height: int = 0
     image_size: int = 0
+    source: str = PROVIDER
+    title: str = ""
+    license: str = ""
+    license_version: str = ""
+    license_url: str = ""
+    provider: str = ""
 
     @property
     def user_page_url(self) -> str:
@@ -196,6 +206,7 @@ class RateBudget:
     sent: deque = field(default_factory=deque)
     server_remaining: int | None = None
     server_reset_at: float = 0.0
+    source: str = "Pixabay"  # who refuses, in the sentence a user sees
 
     def acquire(self) -> None:
         now = self.clock()
@@ -204,9 +215,9 @@ class RateBudget:
         if now >= self.server_reset_at:
             self.server_remaining = None
         if self.server_remaining is not None and self.server_remaining <= 0:
-            raise RateLimited(self.server_reset_at - now)
+            raise RateLimited(self.server_reset_at - now, self.source)
         if len(self.sent) >= self.limit:
-            raise RateLimited(self.sent[0] + self.window - now)
+            raise RateLimited(self.sent[0] + self.window - now, self.source)
         self.sent.append(now)
         if self.server_remaining is not None:
             self.server_remaining -= 1

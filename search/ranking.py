@@ -41,7 +41,7 @@ class Ranking:
                 for i, (hit, score) in enumerate(self.entries[offset:offset + max(0, top)])]
 
     @property
-    def ids(self) -> list[int]:
+    def ids(self) -> list[int | str]:
         return [hit.id for hit, _ in self.entries]
 
     @property
@@ -65,7 +65,7 @@ def rank(hits: Sequence[Hit], vectors: np.ndarray, text: np.ndarray) -> Ranking:
     matrix = matrix / np.maximum(norms, 1e-12)
     t = np.asarray(text, dtype=np.float32)
     t = t / max(float(np.linalg.norm(t)), 1e-12)
-    scores = matrix @ t
-    ids = np.fromiter((h.id for h in hits), dtype=np.int64, count=len(hits))
-    order = np.lexsort((ids, -scores))
+    scores = (matrix @ t).tolist()
+    # Ids are numbers (Pixabay) or strings (Openverse); one ranking holds one source's.
+    order = sorted(range(len(hits)), key=lambda i: (-scores[i], hits[i].id))
     return Ranking(tuple((hits[i], float(scores[i])) for i in order))

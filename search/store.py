@@ -156,11 +156,12 @@ class Store:
         self._run(q)
 
     # -- embeddings -------------------------------------------------------------
-    def get_embeddings(self, provider: str, model: str, ids: Sequence[int]
-                       ) -> dict[int, FeatureVector]:
+    def get_embeddings(self, provider: str, model: str, ids: Sequence[int | str]
+                       ) -> dict[int | str, FeatureVector]:
         if not ids:
             return {}
-        out: dict[int, FeatureVector] = {}
+        out: dict[int | str, FeatureVector] = {}
+        wanted = {str(i): i for i in ids}  # Pixabay ids are numbers, Openverse ids UUIDs
 
         def q(conn: sqlite3.Connection):
             rows = []
@@ -174,13 +175,13 @@ class Store:
 
         for image_id, dim, blob in self._run(q):
             vec = np.frombuffer(blob, dtype=np.float32)
-            if vec.shape == (dim,):
-                out[int(image_id)] = vec
+            if vec.shape == (dim,) and str(image_id) in wanted:
+                out[wanted[str(image_id)]] = vec
         return out
 
     def put_embeddings(self, provider: str, model: str,
-                       items: Iterable[tuple[int, FeatureVector]]) -> None:
-        rows = [(provider, int(i), model, int(v.shape[0]),
+                       items: Iterable[tuple[int | str, FeatureVector]]) -> None:
+        rows = [(provider, i, model, int(v.shape[0]),
                  np.ascontiguousarray(v, dtype=np.float32).tobytes()) for i, v in items]
         if not rows:
             return

@@ -1,0 +1,388 @@
+"""The second retriever: an Openverse API client that needs no account.
+
+Openverse (https://api.openverse.org/v1/) indexes openly licensed images. Anonymous
+callers get at most 20 results a page (a larger ``page_size`` is answered 401) and a
+small budget (about 20 requests a minute, 200 a day, announced in
+``X-RateLimit-Limit-<scope>`` / ``X-RateLimit-Available-<scope>``); registered
+applications trade ``OPENVERSE_CLIENT_ID`` / ``OPENVERSE_CLIENT_SECRET`` for a bearer
+token at ``auth_tokens/token/`` and may ask for more a page. No caller may page past
+page 20. Pages are cached for 24 hours like Pixabay's, and the client keeps its own
+budget so it never sends a request it knows will be refused.
+
+Each result's ``thumbnail`` is served by the API host itself, so ranking and sharing
+download only from that host, whatever site the original lives on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping
+
+import aiohttp
+from yarl import URL
+
+from .errors import (
+    InvalidOpenverseCredentials,
+    InvalidQuery,
+    MalformedResponse,
+    OpenverseRejected,
+    OpenverseUnavailable,
+    RateLimited,
+)
+from .pixabay import MAX_QUERY_CHARS, Candidates, Filters, Hit, RateBudget, normalise_tag
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+PROVIDER = "openverse"
+LABEL = "Openverse"
+DEFAULT_API_URL = "https://api.openverse.org/v1/"
+ANONYMOUS_PAGE_SIZE = 20  # a larger page_size without a token is answered 401
+REGISTERED_PAGE_SIZE = 500  # what the API allows a registered application
+MAX_PAGES = 20  # Openverse refuses deeper pages for everyone
+MAX_REACHABLE = ANONYMOUS_PAGE_SIZE * MAX_PAGES
+# The anonymous budget Openverse documents; a registered key's is larger and is read
+# from the headers of the first answer.
+ANONYMOUS_PER_MINUTE, ANONYMOUS_PER_DAY = 20, 200
+REGISTERED_PER_MINUTE, REGISTERED_PER_DAY = 100, 10_000
+
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+                   r"[0-9a-fA-F]{12}$")
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$", re.I)
+_PERIOD = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600,
+           "hour": 3600, "d": 86400, "day": 86400}
+_LICENSE = re.compile(r"^[a-z0-9-]{1,16}$")
+_VERSION = re.compile(r"^[0-9.]{1,8}$")
+
+
+def search_params(filters: Filters) -> dict[str, str]:
+    """Pixabay-shaped filters in Openverse's terms; what it cannot filter is refused."""
+    if filters.colors:
+        raise InvalidQuery("Openverse cannot filter by colour; leave colors empty or use "
+                           "source pixabay.")
+    if filters.image_type == "vector":
+        raise InvalidQuery("Openverse has no vector images; choose photo or illustration.")
+    params: dict[str, str] = {}
+    if filters.image_type == "photo":
+        params["category"] = "photograph"
+    elif filters.image_type == "illustration":
+        params["category"] = "illustration"
+    if filters.orientation == "horizontal":
+        params["aspect_ratio"] = "wide"
+    elif filters.orientation == "vertical":
+        params["aspect_ratio"] = "tall"
+    if not filters.safesearch:
+        params["mature"] = "true"
+    return params
+
+
+def _text(value: object, cap: int, default: str = "") -> str:
+    if not isinstance(value, str):
+        return default
+    text = " ".join(value.split())[:cap]
+    return text or default
+
+
+def _web_url(value: object) -> str:
+    """An http(s) URL of sane length, or ''."""
+    if not isinstance(value, str) or len(value) > 2000:
+        return ""
+    try:
+        url = URL(value)
+    except (ValueError, TypeError):
+        return ""
+    return value if url.scheme in ("http", "https") and url.host else ""
+
+
+def hit_from_api(raw: Mapping) -> Hit | None:
+    """A Hit from one Openverse result; None when it lacks a UUID id or a thumbnail."""
+    image_id = raw.get("id")
+    thumbnail = _web_url(raw.get("thumbnail"))
+    if not isinstance(image_id, str) or not _UUID.match(image_id) or not thumbnail:
+        return None
+    tags = raw.get("tags") if isinstance(raw.get("tags"), list) else []
+    names = tuple(dict.fromkeys(
+        _text(t.get("name"), 40) for t in tags[:30] if isinstance(t, Mapping)
+        and _text(t.get("name"), 40)))
+
+    def num(name: str) -> int:
+        value = raw.get(name)
+        return value if isinstance(value, int) and 0 <= value <= 10**9 else 0
+
+    licence = _text(raw.get("license"), 16).lower()
+    version = _text(raw.get("license_version"), 8)
+    return Hit(
+        id=image_id.lower(),
+        page_url=_web_url(raw.get("foreign_landing_url")) or thumbnail,
+        image_url=_web_url(raw.get("url")) or thumbnail,
+        preview_url=thumbnail,
+        tags=names,
+        user=_text(raw.get("creator"), 80, "unknown"),
+        width=num("width"),
+        height=num("height"),
+        image_size=num("filesize"),
+        source=PROVIDER,
+        title=_text(raw.get("title"), 200),
+        license=licence if _LICENSE.match(licence) else "",
+        license_version=version if _VERSION.match(version) else "",
+        license_url=_web_url(raw.get("license_url")),
+        provider=_text(raw.get("provider"), 40),
+    )
+
+
+class OpenverseClient:
+    """Searches Openverse images on a shared session; anonymous unless given credentials."""
+
+    name = PROVIDER
+
+    def __init__(self, session: aiohttp.ClientSession, *, api_url: str = DEFAULT_API_URL,
+                 client_id: str | None = None, client_secret: str | None = None,
+                 store: Store | None = None, timeout: float = 10.0, retries: int = 2,
+                 backoff: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:
+        self.session = session
+        self.api_url = api_url if api_url.endswith("/") else api_url + "/"
+        self._client_id = client_id or None
+        self._client_secret = client_secret or None
+        self.store = store
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.retries = retries
+        self.backoff = backoff
+        self.clock = clock
+        per_minute, per_day = ((ANONYMOUS_PER_MINUTE, ANONYMOUS_PER_DAY) if self.anonymous
+                               else (REGISTERED_PER_MINUTE, REGISTERED_PER_DAY))
+        self.minute = RateBudget(limit=per_minute, window=60.0, clock=clock, source=LABEL)
+        self.day = RateBudget(limit=per_day, window=86400.0, clock=clock, source=LABEL)
+        self._token: str | None = None
+        self._token_expires = 0.0
+        self._token_lock = asyncio.Lock()
+        self._inflight: dict[str, asyncio.Future] = {}
+
+    @property
+    def anonymous(self) -> bool:
+        return not (self._client_id and self._client_secret)
+
+    @property
+    def page_size(self) -> int:
+        return ANONYMOUS_PAGE_SIZE if self.anonymous else REGISTERED_PAGE_SIZE
+
+    @property
+    def max_reachable(self) -> int:
+        return self.page_size * MAX_PAGES
+
+    async def candidates(self, tag: str, filters: Filters | None = None, limit: int = 200
+                         ) -> Candidates:
+        """Up to ``limit`` hits for ``tag``: pages of ``page_size``, never past page 20."""
+        q = normalise_tag(tag)
+        if not q:
+            raise InvalidQuery("The tag is empty; give one word such as 'tiger'.")
+        if len(q) > MAX_QUERY_CHARS:
+            raise InvalidQuery(f"The tag is {len(q)} characters; keep it under "
+                               f"{MAX_QUERY_CHARS}.")
+        extra = search_params(filters or Filters())
+        limit = max(1, min(int(limit), self.max_reachable))
+        size = min(self.page_size, limit) if not self.anonymous else self.page_size
+        hits: list[Hit] = []
+        seen: set[str] = set()
+        total = 0
+        sent = cached_pages = 0
+        page = 1
+        while len(hits) < limit:
+            body, was_cached = await self._page({"q": q, **extra, "page": str(page),
+                                                 "page_size": str(size)})
+            sent += 0 if was_cached else 1
+            cached_pages += 1 if was_cached else 0
+            results = body.get("results")
+            if not isinstance(results, list):
+                raise MalformedResponse(LABEL)
+            count, pages = body.get("result_count"), body.get("page_count")
+            total = count if isinstance(count, int) and count >= 0 else len(results)
+            pages = pages if isinstance(pages, int) and pages >= 0 else page
+            for raw in results[:size]:
+                hit = hit_from_api(raw) if isinstance(raw, Mapping) else None
+                if hit is not None and hit.id not in seen:
+                    seen.add(str(hit.id))
+                    hits.append(hit)
+            if len(results) < size or page >= min(pages, MAX_PAGES):
+                break
+            page += 1
+        return Candidates(hits=hits[:limit], total_hits=min(total, self.max_reachable),
+                          requests=sent, from_cache=sent == 0 and cached_pages > 0)
+
+    def _cache_key(self, params: dict[str, str]) -> str:
+        # Who asks matters: a registered client's pages are larger than an anonymous one's.
+        who = ("anonymous" if self.anonymous
+               else hashlib.sha256(self._client_id.encode()).hexdigest()[:12])
+        return json.dumps([PROVIDER, self.api_url, who, sorted(params.items())],
+                          separators=(",", ":"))
+
+    async def _page(self, params: dict[str, str]) -> tuple[dict, bool]:
+        key = self._cache_key(params)
+        if self.store is not None:
+            cached = await asyncio.to_thread(self.store.get_response, key)
+            if cached is not None:
+                return cached, True
+        if key in self._inflight:  # the same page asked twice at once: one request
+            return await asyncio.shield(self._inflight[key]), True
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            body = await self._request(params)
+            if self.store is not None:
+                await asyncio.to_thread(self.store.put_response, key, body)
+            future.set_result(body)
+            return body, False
+        except BaseException as e:
+            future.set_exception(e)
+            future.exception()
+            raise
+        finally:
+            del self._inflight[key]
+
+    # -- OAuth2 client credentials ---------------------------------------------------
+    async def _bearer(self, *, renew: bool = False) -> str | None:
+        if self.anonymous:
+            return None
+        async with self._token_lock:
+            if renew or self._token is None or self.clock() >= self._token_expires:
+                await self._fetch_token()
+            return self._token
+
+    async def _fetch_token(self) -> None:
+        data = {"grant_type": "client_credentials", "client_id": self._client_id or "",
+                "client_secret": self._client_secret or ""}
+        try:
+            async with self.session.post(self.api_url + "auth_tokens/token/", data=data,
+                                         timeout=self.timeout) as resp:
+                status = resp.status
+                text = await resp.text()
+        except TimeoutError:
+            raise OpenverseUnavailable("the token request timed out") from None
+        except aiohttp.ClientError as e:
+            raise OpenverseUnavailable(type(e).__name__) from None
+        if status in (400, 401, 403):
+            raise InvalidOpenverseCredentials()
+        if status != 200:
+            raise OpenverseUnavailable(f"HTTP {status} for a token")
+        try:
+            body = json.loads(text)
+            token = body["access_token"]
+            expires_in = float(body.get("expires_in", 3600))
+        except (ValueError, KeyError, TypeError):
+            raise MalformedResponse(LABEL) from None
+        if not isinstance(token, str) or not token or not 0 < expires_in <= 10**7:
+            raise MalformedResponse(LABEL)
+        self._token = token
+        # Renewed before it expires: a minute early, or a tenth of a short lifetime.
+        self._token_expires = self.clock() + expires_in - min(60.0, expires_in / 10)
+
+    # -- requests ------------------------------------------------------------------
+    def _acquire(self) -> None:
+        now = self.clock()
+        for budget in (self.minute, self.day):  # check both before spending either
+            if now >= budget.server_reset_at:
+                budget.server_remaining = None
+            if budget.server_remaining is not None and budget.server_remaining <= 0:
+                raise RateLimited(budget.server_reset_at - now, LABEL)
+            while budget.sent and now - budget.sent[0] >= budget.window:
+                budget.sent.popleft()
+            if len(budget.sent) >= budget.limit:
+                raise RateLimited(budget.sent[0] + budget.window - now, LABEL)
+        self.minute.acquire()
+        self.day.acquire()
+
+    def _observe(self, headers: Mapping[str, str]) -> None:
+        """Read ``X-RateLimit-Limit-<scope>: N/period`` and ``X-RateLimit-Available-<scope>``."""
+        limits: dict[str, tuple[int, int]] = {}
+        available: dict[str, int] = {}
+        for name, value in headers.items():
+            lower = name.lower()
+            if lower.startswith("x-ratelimit-limit-"):
+                m = _RATE.match(value)
+                if m:
+                    limits[lower[18:]] = (int(m.group(1)), _PERIOD[m.group(2).lower()])
+            elif lower.startswith("x-ratelimit-available-"):
+                try:
+                    available[lower[22:]] = max(0, int(value))
+                except ValueError:
+                    continue
+        now = self.clock()
+        for scope, (limit, period) in limits.items():
+            budget = self.day if period >= 3600 else self.minute
+            budget.limit = max(1, limit)
+            if scope in available:
+                budget.server_remaining = available[scope]
+                budget.server_reset_at = now + period
+
+    async def _request(self, params: dict[str, str]) -> dict:
+        last = "no answer"
+        renewed = False
+        attempt = 0
+        while attempt <= self.retries:
+            if attempt:
+                await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+            token = await self._bearer()
+            self._acquire()
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            try:
+                async with self.session.get(self.api_url + "images/", params=params,
+                                            headers=headers, timeout=self.timeout) as resp:
+                    self._observe(resp.headers)
+                    status = resp.status
+                    text = await resp.text()
+                    retry_after = resp.headers.get("Retry-After", "")
+            except TimeoutError:
+                last = "timed out"
+                log.warning("openverse: request timed out (attempt %d)", attempt + 1)
+                attempt += 1
+                continue
+            except aiohttp.ClientError as e:
+                last = type(e).__name__
+                log.warning("openverse: %s (attempt %d)", last, attempt + 1)
+                attempt += 1
+                continue
+            if status == 200:
+                try:
+                    body = json.loads(text)
+                except ValueError:
+                    raise MalformedResponse(LABEL) from None
+                if not isinstance(body, dict):
+                    raise MalformedResponse(LABEL)
+                return body
+            if status == 429:
+                try:
+                    retry = float(retry_after)
+                except ValueError:
+                    retry = 60.0
+                retry = min(max(retry, 1.0), 86400.0)
+                self.minute.server_remaining = 0
+                self.minute.server_reset_at = self.clock() + retry
+                raise RateLimited(retry, LABEL)
+            if status == 401 and token and not renewed:  # the token expired or was revoked
+                renewed = True
+                await self._bearer(renew=True)
+                continue
+            if status >= 500:
+                last = f"HTTP {status}"
+                log.warning("openverse: HTTP %d (attempt %d)", status, attempt + 1)
+                attempt += 1
+                continue
+            raise OpenverseRejected(_detail(text, status))
+        raise OpenverseUnavailable(last)
+
+
+def _detail(text: str, status: int) -> str:
+    """Openverse's own reason from ``{"detail": ...}``, one short line."""
+    try:
+        detail = json.loads(text).get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    if isinstance(detail, dict):
+        detail = "; ".join(f"{k}: {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                           for k, v in detail.items())
+    detail = " ".join(str(detail or "").split())[:200]
+    return detail or f"HTTP {status}"
