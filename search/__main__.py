@@ -1,7 +1,9 @@
-"""The CLI: python -m search TAG PHRASE [--top N] [--offset K] [--candidates M] [--json] [--grid FILE]
+"""The CLI: python -m search TAG [PHRASE] [--image FILE] [--source S] [--top N] [--offset K]
+[--candidates M] [--json] [--grid FILE]
 
-Exit codes: 0 found; 2 bad input or settings; 3 Pixabay refused or failed;
-4 rate limited; 5 nothing found (no hits, or no image readable); 1 anything else.
+Exit codes: 0 found; 2 bad input or settings; 3 the source (Pixabay, Openverse)
+refused or failed; 4 rate limited; 5 nothing found (no hits, or no image readable);
+1 anything else.
 """
 
 from __future__ import annotations
@@ -17,29 +19,37 @@ from .config import Settings
 from .errors import (
     AllImagesFailed,
     ConfigError,
-    ImageSkipped,
     InvalidQuery,
     ModelLoadError,
     NoResults,
-    PixabayError,
     RateLimited,
     SearchError,
+    SourceError,
 )
-from .grid import contact_sheet
+from .grid import hits_sheet
+from .imagequery import MAX_QUERY_IMAGE_BYTES
 from .pixabay import COLORS, IMAGE_TYPES, ORDERS, ORIENTATIONS, Filters
 from .service import SearchResult, SearchService
+from .sources import HOMES, SOURCES, credit, label, licence_label
 
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (InvalidQuery, 2), (ConfigError, 2), (ModelLoadError, 2), (RateLimited, 4),
-    (PixabayError, 3), (NoResults, 5), (AllImagesFailed, 5), (SearchError, 1),
+    (SourceError, 3), (NoResults, 5), (AllImagesFailed, 5), (SearchError, 1),
 )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m search",
-                                description="Rank Pixabay images for TAG by similarity to PHRASE.")
-    p.add_argument("tag", help="the Pixabay tag that fetches candidates, e.g. tiger")
-    p.add_argument("phrase", help='what the picture shows, e.g. "tiger playing in the snow"')
+    p = argparse.ArgumentParser(
+        prog="python -m search",
+        description="Rank images tagged TAG by similarity to PHRASE, to an image, or both.")
+    p.add_argument("tag", help="the tag that fetches candidates, e.g. tiger")
+    p.add_argument("phrase", nargs="?", default=None,
+                   help='what the picture shows, e.g. "tiger playing in the snow" '
+                        "(optional with --image)")
+    p.add_argument("--image", type=Path, metavar="FILE",
+                   help="rank by similarity to this picture (with PHRASE: to both)")
+    p.add_argument("--source", choices=SOURCES, default=None,
+                   help="where candidates come from (default SEARCH_SOURCE, else pixabay)")
     p.add_argument("--top", type=int, default=5, help="hits to show (1-50, default 5)")
     p.add_argument("--offset", type=int, default=0, help="skip this many ranks (paging)")
     p.add_argument("--candidates", type=int, default=None,
@@ -52,22 +62,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "for all ages")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--grid", type=Path, metavar="FILE.png",
-                   help="write a contact sheet of the hits")
+                   help="write a contact sheet of the hits (rank, score and id on each tile)")
     p.add_argument("-v", "--verbose", action="store_true", help="log skipped images and retries")
     return p.parse_args(argv)
 
 
+def hit_json(h) -> dict:
+    data = {"rank": h.rank, "id": h.hit.id, "score": round(h.score, 6),
+            "page_url": h.hit.page_url, "image_url": h.hit.image_url,
+            "preview_url": h.hit.preview_url, "tags": list(h.hit.tags), "user": h.hit.user}
+    if h.hit.source == "openverse":
+        data.update(license=licence_label(h.hit), license_url=h.hit.license_url,
+                    provider=h.hit.provider)
+    return data
+
+
 def to_json(result: SearchResult) -> dict:
     return {
+        "source": result.source,
         "tag": result.tag,
         "phrase": result.phrase,
+        "image": result.by_image,
         "candidates": result.candidates,
-        "hits": [
-            {"rank": h.rank, "id": h.hit.id, "score": round(h.score, 6),
-             "page_url": h.hit.page_url, "image_url": h.hit.image_url,
-             "preview_url": h.hit.preview_url, "tags": list(h.hit.tags), "user": h.hit.user}
-            for h in result.hits
-        ],
+        "hits": [hit_json(h) for h in result.hits],
         "timings": {k: round(v, 1) for k, v in result.timings.items()},
         "skipped": result.skipped,
         "truncated": result.truncated,
@@ -76,10 +93,15 @@ def to_json(result: SearchResult) -> dict:
 
 
 def to_table(result: SearchResult) -> str:
-    lines = [f"{'rank':>4}  {'score':>5}  {'id':>9}  {'tags':<32}  page"]
+    width = max([9, *(len(str(h.hit.id)) for h in result.hits)])
+    openverse = result.source == "openverse"
+    about = "credit" if openverse else "tags"
+    lines = [f"{'rank':>4}  {'score':>5}  {'id':>{width}}  {about:<32}  page"]
     for h in result.hits:
-        tags = ", ".join(h.hit.tags)[:32]
-        lines.append(f"{h.rank:>4}  {h.display:>5.1f}  {h.hit.id:>9}  {tags:<32}  {h.hit.page_url}")
+        text = (credit(h.hit).removeprefix("Image by ") if openverse
+                else ", ".join(h.hit.tags))[:32]
+        lines.append(f"{h.rank:>4}  {h.display:>5.1f}  {str(h.hit.id):>{width}}  {text:<32}  "
+                     f"{h.hit.page_url}")
     t = result.timings
     stages = "  ".join(f"{k} {t[k]:.0f} ms" for k in ("api", "download", "decode", "encode",
                                                        "rank", "total") if k in t)
@@ -89,7 +111,9 @@ def to_table(result: SearchResult) -> str:
                  + (", from cache" if result.cached else "") + f"; {stages}")
     if result.truncated:
         lines.append("note: the phrase was longer than the model reads; its end was ignored.")
-    lines.append("Images from Pixabay (https://pixabay.com).")
+    lines.append(f"Images from {label(result.source)} ({HOMES[result.source]})"
+                 + ("; each under the licence shown (--json: license_url)." if openverse
+                    else "."))
     return "\n".join(lines)
 
 
@@ -98,17 +122,23 @@ def _reasons(skipped: dict[str, int]) -> str:
 
 
 async def write_grid(service: SearchService, result: SearchResult, path: Path) -> int:
-    async def load(url: str):
-        try:
-            return await service.fetcher.decode(await service.fetcher.fetch(url))
-        except ImageSkipped:
-            return None
-
-    images = await asyncio.gather(*(load(h.hit.variant_url(340)) for h in result.hits))
     labels = [f"#{h.rank}  {h.display:.1f}" for h in result.hits]
-    sheet = contact_sheet(images, labels)
+    captions = [str(h.hit.id) for h in result.hits]
+    sheet = await hits_sheet(service.fetcher, result.hits, labels, captions)
     await asyncio.to_thread(sheet.save, path, "PNG")
     return len(labels)
+
+
+def read_image(path: Path) -> bytes:
+    """The query picture's bytes, within the cap, or one sentence."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_QUERY_IMAGE_BYTES:
+            raise InvalidQuery(f"The image {path} is {size / 1e6:.1f} MB; use one of at most "
+                               f"{MAX_QUERY_IMAGE_BYTES // (1024 * 1024)} MB.")
+        return path.read_bytes()
+    except OSError as e:
+        raise InvalidQuery(f"Cannot read the image {path}: {e.strerror or e}.") from None
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> SearchResult:
@@ -126,11 +156,14 @@ async def run(args: argparse.Namespace, settings: Settings) -> SearchResult:
                 bar = tqdm(total=total, desc="download + encode", unit="img", leave=False)
             bar.update(done - bar.n)
 
-    async with SearchService.open(settings) as service:
+    image = read_image(args.image) if args.image else None
+    source = args.source or settings.search_source
+    settings.require_source(source)
+    async with SearchService.open(settings.replace(search_source=source)) as service:
         try:
             result = await service.find(args.tag, args.phrase, top=args.top, offset=args.offset,
                                         candidates=args.candidates, filters=filters,
-                                        progress=progress)
+                                        progress=progress, source=source, image=image)
         finally:
             if bar is not None:
                 bar.close()

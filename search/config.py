@@ -22,6 +22,8 @@ DEFAULT_PRETRAINED = "datacomp_s34b_b86k"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 IMAGE_VARIANTS = (180, 340, 640, 960)
 DEVICES = ("auto", "cpu", "cuda")
+SOURCES = ("pixabay", "openverse")
+LAYOUTS = ("auto", "list", "grid")
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,11 @@ class Settings:
     search_candidates: int = 200
     max_concurrent_searches: int = 4
     user_cooldown_seconds: float = 10.0
+    search_source: str = "pixabay"
+    openverse_api_url: str = "https://api.openverse.org/v1/"
+    openverse_client_id: str | None = field(default=None, repr=False)
+    openverse_client_secret: str | None = field(default=None, repr=False)
+    results_layout: str = "auto"
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
@@ -103,6 +110,22 @@ class Settings:
             kw["max_concurrent_searches"] = _int("MAX_CONCURRENT_SEARCHES", raw, 1, 64)
         if (raw := get("USER_COOLDOWN_SECONDS")) is not None:
             kw["user_cooldown_seconds"] = float(_int("USER_COOLDOWN_SECONDS", raw, 0, 3600))
+        if (raw := get("SEARCH_SOURCE")) is not None:
+            if raw.lower() not in SOURCES:
+                raise ConfigError(f"SEARCH_SOURCE must be pixabay or openverse, not '{raw}'.")
+            kw["search_source"] = raw.lower()
+        if (raw := get("OPENVERSE_API_URL")) is not None:
+            url = _url("OPENVERSE_API_URL", raw, ("http", "https"))
+            kw["openverse_api_url"] = url if url.endswith("/") else url + "/"
+        kw["openverse_client_id"] = get("OPENVERSE_CLIENT_ID")
+        kw["openverse_client_secret"] = get("OPENVERSE_CLIENT_SECRET")
+        if bool(kw["openverse_client_id"]) != bool(kw["openverse_client_secret"]):
+            raise ConfigError("OPENVERSE_CLIENT_ID and OPENVERSE_CLIENT_SECRET go together; "
+                              "set both, or neither to search Openverse anonymously.")
+        if (raw := get("RESULTS_LAYOUT")) is not None:
+            if raw.lower() not in LAYOUTS:
+                raise ConfigError(f"RESULTS_LAYOUT must be auto, list or grid, not '{raw}'.")
+            kw["results_layout"] = raw.lower()
         settings = cls(**kw)  # type: ignore[arg-type]
         settings.check_model()
         return settings
@@ -153,6 +176,15 @@ class Settings:
                     f"{name} is not set; put it in the environment or in .env "
                     "(see .env.example)."
                 )
+
+    @property
+    def openverse_host(self) -> str:
+        return (URL(self.openverse_api_url).host or "").lower()
+
+    def require_source(self, source: str) -> None:
+        """Pixabay needs a key; Openverse needs nothing."""
+        if source == "pixabay":
+            self.require("PIXABAY_API_KEY")
 
     @property
     def db_path(self) -> Path:

@@ -244,6 +244,8 @@ def normalise_tag(tag: str) -> str:
 
 
 class PixabayClient:
+    name = PROVIDER
+
     def __init__(self, session: aiohttp.ClientSession, *, api_url: str, key: str,
                  store: Store | None = None, rate_limit: int = 100, window: float = 60.0,
                  timeout: float = 10.0, retries: int = 2, backoff: float = 0.5,

@@ -21,9 +21,12 @@ import numpy as np
 from .clip import ClipEncoder
 from .config import Settings
 from .errors import AllImagesFailed, ImageSkipped, InvalidQuery, NoResults
+from .imagequery import blend, image_vector
 from .images import ImageFetcher
-from .pixabay import PROVIDER, Filters, Hit, PixabayClient
+from .openverse import OpenverseClient
+from .pixabay import Filters, Hit, PixabayClient
 from .ranking import Ranking, ScoredHit, rank
+from .sources import Source, label, rank_url
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -54,20 +57,22 @@ class SearchResult:
     downloaded: int
     truncated: bool
     timings: dict[str, float] = field(default_factory=dict)  # milliseconds per stage
+    source: str = "pixabay"
+    by_image: bool = False  # an image was (part of) the query
 
     @property
     def cached(self) -> bool:
         return self.api_cached and self.downloaded == 0
 
 
-def check_query(tag: str, phrase: str) -> tuple[str, str]:
+def check_query(tag: str, phrase: str | None, *, image: bool = False) -> tuple[str, str]:
     tag = " ".join(tag.split())
-    phrase = " ".join(phrase.split())
+    phrase = " ".join((phrase or "").split())
     if not tag:
         raise InvalidQuery("The tag is empty; give one word such as 'tiger'.")
     if len(tag) > 100:
         raise InvalidQuery(f"The tag is {len(tag)} characters; Pixabay allows at most 100.")
-    if not phrase:
+    if not phrase and not image:
         raise InvalidQuery("The phrase is empty; describe the picture you want, "
                            "such as 'tiger playing in the snow'.")
     if len(phrase) > MAX_PHRASE_CHARS:
@@ -77,10 +82,13 @@ def check_query(tag: str, phrase: str) -> tuple[str, str]:
 
 
 class SearchService:
-    def __init__(self, settings: Settings, *, pixabay: PixabayClient, fetcher: ImageFetcher,
-                 encoder: ClipEncoder, store: Store) -> None:
+    def __init__(self, settings: Settings, *, pixabay: PixabayClient | None,
+                 fetcher: ImageFetcher, encoder: ClipEncoder, store: Store,
+                 openverse: OpenverseClient | None = None) -> None:
         self.settings = settings
         self.pixabay = pixabay
+        self.openverse = openverse
+        self.sources: dict[str, Source] = {c.name: c for c in (pixabay, openverse) if c}
         self.fetcher = fetcher
         self.encoder = encoder
         self.store = store
@@ -90,8 +98,12 @@ class SearchService:
     async def open(cls, settings: Settings, *, session: aiohttp.ClientSession | None = None,
                    encoder: ClipEncoder | None = None, **pixabay_options
                    ) -> AsyncIterator[SearchService]:
-        """Open every resource the service needs, load and warm the model, close on exit."""
-        settings.require("PIXABAY_API_KEY")
+        """Open every resource the service needs, load and warm the model, close on exit.
+
+        Pixabay is offered when PIXABAY_API_KEY is set (and must be when it is the
+        default source); Openverse always, anonymously unless given client credentials.
+        """
+        settings.require_source(settings.search_source)
         async with AsyncExitStack() as stack:
             if session is None:
                 connector = aiohttp.TCPConnector(limit=DOWNLOADS_IN_FLIGHT + 8,
@@ -105,22 +117,47 @@ class SearchService:
                 encoder = ClipEncoder(settings.clip_model, settings.clip_pretrained,
                                       settings.clip_device)
                 await stack.enter_async_context(encoder)
-            fetcher = ImageFetcher(session, settings.image_hosts,
-                                   concurrency=DOWNLOADS_IN_FLIGHT)
+            # Openverse thumbnails come from its API host: that host alone joins the list.
+            hosts = tuple(dict.fromkeys((*settings.image_hosts, settings.openverse_host)))
+            fetcher = ImageFetcher(session, hosts, concurrency=DOWNLOADS_IN_FLIGHT)
             stack.push_async_callback(fetcher.close)
-            pixabay = PixabayClient(session, api_url=settings.pixabay_api_url,
-                                    key=settings.pixabay_api_key or "", store=store,
-                                    rate_limit=settings.pixabay_rate_limit, **pixabay_options)
-            yield cls(settings, pixabay=pixabay, fetcher=fetcher, encoder=encoder, store=store)
+            pixabay = None
+            if settings.pixabay_api_key:
+                pixabay = PixabayClient(session, api_url=settings.pixabay_api_url,
+                                        key=settings.pixabay_api_key, store=store,
+                                        rate_limit=settings.pixabay_rate_limit,
+                                        **pixabay_options)
+            openverse = OpenverseClient(session, api_url=settings.openverse_api_url,
+                                        client_id=settings.openverse_client_id,
+                                        client_secret=settings.openverse_client_secret,
+                                        store=store, **{
+                                            k: v for k, v in pixabay_options.items()
+                                            if k in ("timeout", "retries", "backoff", "clock")})
+            yield cls(settings, pixabay=pixabay, fetcher=fetcher, encoder=encoder, store=store,
+                      openverse=openverse)
+
+    def source(self, name: str | None) -> Source:
+        """The named source (default SEARCH_SOURCE), or one sentence saying why not."""
+        name = name or self.settings.search_source
+        found = self.sources.get(name)
+        if found is None:
+            if name == "pixabay":
+                raise InvalidQuery("Pixabay is not set up here (PIXABAY_API_KEY is not set); "
+                                   "choose source openverse.")
+            raise InvalidQuery(f"source must be pixabay or openverse, not '{name}'.")
+        return found
 
     @property
     def model_key(self) -> str:
         return f"{self.encoder.identity}|_{self.settings.image_variant}"
 
-    async def find(self, tag: str, phrase: str, *, top: int = 5, offset: int = 0,
+    async def find(self, tag: str, phrase: str | None, *, top: int = 5, offset: int = 0,
                    candidates: int | None = None, filters: Filters | None = None,
-                   progress: Progress | None = None) -> SearchResult:
-        tag, phrase = check_query(tag, phrase)
+                   progress: Progress | None = None, source: str | None = None,
+                   image: bytes | None = None) -> SearchResult:
+        """Rank ``source``'s candidates for ``tag`` by ``phrase``, ``image``, or both."""
+        tag, phrase = check_query(tag, phrase, image=image is not None)
+        retriever = self.source(source)
         if not 1 <= top <= 50:
             raise InvalidQuery("top must be from 1 to 50.")
         if offset < 0:
@@ -131,42 +168,55 @@ class SearchService:
         timings: dict[str, float] = {}
         started = time.perf_counter()
 
-        # The text encode runs beside the API call and the downloads.
-        text_task = asyncio.ensure_future(self.encoder.encode_text(phrase))
+        # The query's encode runs beside the API call and the downloads.
+        text_task = asyncio.ensure_future(self._query_vector(phrase, image))
         try:
             t0 = time.perf_counter()
-            found = await self.pixabay.candidates(tag, filters, limit)
+            found = await retriever.candidates(tag, filters, limit)
             timings["api"] = _ms(t0)
             if not found.hits:
-                raise NoResults(tag)
+                raise NoResults(tag, label(retriever.name))
             hits = found.hits
-            cached = await asyncio.to_thread(self.store.get_embeddings, PROVIDER,
+            cached = await asyncio.to_thread(self.store.get_embeddings, retriever.name,
                                              self.model_key, [h.id for h in hits])
             missing = [h for h in hits if h.id not in cached]
             fresh, skipped, stage = await self._embed(missing, progress)
             timings.update(stage)
             vectors = {**cached, **fresh}
             if fresh:
-                await asyncio.to_thread(self.store.put_embeddings, PROVIDER, self.model_key,
-                                        fresh.items())
+                await asyncio.to_thread(self.store.put_embeddings, retriever.name,
+                                        self.model_key, fresh.items())
             ranked_hits = [h for h in hits if h.id in vectors]
             if not ranked_hits:
                 raise AllImagesFailed(len(hits), skipped)
-            text = await text_task
+            query, truncated = await text_task
         finally:
             if not text_task.done():
                 text_task.cancel()
+            elif not text_task.cancelled():
+                text_task.exception()  # a bad image is reported by whoever awaits it
         t0 = time.perf_counter()
         matrix = np.stack([vectors[h.id] for h in ranked_hits])
-        ranking = rank(ranked_hits, matrix, text.vector)
+        ranking = rank(ranked_hits, matrix, query)
         timings["rank"] = _ms(t0)
         timings["total"] = _ms(started)
         return SearchResult(
             tag=tag, phrase=phrase, hits=ranking.page(offset, top), ranking=ranking,
             offset=offset, top=top, candidates=len(ranking), fetched=len(hits),
             total_hits=found.total_hits, skipped=dict(skipped), api_cached=found.from_cache,
-            embeddings_cached=len(cached), downloaded=len(fresh), truncated=text.truncated,
-            timings=timings)
+            embeddings_cached=len(cached), downloaded=len(fresh), truncated=truncated,
+            timings=timings, source=retriever.name, by_image=image is not None)
+
+    async def _query_vector(self, phrase: str, image: bytes | None) -> tuple[np.ndarray, bool]:
+        """The query's unit vector and whether the phrase was cut to the model's length."""
+        if image is None:
+            text = await self.encoder.encode_text(phrase)
+            return text.vector, text.truncated
+        vector = await image_vector(self.fetcher, self.encoder, image)
+        if not phrase:
+            return vector, False
+        text = await self.encoder.encode_text(phrase)
+        return blend(vector, text.vector), text.truncated
 
     async def _embed(self, hits: list[Hit], progress: Progress | None
                      ) -> tuple[dict[int, np.ndarray], Counter, dict[str, float]]:
@@ -231,7 +281,7 @@ class SearchService:
             nonlocal download_end, remaining
             data = None
             try:
-                data = await self.fetcher.fetch(hit.variant_url(variant))
+                data = await self.fetcher.fetch(rank_url(hit, variant))
                 download_end = max(download_end, time.perf_counter())
             except ImageSkipped as e:
                 skip(hit, e)

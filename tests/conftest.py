@@ -20,6 +20,15 @@ async def fake_pixabay(catalogue):
         yield fake
 
 
+@pytest.fixture
+async def fake_openverse(catalogue):
+    """A FakeOpenverse with the same catalogue; one registered client app-id/app-secret."""
+    from tests.fakes.openverse import FakeOpenverse
+
+    async with FakeOpenverse(catalogue, clients={"app-id": "app-secret"}) as fake:
+        yield fake
+
+
 # -- the engine against the fake, with the tiny model ------------------------------
 import asyncio  # noqa: E402
 from pathlib import Path  # noqa: E402

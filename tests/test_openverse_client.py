@@ -18,12 +18,6 @@ from tests.fakes.pixabay import default_catalogue
 
 
 @pytest.fixture
-async def fake_openverse(catalogue):
-    async with FakeOpenverse(catalogue, clients={"app-id": "app-secret"}) as fake:
-        yield fake
-
-
-@pytest.fixture
 async def session():
     async with aiohttp.ClientSession() as s:
         yield s

@@ -1,0 +1,57 @@
+"""Query vectors beyond a phrase: an image, an image with a phrase, or a shared pick.
+
+CLIP puts images and texts in one space, so an image's embedding ranks candidates as
+a phrase's does. With both, the query is the normalised mean of the two unit vectors:
+the direction halfway between "looks like this" and "shows this", so each counts as
+much as the other whatever their norms were.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .errors import ImageSkipped, InvalidQuery
+from .images import ImageFetcher
+from .pixabay import Hit
+from .ranking import Ranking, rank
+
+MAX_QUERY_IMAGE_BYTES = 10 * 1024 * 1024  # Discord's own attachment cap for bots
+
+
+def unit(vector: np.ndarray) -> np.ndarray:
+    v = np.asarray(vector, dtype=np.float32)
+    return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+def blend(image: np.ndarray, text: np.ndarray) -> np.ndarray:
+    """The normalised mean of the image's and the text's unit vectors."""
+    return unit(unit(image) + unit(text))
+
+
+async def image_vector(fetcher: ImageFetcher, encoder, data: bytes) -> np.ndarray:
+    """The embedding of an image a user gave; InvalidQuery when it cannot serve as one."""
+    if len(data) > MAX_QUERY_IMAGE_BYTES:
+        raise InvalidQuery(f"The image is {len(data) / 1e6:.1f} MB; attach one of at most "
+                           f"{MAX_QUERY_IMAGE_BYTES // (1024 * 1024)} MB.")
+    try:
+        pixels, _seconds = await fetcher.prepare(data, encoder.preprocess_levels,
+                                                 min_side=min(encoder.image_size))
+    except ImageSkipped as e:
+        raise InvalidQuery(f"The attached file is not an image I can read ({e.reason}); "
+                           "attach a JPEG, PNG, GIF or WebP picture.") from None
+    vectors, _seconds = await encoder.encode_images(pixels[None])
+    return vectors[0]
+
+
+def more_like(hits: Sequence[Hit], vectors: dict, pick: Hit) -> Ranking:
+    """The hits ranked by cosine to ``pick``'s own vector; the pick itself left out.
+
+    ``vectors`` maps ids to cached embeddings; hits without one are left out too.
+    """
+    query = vectors[pick.id]
+    others = [h for h in hits if h.id != pick.id and h.id in vectors]
+    if not others:
+        return Ranking(())
+    return rank(others, np.stack([vectors[h.id] for h in others]), query)
