@@ -52,7 +52,8 @@ async def run(settings: Settings, *, bot_options: dict | None = None,
 def main() -> int:
     try:
         settings = Settings.load()
-        settings.require("DISCORD_TOKEN", "PIXABAY_API_KEY")
+        settings.require("DISCORD_TOKEN")
+        settings.require_source(settings.search_source)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ from .state import State
 
 log = logging.getLogger(__name__)
 
-COGS = ("bot.cogs.findimage", "bot.cogs.picks")
+COGS = ("bot.cogs.findimage", "bot.cogs.picks", "bot.cogs.similar")
 
 # What the invite link asks for (the README quotes its value).
 INVITE_PERMISSIONS = discord.Permissions(

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.pixabay import Filters
+from search.pixabay import Filters, Hit
 from search.ranking import Ranking
 
 SCHEMA_VERSION = 1
@@ -54,6 +54,16 @@ CREATE TABLE IF NOT EXISTS guild_settings (
     guild_id INTEGER PRIMARY KEY,
     picks_channel_id INTEGER
 );
+CREATE TABLE IF NOT EXISTS results_view (
+    message_id INTEGER PRIMARY KEY,
+    view TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS shared_picks (
+    message_id INTEGER PRIMARY KEY,
+    pick_id INTEGER NOT NULL,
+    results_message_id INTEGER NOT NULL,
+    hit TEXT NOT NULL
+);
 """
 
 
@@ -74,6 +84,37 @@ class ResultsState:
     @property
     def pages(self) -> int:
         return max(1, -(-len(self.ranking) // self.per_page))
+
+
+@dataclass
+class View:
+    """How a results message looks: its layout, source, and a label beyond the phrase."""
+
+    layout: str = "list"
+    source: str = "pixabay"
+    link: str = ""  # for "more like #id": the pick message it came from
+
+    def to_json(self) -> str:
+        return json.dumps({"layout": self.layout, "source": self.source, "link": self.link})
+
+    @classmethod
+    def from_json(cls, text: str) -> View:
+        try:
+            data = json.loads(text)
+            return cls(str(data.get("layout", "list")), str(data.get("source", "pixabay")),
+                       str(data.get("link", "")))
+        except (ValueError, AttributeError):
+            return cls()
+
+
+@dataclass
+class SharedPick:
+    """A pick message the bot posted: which hit, from which results message."""
+
+    message_id: int
+    pick_id: int
+    results_message_id: int
+    hit: Hit
 
 
 @dataclass
@@ -224,3 +265,36 @@ class State:
             return row[0] if row else None
 
         return await self._call(q)
+
+    # -- views, shared pick messages (more like this) --------------------------------
+    async def save_view(self, message_id: int, view: View) -> None:
+        await self._call(lambda: self._conn.execute(
+            "INSERT OR REPLACE INTO results_view VALUES (?, ?)", (message_id, view.to_json())))
+
+    async def get_view(self, message_id: int) -> View:
+        """A results message's view; messages from before views existed are lists."""
+        def q():
+            return self._conn.execute("SELECT view FROM results_view WHERE message_id=?",
+                                      (message_id,)).fetchone()
+
+        row = await self._call(q)
+        return View.from_json(row[0]) if row else View()
+
+    async def save_shared_pick(self, message_id: int, pick_id: int, results_message_id: int,
+                               hit: Hit) -> None:
+        row = (message_id, pick_id, results_message_id, json.dumps(hit.to_dict()))
+        await self._call(lambda: self._conn.execute(
+            "INSERT OR REPLACE INTO shared_picks VALUES (?, ?, ?, ?)", row))
+
+    async def shared_picks(self, message_ids: list[int]) -> dict[int, SharedPick]:
+        if not message_ids:
+            return {}
+
+        def q():
+            marks = ",".join("?" * len(message_ids))
+            return self._conn.execute(
+                f"SELECT message_id, pick_id, results_message_id, hit FROM shared_picks "
+                f"WHERE message_id IN ({marks})", message_ids).fetchall()
+
+        return {row[0]: SharedPick(row[0], row[1], row[2], Hit.from_dict(json.loads(row[3])))
+                for row in await self._call(q)}

@@ -39,6 +39,11 @@ def rank_url(hit: Hit, variant: int) -> str:
     return hit.variant_url(variant)
 
 
+def display_url(hit: Hit) -> str:
+    """The image an embed shows: Pixabay's webformat, Openverse's thumbnail (its own host)."""
+    return hit.preview_url if hit.source == "openverse" else hit.image_url
+
+
 def tile_url(hit: Hit) -> str:
     """A small image for contact sheets and lists (the ranked size: it is often cached)."""
     return rank_url(hit, 340)
@@ -77,3 +82,10 @@ def credit(hit: Hit) -> str:
         via = f" via {hit.provider}" if hit.provider else ""
         return f"Image by {hit.user}{via} · {licence}" if licence else f"Image by {hit.user}{via}"
     return f"Image by {hit.user} on Pixabay"
+
+
+def short_credit(hit: Hit) -> str:
+    """A tile's caption: the creator, and the licence or the source."""
+    if hit.source == "openverse":
+        return f"{hit.user} · {licence_label(hit) or 'Openverse'}"
+    return f"{hit.user} · Pixabay"

@@ -109,6 +109,8 @@ def bot_env(fake_discord, fake_pixabay, data_dir: Path, **extra: str) -> dict[st
         "DISCORD_API_BASE": fake_discord.api_base,
         "DISCORD_GATEWAY_URL": fake_discord.gateway_url,
         "SEARCH_CANDIDATES": "60",
+        # The embed list, whose fields the older tests read; grid tests set layout:grid.
+        "RESULTS_LAYOUT": "list",
     })
     env.update(extra)
     return env

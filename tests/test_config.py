@@ -80,7 +80,9 @@ def test_env_example_lists_every_setting():
     names = ["DISCORD_TOKEN", "DISCORD_GUILD_ID", "DISCORD_API_BASE", "DISCORD_GATEWAY_URL",
              "PIXABAY_API_KEY", "PIXABAY_API_URL", "PIXABAY_RATE_LIMIT", "IMAGE_HOSTS",
              "IMAGE_VARIANT", "CLIP_MODEL", "CLIP_PRETRAINED", "CLIP_DEVICE", "DATA_DIR",
-             "SEARCH_CANDIDATES", "MAX_CONCURRENT_SEARCHES", "USER_COOLDOWN_SECONDS"]
+             "SEARCH_CANDIDATES", "MAX_CONCURRENT_SEARCHES", "USER_COOLDOWN_SECONDS",
+             "SEARCH_SOURCE", "OPENVERSE_API_URL", "OPENVERSE_CLIENT_ID",
+             "OPENVERSE_CLIENT_SECRET", "RESULTS_LAYOUT"]
     for name in names:
         assert f"\n{name}=" in example, name
         assert f"`{name}`" in readme, name

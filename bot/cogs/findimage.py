@@ -11,11 +11,14 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from search.imagequery import MAX_QUERY_IMAGE_BYTES
 from search.pixabay import Filters
+from search.sources import SOURCES, label
 
-from ..embeds import NEXT, NUMBERS, PREV, results_embeds, summary_line
+from ..embeds import NEXT, NUMBERS, PREV
 from ..errors import Refusal, reply_error
-from ..state import ResultsState
+from ..pages import render_page, resolve_layout
+from ..state import ResultsState, View
 
 if TYPE_CHECKING:
     from ..app import FindImageBot
@@ -27,6 +30,8 @@ ORIENTATIONS = [app_commands.Choice(name=n, value=n) for n in ("horizontal", "ve
 COLOURS = [app_commands.Choice(name=n, value=n) for n in (
     "red", "orange", "yellow", "green", "turquoise", "blue", "lilac", "pink", "white", "gray",
     "black", "brown", "grayscale", "transparent")]
+SOURCE_CHOICES = [app_commands.Choice(name=label(n), value=n) for n in SOURCES]
+LAYOUTS = [app_commands.Choice(name=n, value=n) for n in ("list", "grid")]
 
 
 def _cooldown(interaction: discord.Interaction) -> app_commands.Cooldown | None:
@@ -49,57 +54,75 @@ class FindImage(commands.Cog):
         await reply_error(interaction, error)
 
     @app_commands.command(name="findimage",
-                          description="Find Pixabay images for a tag, ranked by a phrase.")
+                          description="Find images for a tag, ranked by a phrase, an image, "
+                                      "or both.")
     @app_commands.describe(
-        tag="One Pixabay tag that fetches candidates, e.g. tiger",
+        tag="One tag that fetches candidates, e.g. tiger",
         phrase='What the picture should show, e.g. "tiger playing in the snow"',
         count="Images per page (1-10)",
         image_type="Only this kind of image",
         orientation="Only this orientation",
-        colors="Only images with this colour",
+        colors="Only images with this colour (Pixabay only)",
         safe="Safe search (can be turned off only in age-restricted channels)",
+        image="A picture to find more like (with a phrase: both count equally)",
+        source="Where candidates come from (Openverse: openly licensed, no account)",
+        layout="A list of embeds, or one contact sheet of numbered tiles",
     )
-    @app_commands.choices(image_type=IMAGE_TYPES, orientation=ORIENTATIONS, colors=COLOURS)
+    @app_commands.choices(image_type=IMAGE_TYPES, orientation=ORIENTATIONS, colors=COLOURS,
+                          source=SOURCE_CHOICES, layout=LAYOUTS)
     @app_commands.checks.dynamic_cooldown(_cooldown)
     async def findimage(self, interaction: discord.Interaction,
                         tag: app_commands.Range[str, 1, 100],
-                        phrase: app_commands.Range[str, 1, 300],
+                        phrase: app_commands.Range[str, 1, 300] | None = None,
                         count: app_commands.Range[int, 1, 10] = 5,
                         image_type: app_commands.Choice[str] | None = None,
                         orientation: app_commands.Choice[str] | None = None,
                         colors: app_commands.Choice[str] | None = None,
-                        safe: bool = True) -> None:
+                        safe: bool = True,
+                        image: discord.Attachment | None = None,
+                        source: app_commands.Choice[str] | None = None,
+                        layout: app_commands.Choice[str] | None = None) -> None:
+        if phrase is None and image is None:
+            raise Refusal("Give a phrase, an image, or both: for example phrase:\"a tiger in "
+                          "the snow\" or an image attachment.")
+        if image is not None and image.size > MAX_QUERY_IMAGE_BYTES:
+            raise Refusal(f"Your image is {image.size / 1e6:.1f} MB; attach one of at most "
+                          f"{MAX_QUERY_IMAGE_BYTES // (1024 * 1024)} MB.")
         if not safe and not _age_restricted(interaction.channel):
             raise Refusal("Safe search can be turned off only in age-restricted channels; "
                           "this channel is not marked age-restricted.")
         if self.pending >= self.bot.settings.max_concurrent_searches + self.queue_limit:
             raise Refusal("I'm busy with other searches right now; try again in a few seconds.")
+        retriever = self.bot.service.source(source.value if source else None)
+        view = View(layout=resolve_layout(layout.value if layout else
+                                          self.bot.settings.results_layout, count),
+                    source=retriever.name)
         filters = Filters(image_type=image_type.value if image_type else "all",
                           orientation=orientation.value if orientation else "all",
                           colors=(colors.value,) if colors else (), safesearch=safe)
         await interaction.response.defer(thinking=True)
         interaction.extras["deferred_public"] = True
         started = time.perf_counter()
+        data = await _read(image) if image is not None else None
         self.pending += 1
         try:
             async with self.slots:
-                result = await self.bot.service.find(tag, phrase, top=count, filters=filters)
+                result = await self.bot.service.find(tag, phrase, top=count, filters=filters,
+                                                     source=retriever.name, image=data)
         finally:
             self.pending -= 1
         seconds = time.perf_counter() - started
         state = ResultsState(
             message_id=0, channel_id=interaction.channel_id or 0, guild_id=interaction.guild_id,
-            requester_id=interaction.user.id, tag=result.tag, phrase=result.phrase,
-            filters=filters, per_page=count, page=0, seconds=seconds, ranking=result.ranking)
-        message = await interaction.followup.send(
-            content=summary_line(tag=state.tag, phrase=state.phrase,
-                                 candidates=result.candidates, seconds=seconds, page=0,
-                                 pages=state.pages),
-            embeds=results_embeds(result.hits), wait=True,
-            allowed_mentions=discord.AllowedMentions.none())
+            requester_id=interaction.user.id, tag=result.tag,
+            phrase=_query_label(result.phrase, image), filters=filters, per_page=count, page=0,
+            seconds=seconds, ranking=result.ranking)
+        page = await render_page(self.bot.service, state, view, 0)
+        message = await interaction.followup.send(wait=True, **page.send())
         interaction.extras["answered"] = True
         state.message_id = message.id
         state.channel_id = message.channel.id if message.channel else state.channel_id
+        await self.bot.state.save_view(message.id, view)
         await self.bot.state.save_results(state)
         if result.truncated:
             await interaction.followup.send(
@@ -146,15 +169,12 @@ class FindImage(commands.Cog):
                                           "candidates are shown.")
             elif page < 0:
                 page, note = 0, "This is the first page."
-            hits = state.ranking.page(page * state.per_page, state.per_page)
-            content = summary_line(tag=state.tag, phrase=state.phrase,
-                                   candidates=len(state.ranking), seconds=state.seconds,
-                                   page=page, pages=state.pages, note=note)
+            view = await self.bot.state.get_view(payload.message_id)
+            rendered = await render_page(self.bot.service, state, view, page, note)
             message = (self.bot.get_partial_messageable(payload.channel_id)
                        .get_partial_message(payload.message_id))
             try:
-                await message.edit(content=content, embeds=results_embeds(hits),
-                                   allowed_mentions=discord.AllowedMentions.none())
+                await message.edit(**rendered.edit())
             except discord.HTTPException as e:
                 log.warning("could not turn page of %s: %s", payload.message_id, e)
                 return
@@ -182,6 +202,22 @@ class FindImage(commands.Cog):
             self.cannot_remove.add(payload.channel_id)
         except discord.HTTPException as e:
             log.info("could not remove a reaction: %s", e)
+
+
+async def _read(image: discord.Attachment) -> bytes:
+    """The attachment's bytes through discord.py, or one sentence."""
+    try:
+        return await image.read()
+    except (discord.HTTPException, discord.NotFound):
+        raise Refusal("I could not download your image from Discord; attach it again.") from None
+
+
+def _query_label(phrase: str, image: discord.Attachment | None) -> str:
+    """What the results message calls the query (the attachment's name is the member's)."""
+    if image is None:
+        return phrase
+    name = discord.utils.escape_markdown(" ".join(image.filename.split())[:40])
+    return f"image {name} + {phrase}" if phrase else f"image {name}"
 
 
 def _age_restricted(channel: object) -> bool:

@@ -11,8 +11,9 @@ from discord import app_commands
 from discord.ext import commands
 
 from search.errors import ImageSkipped
+from search.sources import share_urls, tile_url
 
-from ..embeds import number_index, pick_embed, picks_list_embed
+from ..embeds import MAGNIFIER, number_index, pick_embed, picks_embeds
 from ..errors import reply_error
 
 if TYPE_CHECKING:
@@ -75,19 +76,25 @@ class Picks(commands.Cog):
                 log.warning("could not post pick in channel %s: %s", channel_id, e)
                 continue
             await self.bot.state.posted_pick(pick_id, channel_id, message.id)
+            await self.bot.state.save_shared_pick(message.id, pick_id, payload.message_id,
+                                                  item.hit)
+            try:
+                await message.add_reaction(MAGNIFIER)
+            except discord.HTTPException as e:
+                log.info("could not offer more-like on pick %s: %s", message.id, e)
             return
         await self.bot.state.drop_pick(pick_id)
 
     async def _download(self, hit, limit: int) -> discord.File | None:
         """The image as an attachment, within the upload limit; None if it cannot be had."""
-        for url in dict.fromkeys(u for u in (hit.large_url, hit.image_url) if u):
+        for url in share_urls(hit):
             try:
                 data = await self.bot.service.fetcher.fetch(url, max_bytes=limit)
             except ImageSkipped as e:
                 log.info("pick %s: %s from %s", hit.id, e, url.split("?")[0])
                 continue
             ext = "png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "jpg"
-            return discord.File(io.BytesIO(data), filename=f"pixabay-{hit.id}.{ext}")
+            return discord.File(io.BytesIO(data), filename=f"{hit.source}-{hit.id}.{ext}")
         return None
 
     # -- /picks ------------------------------------------------------------------
@@ -104,7 +111,10 @@ class Picks(commands.Cog):
             for p in rows
         ]
         title = f"Latest picks by {member.display_name}" if member else "Latest picks"
-        await interaction.response.send_message(embed=picks_list_embed(lines, title=title),
+        shared = await self.bot.state.shared_picks([p.message_id for p in rows if p.message_id])
+        thumbs = [tile_url(shared[p.message_id].hit) if p.message_id in shared else None
+                  for p in rows]
+        await interaction.response.send_message(embeds=picks_embeds(lines, thumbs, title=title),
                                                 ephemeral=True)
 
     # -- /findimage-setup picks-channel --------------------------------------------

@@ -37,8 +37,12 @@ Driving the bot:
                override_permissions=False) -> FakeInteraction
       INTERACTION_CREATE (type 2) for a synced chat-input command (guild scope first, then
       global).  subcommand: "sub" or "group sub".  Values: str/int/float/bool; user options take
-      a member key or id, channel options a channel key ("picks" or "#picks") or id, and
-      data.resolved is filled.  LookupError: never synced.  ValueError: what Discord's client
+      a member key or id, channel options a channel key ("picks" or "#picks") or id,
+      attachment options (type 11) a ``(filename, bytes)`` pair: as on Discord the member's
+      file is uploaded first, the option's value is its id, and data.resolved.attachments
+      describes it (id, filename, size, content_type guessed from the name, ephemeral, and
+      a CDN url the fake serves at /ephemeral-attachments/...; ``uploads`` holds them,
+      ``cdn_downloads`` counts the fetches).  data.resolved is filled.  LookupError: never synced.  ValueError: what Discord's client
       refuses (unknown/missing required option, choices, ranges, channel_types).
       PermissionError: Discord hides the command from this user (default_member_permissions, or
       an nsfw command outside an NSFW channel); override_permissions=True models an admin's
@@ -412,6 +416,8 @@ class FakeDiscord:
         self.deleted_messages: dict[int, FakeMessage] = {}
         self.reactions: dict[int, set[tuple[str, int]]] = {}
         self.interactions: dict[int, FakeInteraction] = {}
+        self.uploads: dict[int, FakeAttachment] = {}
+        self.cdn_downloads = 0
         self._command_ids: dict[tuple[int | None, str, int], int] = {}
         self._gates: list[RouteGate] = []
         self._session: _Session | None = None
@@ -442,6 +448,8 @@ class FakeDiscord:
         app = web.Application(middlewares=[self._middleware], client_max_size=64 * 1024 * 1024)
         app.router.add_get("/gateway", self._gateway)
         app.router.add_get("/attachments/{channel_id}/{attachment_id}/{filename}", self._cdn)
+        app.router.add_get("/ephemeral-attachments/{app_id}/{attachment_id}/{filename}",
+                           self._ephemeral_cdn)
         p = API_PREFIX
         add = app.router.add_route
         for method, path, handler in (
@@ -711,7 +719,7 @@ class FakeDiscord:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Callable) -> web.StreamResponse:
-        if request.path == "/gateway" or request.path.startswith("/attachments/"):
+        if request.path == "/gateway" or request.path.startswith(("/attachments/", "/ephemeral-attachments/")):
             return await handler(request)
         path = request.path[len(API_PREFIX):] if request.path.startswith(API_PREFIX) else request.path
         info = request.match_info.route.resource
@@ -1078,6 +1086,21 @@ class FakeDiscord:
                 "rate_limit_per_user": 0, "flags": 0, "permissions": str(self._permissions(member, ch)),
             }
             return str(ch.id)
+        elif otype == 11:
+            try:
+                filename, data = value
+            except (TypeError, ValueError):
+                raise ValueError(f"option {oname!r}: give an attachment as (filename, bytes)") from None
+            upload = FakeAttachment(self._snowflake(), filename, mimetypes.guess_type(filename)[0],
+                                    bytes(data))
+            self.uploads[upload.id] = upload
+            url = f"{self.base_url}/ephemeral-attachments/{self.app_id}/{upload.id}/{filename}"
+            info = {"id": str(upload.id), "filename": filename, "size": upload.size, "url": url,
+                    "proxy_url": url, "ephemeral": True}
+            if upload.content_type:
+                info["content_type"] = upload.content_type
+            resolved.setdefault("attachments", {})[str(upload.id)] = info
+            return str(upload.id)
         else:
             raise ValueError(f"option {oname!r}: option type {otype} is not supported by the fake")
         choices = odef.get("choices")
@@ -1263,6 +1286,14 @@ class FakeDiscord:
                 if str(a.id) == request.match_info["attachment_id"]:
                     return web.Response(body=a.data, content_type=a.content_type or "application/octet-stream")
         return web.Response(status=404, text="Not Found")
+
+    async def _ephemeral_cdn(self, request: web.Request) -> web.Response:
+        upload = self.uploads.get(int(request.match_info["attachment_id"]))
+        if upload is None or upload.filename != request.match_info["filename"]:
+            return web.Response(status=404, text="Not Found")
+        self.cdn_downloads += 1
+        return web.Response(body=upload.data,
+                            content_type=upload.content_type or "application/octet-stream")
 
     async def _get_channel(self, request: web.Request) -> web.Response:
         return self._json(self._channel(request).to_json())
