@@ -62,7 +62,7 @@ async def render_page(service: SearchService, state: ResultsState, view: View, p
     if view.layout != "grid":
         return Page(content, results_embeds(hits), None)
     # Tiles are numbered as the reactions are: 1️⃣ shares the first tile of this page.
-    labels = [f"{n}  {item.display:.1f}" for n, item in enumerate(hits, 1)]
+    labels = [f"{n} · {item.display:.1f}" for n, item in enumerate(hits, 1)]
     captions = [short_credit(item.hit) for item in hits]
     sheet = await hits_sheet(service.fetcher, hits, labels, captions)
     data = await asyncio.to_thread(encode, sheet)

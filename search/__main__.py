@@ -30,7 +30,7 @@ from .grid import hits_sheet
 from .imagequery import MAX_QUERY_IMAGE_BYTES
 from .pixabay import COLORS, IMAGE_TYPES, ORDERS, ORIENTATIONS, Filters
 from .service import SearchResult, SearchService
-from .sources import HOMES, SOURCES, credit, label, licence_label
+from .sources import HOMES, SOURCES, label, licence_label
 
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (InvalidQuery, 2), (ConfigError, 2), (ModelLoadError, 2), (RateLimited, 4),
@@ -98,7 +98,7 @@ def to_table(result: SearchResult) -> str:
     about = "credit" if openverse else "tags"
     lines = [f"{'rank':>4}  {'score':>5}  {'id':>{width}}  {about:<32}  page"]
     for h in result.hits:
-        text = (credit(h.hit).removeprefix("Image by ") if openverse
+        text = (f"{licence_label(h.hit) or '?'} · {h.hit.user}" if openverse
                 else ", ".join(h.hit.tags))[:32]
         lines.append(f"{h.rank:>4}  {h.display:>5.1f}  {str(h.hit.id):>{width}}  {text:<32}  "
                      f"{h.hit.page_url}")
