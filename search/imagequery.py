@@ -30,8 +30,10 @@ def blend(image: np.ndarray, text: np.ndarray) -> np.ndarray:
     return unit(unit(image) + unit(text))
 
 
-async def image_vector(fetcher: ImageFetcher, encoder, data: bytes) -> np.ndarray:
-    """The embedding of an image a user gave; InvalidQuery when it cannot serve as one."""
+async def image_pixels(fetcher: ImageFetcher, encoder, data: bytes):
+    """An image a user gave, decoded and preprocessed for the encoder (on the decode
+    threads); InvalidQuery when it cannot serve as a query. Cheap, so a bad file is
+    refused before any candidate is fetched."""
     if len(data) > MAX_QUERY_IMAGE_BYTES:
         raise InvalidQuery(f"The image is {len(data) / 1e6:.1f} MB; attach one of at most "
                            f"{MAX_QUERY_IMAGE_BYTES // (1024 * 1024)} MB.")
@@ -41,8 +43,7 @@ async def image_vector(fetcher: ImageFetcher, encoder, data: bytes) -> np.ndarra
     except ImageSkipped as e:
         raise InvalidQuery(f"The attached file is not an image I can read ({e.reason}); "
                            "attach a JPEG, PNG, GIF or WebP picture.") from None
-    vectors, _seconds = await encoder.encode_images(pixels[None])
-    return vectors[0]
+    return pixels
 
 
 def more_like(hits: Sequence[Hit], vectors: dict, pick: Hit) -> Ranking:

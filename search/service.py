@@ -21,7 +21,7 @@ import numpy as np
 from .clip import ClipEncoder
 from .config import Settings
 from .errors import AllImagesFailed, ImageSkipped, InvalidQuery, NoResults
-from .imagequery import blend, image_vector
+from .imagequery import blend, image_pixels
 from .images import ImageFetcher
 from .openverse import OpenverseClient
 from .pixabay import Filters, Hit, PixabayClient
@@ -168,8 +168,11 @@ class SearchService:
         timings: dict[str, float] = {}
         started = time.perf_counter()
 
-        # The query's encode runs beside the API call and the downloads.
-        text_task = asyncio.ensure_future(self._query_vector(phrase, image))
+        # A bad picture is refused before any candidate is fetched; the query's encode
+        # then runs beside the API call and the downloads.
+        pixels = None if image is None else await image_pixels(self.fetcher, self.encoder,
+                                                                 image)
+        text_task = asyncio.ensure_future(self._query_vector(phrase, pixels))
         try:
             t0 = time.perf_counter()
             found = await retriever.candidates(tag, filters, limit)
@@ -207,12 +210,13 @@ class SearchService:
             embeddings_cached=len(cached), downloaded=len(fresh), truncated=truncated,
             timings=timings, source=retriever.name, by_image=image is not None)
 
-    async def _query_vector(self, phrase: str, image: bytes | None) -> tuple[np.ndarray, bool]:
+    async def _query_vector(self, phrase: str, pixels) -> tuple[np.ndarray, bool]:
         """The query's unit vector and whether the phrase was cut to the model's length."""
-        if image is None:
+        if pixels is None:
             text = await self.encoder.encode_text(phrase)
             return text.vector, text.truncated
-        vector = await image_vector(self.fetcher, self.encoder, image)
+        vectors, _seconds = await self.encoder.encode_images(pixels[None])
+        vector = vectors[0]
         if not phrase:
             return vector, False
         text = await self.encoder.encode_text(phrase)

@@ -50,6 +50,7 @@ async def test_a_bad_query_image_is_one_sentence(service, fake_pixabay, image, p
                                                  message):
     with pytest.raises(InvalidQuery, match=message):
         await service.find("square", phrase, image=image)
+    assert fake_pixabay.api_requests == fake_pixabay.image_requests == 0  # refused first
 
 
 async def test_more_like_ranks_the_cached_ranking_by_the_pick(service, fake_pixabay):
