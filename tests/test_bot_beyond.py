@@ -209,3 +209,18 @@ async def test_picks_list_shows_each_picks_thumbnail(bot, fake_discord, fake_pix
     thumb = embed["thumbnail"]["url"]
     assert thumb == fake_pixabay.image_url(image_id(pick.embeds[0]), 340)
 
+
+
+async def test_magnifier_without_the_cached_vectors_says_so(env, fake_discord, tmp_path):
+    settings = Settings.from_mapping(env)
+    async with running_bot(settings):
+        _, reply = await search(fake_discord, tag="cross", phrase="a blue cross")
+        pick = await share(fake_discord, reply.id)
+    for old in settings.data_dir.glob("search.sqlite3*"):  # the cache was lost or rebuilt
+        old.unlink()
+    async with running_bot(settings):
+        notice = await more_like(fake_discord, pick.id, user="bob")
+        bob = fake_discord.members["bob"].id
+        assert notice.content == (f"<@{bob}> I no longer have the images behind that pick; "
+                                  "run the search again to find more like it.")
+        assert not notice.embeds
