@@ -77,11 +77,12 @@ class FindImage(commands.Cog):
         filters = Filters(image_type=image_type.value if image_type else "all",
                           orientation=orientation.value if orientation else "all",
                           colors=(colors.value,) if colors else (), safesearch=safe)
-        await interaction.response.defer(thinking=True)
-        interaction.extras["deferred_public"] = True
-        started = time.perf_counter()
+        # The slot is taken before the first await: commands arriving together all see it.
         self.pending += 1
         try:
+            await interaction.response.defer(thinking=True)
+            interaction.extras["deferred_public"] = True
+            started = time.perf_counter()
             async with self.slots:
                 result = await self.bot.service.find(tag, phrase, top=count, filters=filters)
         finally:
