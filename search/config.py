@@ -42,6 +42,7 @@ class Settings:
     search_candidates: int = 200
     max_concurrent_searches: int = 4
     user_cooldown_seconds: float = 10.0
+    search_deadline_seconds: float = 30.0
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
@@ -103,6 +104,8 @@ class Settings:
             kw["max_concurrent_searches"] = _int("MAX_CONCURRENT_SEARCHES", raw, 1, 64)
         if (raw := get("USER_COOLDOWN_SECONDS")) is not None:
             kw["user_cooldown_seconds"] = float(_int("USER_COOLDOWN_SECONDS", raw, 0, 3600))
+        if (raw := get("SEARCH_DEADLINE_SECONDS")) is not None:
+            kw["search_deadline_seconds"] = float(_int("SEARCH_DEADLINE_SECONDS", raw, 1, 600))
         settings = cls(**kw)  # type: ignore[arg-type]
         settings.check_model()
         return settings
