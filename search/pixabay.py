@@ -183,14 +183,14 @@ class Hit:
         image_id = whole(raw.get("id"), "id", lo=1)
         image_url = raw.get("webformatURL") or raw.get("largeImageURL")
         image_url = http_url(image_url, "webformatURL")
-        page_url = optional_http_url(raw.get("pageURL"), "pageURL")
         tags = text(raw.get("tags"), "tags", max_chars=MAX_TAGS_CHARS)
         return cls(
             id=image_id,
-            page_url=page_url or f"https://pixabay.com/photos/id-{image_id}/",
+            page_url=(_link(raw.get("pageURL"), "pageURL")
+                      or f"https://pixabay.com/photos/id-{image_id}/"),
             image_url=image_url,
-            preview_url=optional_http_url(raw.get("previewURL"), "previewURL"),
-            large_url=optional_http_url(raw.get("largeImageURL"), "largeImageURL"),
+            preview_url=_link(raw.get("previewURL"), "previewURL"),
+            large_url=_link(raw.get("largeImageURL"), "largeImageURL"),
             tags=tuple(t.strip() for t in tags.split(",") if t.strip()),
             user=text(raw.get("user"), "user", max_chars=MAX_USER_CHARS, default="unknown"),
             user_id=optional_whole(raw.get("user_id"), "user_id"),
@@ -198,6 +198,15 @@ class Hit:
             height=optional_whole(raw.get("imageHeight"), "imageHeight", hi=MAX_SIDE),
             image_size=optional_whole(raw.get("imageSize"), "imageSize", hi=MAX_FILE_BYTES),
         )
+
+
+def _link(value: object, name: str) -> str:
+    """An optional URL: one that is not http(s) is dropped (logged), not the whole hit."""
+    try:
+        return optional_http_url(value, name)
+    except Invalid as e:
+        log.info("pixabay: ignoring %s", e)
+        return ""
 
 
 @dataclass
@@ -289,6 +298,7 @@ class PixabayClient:
         total_hits = 0
         sent = 0
         cached_pages = 0
+        dropped = 0
         page = 1
         while len(hits) < limit:
             body, was_cached = await self._page(q, filters, page)
@@ -306,9 +316,13 @@ class PixabayClient:
                 if hit is not None and hit.id not in seen:
                     seen.add(hit.id)
                     hits.append(hit)
-            if len(raw_hits) < PER_PAGE or page * PER_PAGE >= total_hits:
+            page_dropped = whole(body.get("dropped") or 0, "dropped", hi=PER_PAGE)
+            dropped += page_dropped
+            if len(raw_hits) + page_dropped < PER_PAGE or page * PER_PAGE >= total_hits:
                 break
             page += 1
+        if not hits and dropped:
+            raise MalformedResponse()  # hits were there, but none could be read
         return Candidates(hits=hits[:limit], total_hits=total_hits, requests=sent,
                           from_cache=sent == 0 and cached_pages > 0)
 
@@ -406,7 +420,7 @@ class PixabayClient:
         if dropped:
             log.warning("pixabay: dropped %d of %d hits; first: %s", len(dropped),
                         len(body["hits"][:PER_PAGE]), dropped[0])
-        return {"totalHits": body.get("totalHits"), "hits": hits}
+        return {"totalHits": body.get("totalHits"), "hits": hits, "dropped": len(dropped)}
 
 
 # The fields Hit.checked reads: all a cached answer keeps.
