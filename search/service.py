@@ -184,7 +184,7 @@ class SearchService:
         and files the batched decoder refuses take the CPU way.
 
         Downloaded bytes count against the fetcher's byte budget until they are decoded
-        (encoded, on CUDA). At ``deadline`` (a ``perf_counter`` time) images still on
+        (until their batch is encoded, on CUDA), not while they wait for the encoder. At ``deadline`` (a ``perf_counter`` time) images still on
         their way are given up: what has arrived is ranked, the caller counts the rest.
         """
         skipped: Counter = Counter()
@@ -211,20 +211,32 @@ class SearchService:
             skipped[error.reason] += 1
             log.info("skipping image %s: %s", hit.id, error)
 
-        async def on_cpu(hit: Hit, data: bytes) -> None:
+        async def decode(hit: Hit, data: bytes):
+            """The image as 8-bit levels, or None when it is skipped (counted)."""
             try:
                 # 8-bit levels: on CPU the encoder lags the downloads, so most of the
                 # decoded images wait in its queue; levels take a quarter of floats' room.
                 pixels, seconds = await self.fetcher.prepare(
                     data, self.encoder.preprocess_levels, min_side=min_side)
-                spent["decode"] += seconds
+            except ImageSkipped as e:
+                skip(hit, e)
+                finished()
+                return None
+            spent["decode"] += seconds
+            return pixels
+
+        async def encode(hit: Hit, pixels) -> None:
+            try:
                 vecs, seconds = await self.encoder.encode_images(pixels[None])
                 spent["encode"] += seconds
                 vectors[hit.id] = vecs[0]
-            except ImageSkipped as e:
-                skip(hit, e)
             finally:
                 finished()
+
+        async def on_cpu(hit: Hit, data: bytes) -> None:
+            pixels = await decode(hit, data)
+            if pixels is not None:
+                await encode(hit, pixels)
 
         async def on_device_batch(batch: list[tuple[Hit, bytes]]) -> None:
             result = await self.encoder.encode_jpegs([data for _, data in batch],
@@ -256,6 +268,7 @@ class SearchService:
         async def one(hit: Hit) -> None:
             nonlocal download_end, remaining
             arrived = False
+            pixels = None
             try:
                 async with self.fetcher.held(hit.variant_url(variant)) as data:
                     arrived = True
@@ -266,9 +279,10 @@ class SearchService:
                         pending.append((hit, data, encoded))
                         await flush_if_due()
                         await encoded  # the bytes stay counted until their batch is encoded
-                    else:
-                        await flush_if_due()
-                        await on_cpu(hit, data)
+                        return
+                    await flush_if_due()
+                    # Only the decode holds the bytes: the encoder's queue holds levels.
+                    pixels = await decode(hit, data)
             except ImageSkipped as e:
                 if arrived:
                     raise
@@ -276,6 +290,8 @@ class SearchService:
                 skip(hit, e)
                 finished()
                 await flush_if_due()
+            if pixels is not None:
+                await encode(hit, pixels)
 
         tasks = [asyncio.ensure_future(one(h)) for h in hits]
         timeout = None if deadline is None else max(0.0, deadline - time.perf_counter())

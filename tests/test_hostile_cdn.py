@@ -114,3 +114,24 @@ async def test_on_the_jpeg_path_big_files_are_handed_over_before_the_budget_runs
         assert result.candidates == 40 and not result.skipped
         assert svc.fetcher.budget.peak <= svc.fetcher.budget.capacity
         assert svc.fetcher.budget.held == 0
+
+
+def test_the_encoder_outlives_a_search_that_gave_up_and_whose_loop_closed(tiny_encoder):
+    # A search past its deadline cancels its images; their batch is still encoded, and its
+    # caller's loop may be closed by the time it is done (a CLI run ends, a test ends).
+    import torch
+
+    size = tiny_encoder.image_size
+
+    async def give_up() -> None:
+        pixels = torch.zeros((256, 3, *size), dtype=torch.uint8)
+        task = asyncio.ensure_future(tiny_encoder.encode_images(pixels))
+        await asyncio.sleep(0)  # the batches are queued
+        task.cancel()
+
+    asyncio.run(give_up())  # returns, and closes its loop, while the worker still encodes
+
+    async def still_works():
+        return await asyncio.wait_for(tiny_encoder.encode_text("a red circle"), 60)
+
+    assert asyncio.run(still_works()).vector.shape[0] > 0
