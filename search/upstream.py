@@ -73,6 +73,8 @@ def http_url(value: Any, name: str, *, max_chars: int = MAX_URL_CHARS) -> str:
     """An absolute http(s) URL with a host, at most ``max_chars`` long."""
     if not isinstance(value, str) or not value or len(value) > max_chars:
         raise Invalid(f"{name} is not a URL of at most {max_chars} characters: {_show(value)}")
+    if not value.isprintable() or any(c.isspace() for c in value):
+        raise Invalid(f"{name} holds spaces or control characters: {_show(value)}")
     try:
         url = URL(value)
     except (ValueError, TypeError):

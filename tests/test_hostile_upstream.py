@@ -33,6 +33,7 @@ def client_for(fake, session, store=None, **options) -> PixabayClient:
     ("imageWidth", "1e400"),
     ("user_id", "-5"),
     ("webformatURL", '"javascript:alert(1)"'),
+    ("webformatURL", '"https://cdn.pixabay.com/x\\u001b[31m.jpg"'),
     ("tags", "[1, 2]"),
 ])
 async def test_a_hit_with_a_hostile_field_is_dropped_and_the_rest_kept(
