@@ -184,8 +184,9 @@ class SearchService:
         and files the batched decoder refuses take the CPU way.
 
         Downloaded bytes count against the fetcher's byte budget until they are decoded
-        (until their batch is encoded, on CUDA), not while they wait for the encoder. At ``deadline`` (a ``perf_counter`` time) images still on
-        their way are given up: what has arrived is ranked, the caller counts the rest.
+        (until their batch is encoded, on CUDA), not while they wait for the encoder.
+        At ``deadline`` (a ``perf_counter`` time) images still on their way are given
+        up: what has arrived is ranked, the caller counts the rest.
         """
         skipped: Counter = Counter()
         vectors: dict[int, np.ndarray] = {}
@@ -196,6 +197,7 @@ class SearchService:
         min_side = min(self.encoder.image_size)
         on_device = self.encoder.decodes_jpegs
         pending: list[tuple[Hit, bytes, asyncio.Future]] = []
+        arrived: set[asyncio.Task] = set()  # downloads that are complete
         remaining = len(hits)
         done = 0
         download_end = 0.0
@@ -267,11 +269,10 @@ class SearchService:
 
         async def one(hit: Hit) -> None:
             nonlocal download_end, remaining
-            arrived = False
             pixels = None
             try:
                 async with self.fetcher.held(hit.variant_url(variant)) as data:
-                    arrived = True
+                    arrived.add(asyncio.current_task())
                     download_end = max(download_end, time.perf_counter())
                     remaining -= 1
                     if on_device and data.startswith(b"\xff\xd8"):
@@ -284,7 +285,7 @@ class SearchService:
                     # Only the decode holds the bytes: the encoder's queue holds levels.
                     pixels = await decode(hit, data)
             except ImageSkipped as e:
-                if arrived:
+                if asyncio.current_task() in arrived:
                     raise
                 remaining -= 1
                 skip(hit, e)
@@ -297,12 +298,19 @@ class SearchService:
         timeout = None if deadline is None else max(0.0, deadline - time.perf_counter())
         try:
             _, late = await asyncio.wait(tasks, timeout=timeout)
+            if late:
+                # Past the deadline: downloads still on their way are given up; what has
+                # arrived is still decoded and encoded (bounded work), and ranked.
+                coming = [t for t in late if t not in arrived]
+                log.info("search deadline passed: %d images left out", len(coming))
+                for task in coming:
+                    task.cancel()
+                remaining = 0  # the last JPEG batch goes now
+                await flush_if_due()
+                await asyncio.gather(*late, return_exceptions=True)
         finally:
             for task in tasks:
                 task.cancel()
-        if late:
-            log.info("search deadline passed: %d images left out", len(late))
-        await asyncio.gather(*tasks, return_exceptions=True)  # let the late ones let go
         for task in tasks:
             if not task.cancelled() and task.exception() is not None:
                 raise task.exception()
