@@ -10,6 +10,18 @@ from search.pixabay import Hit
 from search.ranking import ScoredHit
 from search.sources import HOMES, credit, display_url, label, licence_label
 
+from .discord_text import (
+    AUTHOR,
+    CONTENT,
+    DESCRIPTION,
+    FOOTER,
+    TITLE,
+    clip,
+    escape,
+    fit_embeds,
+    http_url,
+)
+
 PREV, NEXT = "\N{BLACK LEFT-POINTING TRIANGLE}\N{VARIATION SELECTOR-16}", \
     "\N{BLACK RIGHT-POINTING TRIANGLE}\N{VARIATION SELECTOR-16}"
 NUMBERS = tuple(f"{d}\N{VARIATION SELECTOR-16}\N{COMBINING ENCLOSING KEYCAP}" for d in "123456789"
@@ -19,16 +31,8 @@ OPENVERSE_BLUE = 0x3C5BD1
 MAGNIFIER = "\N{LEFT-POINTING MAGNIFYING GLASS}"  # 🔍 on a pick: more like this
 
 
-def colour(hit: Hit) -> int:
-    return OPENVERSE_BLUE if hit.source == "openverse" else PIXABAY_GREEN
-
-
-def licence_link(hit: Hit) -> str:
-    """``[CC BY 2.0](https://creativecommons.org/…)`` for an Openverse hit, else ''."""
-    name = licence_label(hit)
-    if not name:
-        return ""
-    return f"[{name}]({hit.license_url})" if hit.license_url else name
+def colour(source: str) -> int:
+    return OPENVERSE_BLUE if source == "openverse" else PIXABAY_GREEN
 
 
 def number_index(emoji: str) -> int | None:
@@ -39,33 +43,56 @@ def number_index(emoji: str) -> int | None:
         return None
 
 
+def footer(hit: Hit) -> str:
+    """The credit the source asks for; a footer shows no markdown, so it is only clipped."""
+    return clip(credit(hit, AUTHOR), FOOTER)
+
+
+def licence_link(hit: Hit) -> str:
+    """``[CC BY 2.0](https://creativecommons.org/…)`` for an Openverse hit, else ''."""
+    name = licence_label(hit)
+    if not name:
+        return ""
+    target = http_url(hit.license_url)
+    return f"[{escape(name)}]({_link_target(target)})" if target else escape(name)
+
+
 def hit_embed(item: ScoredHit) -> discord.Embed:
     hit = item.hit
-    embed = discord.Embed(title=f"#{item.rank} · score {item.display:.1f}", url=hit.page_url,
-                          colour=colour(hit))
-    embed.set_image(url=display_url(hit))
-    lines = [", ".join(hit.tags)] if hit.tags else []
+    embed = discord.Embed(title=f"#{item.rank} · score {item.display:.1f}",
+                          url=http_url(hit.page_url), colour=colour(hit.source))
+    if (image := http_url(display_url(hit))) is not None:
+        embed.set_image(url=image)
+    lines = [", ".join(escape(t) for t in hit.tags)] if hit.tags else []
     if licence_link(hit):
         lines.append(f"Licence: {licence_link(hit)}")
     if lines:
-        embed.description = "\n".join(lines)
-    embed.set_footer(text=credit(hit))
+        # the licence goes last and must survive: the tags give way
+        licence = "\n" + lines[-1] if licence_link(hit) else ""
+        tags = lines[0] if hit.tags else ""
+        embed.description = (clip(tags, DESCRIPTION - len(licence)) + licence).strip("\n")
+    embed.set_footer(text=footer(hit))
     return embed
 
 
 def results_embeds(items: Sequence[ScoredHit]) -> list[discord.Embed]:
-    return [hit_embed(item) for item in items]
+    """One embed per hit, fitted into what Discord accepts in one message."""
+    return fit_embeds([hit_embed(item) for item in items])
 
 
 def summary_line(*, tag: str, phrase: str, candidates: int, seconds: float, page: int,
                  pages: int, note: str = "", source: str = "pixabay", link: str = "") -> str:
     """The results message's first lines; ``link`` makes the bold label a link (more like)."""
-    head = f"[**{phrase}**]({link})" if link else f"**{phrase}**"
-    line = (f"{head} · tag `{tag}` · {candidates} candidates ranked in {seconds:.1f} s · "
+    tail = (f" · tag {escape(tag)} · {candidates} candidates ranked in {seconds:.1f} s · "
             f"page {page + 1}/{pages}\n"
             f"-# ◀️ ▶️ more results · 1️⃣… share a pick · images from "
-            f"[{label(source)}]({HOMES.get(source, HOMES['pixabay'])})")
-    return f"{line}\n{note}" if note else line
+            f"[{label(source)}]({HOMES.get(source, HOMES['pixabay'])})"
+            + (f"\n{note}" if note else ""))
+    target = _link_target(link) if http_url(link) else ""
+    # The phrase gives way first: the rest of the line is ours and short.
+    room = CONTENT - len(tail) - 4 - (len(target) + 4 if target else 0)
+    head = f"**{clip(escape(phrase), room)}**"
+    return (f"[{head}]({target})" if target else head) + tail
 
 
 def grid_embed(items: Sequence[ScoredHit], filename: str, source: str) -> discord.Embed:
@@ -73,31 +100,38 @@ def grid_embed(items: Sequence[ScoredHit], filename: str, source: str) -> discor
     lines = []
     for n, item in enumerate(items, 1):
         hit = item.hit
+        page = http_url(hit.page_url)
+        link = f"[{label(hit.source)} page]({_link_target(page)})" if page else label(hit.source)
+        who = escape(clip(" ".join(hit.user.split()) or "unknown", 80))
         extra = f" · {licence_link(hit)}" if licence_link(hit) else ""
-        lines.append(f"**{n}** · #{item.rank} · [{label(hit.source)} page]({hit.page_url}) · "
-                     f"{credit(hit).split(' · ')[0]}{extra}")
-    embed = discord.Embed(description="\n".join(lines)[:4096],
-                          colour=OPENVERSE_BLUE if source == "openverse" else PIXABAY_GREEN)
+        lines.append(f"**{n}** · #{item.rank} · {link} · by {who}{extra}")
+    embed = discord.Embed(description="\n".join(lines), colour=colour(source))
     embed.set_image(url=f"attachment://{filename}")
-    return embed
+    return fit_embeds([embed])[0]
 
 
 def pick_embed(item: ScoredHit, *, phrase: str, filename: str | None) -> discord.Embed:
     hit = item.hit
-    description = f"[View on {label(hit.source)}]({hit.page_url})"
+    page = http_url(hit.page_url)
+    parts = [f"[View on {label(hit.source)}]({_link_target(page)})"] if page else []
     if licence_link(hit):
-        description += f" · licence {licence_link(hit)}"
-    embed = discord.Embed(title=phrase[:256], url=hit.page_url, colour=colour(hit),
-                          description=f"{description}\n-# {MAGNIFIER} more like this")
+        parts.append(f"licence {licence_link(hit)}")
+    embed = discord.Embed(title=clip(escape(phrase), TITLE), url=page, colour=colour(hit.source),
+                          description=" · ".join(parts) or None)
     if filename:
         embed.set_image(url=f"attachment://{filename}")
-    embed.set_footer(text=credit(hit))
-    return embed
+    embed.set_footer(text=footer(hit))
+    return fit_embeds([embed])[0]
+
+
+def _link_target(url: str) -> str:
+    """A URL safe inside markdown's ``[text](url)``: no bracket can end the link early."""
+    return url.replace("(", "%28").replace(")", "%29").replace(" ", "%20")
 
 
 def picks_list_embed(lines: Sequence[str], *, title: str) -> discord.Embed:
-    return discord.Embed(title=title, description="\n".join(lines) or "No picks yet.",
-                         colour=PIXABAY_GREEN)
+    return fit_embeds([discord.Embed(title=title, description="\n".join(lines) or "No picks yet.",
+                                     colour=PIXABAY_GREEN)])[0]
 
 
 def picks_embeds(lines: Sequence[str], thumbnails: Sequence[str | None], *, title: str
@@ -109,7 +143,7 @@ def picks_embeds(lines: Sequence[str], thumbnails: Sequence[str | None], *, titl
     for i, (line, thumb) in enumerate(zip(lines[:10], thumbnails, strict=False)):
         embed = discord.Embed(title=title if i == 0 else None, description=line,
                               colour=PIXABAY_GREEN)
-        if thumb:
+        if thumb and http_url(thumb):
             embed.set_thumbnail(url=thumb)
         embeds.append(embed)
-    return embeds
+    return fit_embeds(embeds)

@@ -44,6 +44,7 @@ class Settings:
     search_candidates: int = 200
     max_concurrent_searches: int = 4
     user_cooldown_seconds: float = 10.0
+    search_deadline_seconds: float = 30.0
     search_source: str = "pixabay"
     openverse_api_url: str = "https://api.openverse.org/v1/"
     openverse_client_id: str | None = field(default=None, repr=False)
@@ -110,6 +111,8 @@ class Settings:
             kw["max_concurrent_searches"] = _int("MAX_CONCURRENT_SEARCHES", raw, 1, 64)
         if (raw := get("USER_COOLDOWN_SECONDS")) is not None:
             kw["user_cooldown_seconds"] = float(_int("USER_COOLDOWN_SECONDS", raw, 0, 3600))
+        if (raw := get("SEARCH_DEADLINE_SECONDS")) is not None:
+            kw["search_deadline_seconds"] = float(_int("SEARCH_DEADLINE_SECONDS", raw, 1, 600))
         if (raw := get("SEARCH_SOURCE")) is not None:
             if raw.lower() not in SOURCES:
                 raise ConfigError(f"SEARCH_SOURCE must be pixabay or openverse, not '{raw}'.")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 class SearchError(Exception):
     """Base of every error that the engine raises on purpose."""
@@ -30,16 +32,23 @@ class InvalidApiKey(PixabayError):
 
 
 class PixabayRejected(PixabayError):
-    """A 400 other than the key; carries Pixabay's own text."""
+    """A 4xx other than the key. ``detail`` is Pixabay's text with the key redacted, for
+    the log only: it may echo the request, so users get our own sentence."""
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, status: int = 400) -> None:
         self.detail = detail
-        super().__init__(f"Pixabay refused the search: {detail}")
+        self.status = status
+        super().__init__(f"Pixabay refused the search (HTTP {status}); try another tag or "
+                         "filters, or ask the admins to read the log.")
 
 
 class RateLimited(SourceError):
-    def __init__(self, retry_after: float, source: str = "Pixabay") -> None:
-        self.retry_after = max(1.0, float(retry_after))
+    """``cap``: the longest wait believed (Pixabay's window is a minute; Openverse's
+    anonymous day budget can need hours)."""
+
+    def __init__(self, retry_after: float, source: str = "Pixabay", cap: float = 60.0) -> None:
+        wait = float(retry_after)
+        self.retry_after = min(max(1.0, wait), cap) if math.isfinite(wait) else cap
         self.source = source
         super().__init__(
             f"{source}'s rate limit is reached; try again in {int(self.retry_after + 0.999)} s."
@@ -63,9 +72,13 @@ class OpenverseError(SourceError):
 
 
 class OpenverseRejected(OpenverseError):
-    def __init__(self, detail: str) -> None:
+    """A 4xx; ``detail`` is Openverse's own text, for the log only."""
+
+    def __init__(self, detail: str, status: int = 400) -> None:
         self.detail = detail
-        super().__init__(f"Openverse refused the search: {detail}")
+        self.status = status
+        super().__init__(f"Openverse refused the search (HTTP {status}); try another tag or "
+                         "filters, or ask the admins to read the log.")
 
 
 class InvalidOpenverseCredentials(OpenverseError):

@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable, Mapping
 
 import aiohttp
-from yarl import URL
 
 from .errors import (
     InvalidOpenverseCredentials,
@@ -36,6 +35,17 @@ from .errors import (
 )
 from .pixabay import MAX_QUERY_CHARS, Candidates, Filters, Hit, RateBudget, normalise_tag
 from .store import Store
+from .upstream import (
+    Invalid,
+    TooLarge,
+    header_seconds,
+    header_whole,
+    optional_http_url,
+    optional_whole,
+    parse_json_off_loop,
+    read_body,
+    text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +60,8 @@ MAX_REACHABLE = ANONYMOUS_PAGE_SIZE * MAX_PAGES
 # from the headers of the first answer.
 ANONYMOUS_PER_MINUTE, ANONYMOUS_PER_DAY = 20, 200
 REGISTERED_PER_MINUTE, REGISTERED_PER_DAY = 100, 10_000
+MAX_BODY_BYTES = 8 * 1024 * 1024  # 20 results are ~30 KB; 500 are ~1 MB
+MAX_ERROR_BYTES = 16 * 1024
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
                    r"[0-9a-fA-F]{12}$")
@@ -82,21 +94,19 @@ def search_params(filters: Filters) -> dict[str, str]:
 
 
 def _text(value: object, cap: int, default: str = "") -> str:
-    if not isinstance(value, str):
+    """A field's text, whitespace collapsed and capped; ``default`` when it is not text."""
+    try:
+        return " ".join(text(value, "text", max_chars=cap).split()) or default
+    except Invalid:
         return default
-    text = " ".join(value.split())[:cap]
-    return text or default
 
 
 def _web_url(value: object) -> str:
-    """An http(s) URL of sane length, or ''."""
-    if not isinstance(value, str) or len(value) > 2000:
-        return ""
+    """An absolute http(s) URL of sane length, or ''."""
     try:
-        url = URL(value)
-    except (ValueError, TypeError):
+        return optional_http_url(value, "url")
+    except Invalid:
         return ""
-    return value if url.scheme in ("http", "https") and url.host else ""
 
 
 def hit_from_api(raw: Mapping) -> Hit | None:
@@ -111,8 +121,10 @@ def hit_from_api(raw: Mapping) -> Hit | None:
         and _text(t.get("name"), 40)))
 
     def num(name: str) -> int:
-        value = raw.get(name)
-        return value if isinstance(value, int) and 0 <= value <= 10**9 else 0
+        try:
+            return optional_whole(raw.get(name), name, hi=10**12)
+        except Invalid:
+            return 0
 
     licence = _text(raw.get("license"), 16).lower()
     version = _text(raw.get("license_version"), 8)
@@ -259,7 +271,9 @@ class OpenverseClient:
             async with self.session.post(self.api_url + "auth_tokens/token/", data=data,
                                          timeout=self.timeout) as resp:
                 status = resp.status
-                text = await resp.text()
+                body_bytes = await read_body(resp, MAX_ERROR_BYTES, cut=status != 200)
+        except TooLarge:
+            raise MalformedResponse(LABEL) from None
         except TimeoutError:
             raise OpenverseUnavailable("the token request timed out") from None
         except aiohttp.ClientError as e:
@@ -269,10 +283,10 @@ class OpenverseClient:
         if status != 200:
             raise OpenverseUnavailable(f"HTTP {status} for a token")
         try:
-            body = json.loads(text)
+            body = await parse_json_off_loop(body_bytes)
             token = body["access_token"]
             expires_in = float(body.get("expires_in", 3600))
-        except (ValueError, KeyError, TypeError):
+        except (Invalid, ValueError, KeyError, TypeError, AttributeError):
             raise MalformedResponse(LABEL) from None
         if not isinstance(token, str) or not token or not 0 < expires_in <= 10**7:
             raise MalformedResponse(LABEL)
@@ -287,11 +301,11 @@ class OpenverseClient:
             if now >= budget.server_reset_at:
                 budget.server_remaining = None
             if budget.server_remaining is not None and budget.server_remaining <= 0:
-                raise RateLimited(budget.server_reset_at - now, LABEL)
+                raise RateLimited(budget.server_reset_at - now, LABEL, cap=budget.window)
             while budget.sent and now - budget.sent[0] >= budget.window:
                 budget.sent.popleft()
             if len(budget.sent) >= budget.limit:
-                raise RateLimited(budget.sent[0] + budget.window - now, LABEL)
+                raise RateLimited(budget.sent[0] + budget.window - now, LABEL, cap=budget.window)
         self.minute.acquire()
         self.day.acquire()
 
@@ -306,10 +320,9 @@ class OpenverseClient:
                 if m:
                     limits[lower[18:]] = (int(m.group(1)), _PERIOD[m.group(2).lower()])
             elif lower.startswith("x-ratelimit-available-"):
-                try:
-                    available[lower[22:]] = max(0, int(value))
-                except ValueError:
-                    continue
+                count = header_whole(value, lo=0, hi=10**9)
+                if count is not None:
+                    available[lower[22:]] = count
         now = self.clock()
         for scope, (limit, period) in limits.items():
             budget = self.day if period >= 3600 else self.minute
@@ -333,8 +346,12 @@ class OpenverseClient:
                                             headers=headers, timeout=self.timeout) as resp:
                     self._observe(resp.headers)
                     status = resp.status
-                    text = await resp.text()
-                    retry_after = resp.headers.get("Retry-After", "")
+                    retry_after = resp.headers.get("Retry-After")
+                    data = await read_body(resp, MAX_BODY_BYTES if status == 200
+                                           else MAX_ERROR_BYTES, cut=status != 200)
+            except TooLarge as e:
+                log.warning("openverse: refused an answer %s", e)
+                raise MalformedResponse(LABEL) from None
             except TimeoutError:
                 last = "timed out"
                 log.warning("openverse: request timed out (attempt %d)", attempt + 1)
@@ -347,21 +364,19 @@ class OpenverseClient:
                 continue
             if status == 200:
                 try:
-                    body = json.loads(text)
-                except ValueError:
+                    body = await parse_json_off_loop(data)
+                except Invalid as e:
+                    log.warning("openverse: unreadable answer: %s", e)
                     raise MalformedResponse(LABEL) from None
                 if not isinstance(body, dict):
                     raise MalformedResponse(LABEL)
                 return body
             if status == 429:
-                try:
-                    retry = float(retry_after)
-                except ValueError:
-                    retry = 60.0
-                retry = min(max(retry, 1.0), 86400.0)
+                retry = header_seconds(retry_after, cap=86400.0)
+                retry = 60.0 if retry is None else max(retry, 1.0)
                 self.minute.server_remaining = 0
                 self.minute.server_reset_at = self.clock() + retry
-                raise RateLimited(retry, LABEL)
+                raise RateLimited(retry, LABEL, cap=86400.0)
             if status == 401 and token and not renewed:  # the token expired or was revoked
                 renewed = True
                 await self._bearer(renew=True)
@@ -371,7 +386,9 @@ class OpenverseClient:
                 log.warning("openverse: HTTP %d (attempt %d)", status, attempt + 1)
                 attempt += 1
                 continue
-            raise OpenverseRejected(_detail(text, status))
+            detail = _detail(data.decode("utf-8", "replace"), status)
+            log.warning("openverse: HTTP %d: %s", status, detail)
+            raise OpenverseRejected(detail, status)
         raise OpenverseUnavailable(last)
 
 

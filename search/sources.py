@@ -75,13 +75,16 @@ def licence_label(hit: Hit) -> str:
     return f"CC {code.upper()}{version}"
 
 
-def credit(hit: Hit) -> str:
-    """The credit each licence asks for, as plain text."""
+def credit(hit: Hit, max_name: int = 256) -> str:
+    """The credit each licence asks for, as plain text (the name clipped to ``max_name``)."""
+    user = " ".join(hit.user.split()) or "unknown"
+    if len(user) > max_name:
+        user = user[:max_name - 1] + "…"
     if hit.source == "openverse":
         licence = licence_label(hit)
         via = f" via {hit.provider}" if hit.provider else ""
-        return f"Image by {hit.user}{via} · {licence}" if licence else f"Image by {hit.user}{via}"
-    return f"Image by {hit.user} on Pixabay"
+        return f"Image by {user}{via} · {licence}" if licence else f"Image by {user}{via}"
+    return f"Image by {user} on Pixabay"
 
 
 def short_credit(hit: Hit) -> str:

@@ -83,7 +83,8 @@ async def test_magnifier_on_a_shared_red_circle_returns_red_circles_first(
     similar = await more_like(fake_discord, pick.id)
     await reactions_added(fake_discord, similar.id, (PREV, NEXT, *NUMBERS[:5]))
     link = f"https://discord.com/channels/{fake_discord.guild_id}/{pick.channel_id}/{pick.id}"
-    assert similar.content.startswith(f"[**more like #{picked}**]({link})")
+    # the label is escaped like any phrase: Discord shows "more like #<id>", linked
+    assert similar.content.startswith(f"[**more like \\#{picked}**]({link})")
     assert "199 candidates ranked in " in similar.content  # the pick itself is left out
     ids = [image_id(e) for e in similar.embeds]
     assert picked not in ids
@@ -97,7 +98,7 @@ async def test_magnifier_on_a_shared_red_circle_returns_red_circles_first(
     await fake_discord.wait_for(lambda: "page 2/" in fake_discord.messages[similar.id].content,
                                 20, what="page 2 of more like")
     again = await share(fake_discord, similar.id, 0, user="bob")
-    assert again.embeds[0]["title"] == f"more like #{picked}"
+    assert again.embeds[0]["title"] == f"more like \\#{picked}"
 
 
 async def test_magnifier_works_after_a_restart_on_an_older_pick(env, fake_discord,
@@ -121,7 +122,7 @@ async def test_an_attached_blue_square_returns_blue_squares_first(bot, fake_disc
     assert fake_discord.cdn_downloads == 1  # read through Attachment.read()
     scenes = [fake_pixabay.truth[image_id(e)] for e in reply.embeds]
     assert all((s.shape, s.colour) == ("square", "blue") for s in scenes), scenes
-    assert reply.content.startswith("**image mine.jpg** · tag `square`")
+    assert reply.content.startswith("**image mine.jpg** · tag square")
     _, both = await search(fake_discord, tag="square", phrase="a green square",
                            image=("mine.jpg", picture("square", "blue", "grass")))
     colours = {fake_pixabay.truth[image_id(e)].colour for e in both.embeds}

@@ -100,12 +100,13 @@ class FindImage(commands.Cog):
         filters = Filters(image_type=image_type.value if image_type else "all",
                           orientation=orientation.value if orientation else "all",
                           colors=(colors.value,) if colors else (), safesearch=safe)
-        await interaction.response.defer(thinking=True)
-        interaction.extras["deferred_public"] = True
-        started = time.perf_counter()
-        data = await _read(image) if image is not None else None
+        # The slot is taken before the first await: commands arriving together all see it.
         self.pending += 1
         try:
+            await interaction.response.defer(thinking=True)
+            interaction.extras["deferred_public"] = True
+            started = time.perf_counter()
+            data = await _read(image) if image is not None else None
             async with self.slots:
                 result = await self.bot.service.find(tag, phrase, top=count, filters=filters,
                                                      source=retriever.name, image=data)
@@ -117,7 +118,8 @@ class FindImage(commands.Cog):
             requester_id=interaction.user.id, tag=result.tag,
             phrase=_query_label(result.phrase, image), filters=filters, per_page=count, page=0,
             seconds=seconds, ranking=result.ranking)
-        page = await render_page(self.bot.service, state, view, 0)
+        page = await render_page(self.bot.service, state, view, 0,
+                                 left_out_note(result.left_out, self.bot.settings))
         message = await interaction.followup.send(wait=True, **page.send())
         interaction.extras["answered"] = True
         state.message_id = message.id
@@ -216,8 +218,15 @@ def _query_label(phrase: str, image: discord.Attachment | None) -> str:
     """What the results message calls the query (the attachment's name is the member's)."""
     if image is None:
         return phrase
-    name = discord.utils.escape_markdown(" ".join(image.filename.split())[:40])
+    name = " ".join(image.filename.split())[:40]  # escaped where it is shown
     return f"image {name} + {phrase}" if phrase else f"image {name}"
+
+
+def left_out_note(left_out: int, settings) -> str:
+    if not left_out:
+        return ""
+    return (f"{left_out} image{'s were' if left_out != 1 else ' was'} still downloading after "
+            f"{settings.search_deadline_seconds:.0f} s and left out.")
 
 
 def _age_restricted(channel: object) -> bool:

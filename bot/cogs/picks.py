@@ -13,6 +13,7 @@ from discord.ext import commands
 from search.errors import ImageSkipped
 from search.sources import share_urls, tile_url
 
+from ..discord_text import inline
 from ..embeds import MAGNIFIER, number_index, pick_embed, picks_embeds
 from ..errors import reply_error
 
@@ -61,7 +62,7 @@ class Picks(commands.Cog):
         limit = min(guild.filesize_limit if guild else DEFAULT_UPLOAD_LIMIT, DEFAULT_UPLOAD_LIMIT)
         file = await self._download(item.hit, limit)
         embed = pick_embed(item, phrase=state.phrase, filename=file.filename if file else None)
-        content = f"Shared by <@{payload.user_id}>"
+        content = f"Shared by <@{payload.user_id}> · {MAGNIFIER} more like this"
         picks_channel = await self.bot.state.picks_channel(payload.guild_id)
         targets = [c for c in (picks_channel, payload.channel_id) if c]
         for channel_id in dict.fromkeys(targets):
@@ -106,11 +107,11 @@ class Picks(commands.Cog):
         rows = await self.bot.state.latest_picks(interaction.guild_id,
                                                  member.id if member else None)
         lines = [
-            f"• [{p.phrase[:80]}](https://discord.com/channels/{p.guild_id}/{p.channel_id}/"
+            f"• [{inline(p.phrase, 80)}](https://discord.com/channels/{p.guild_id}/{p.channel_id}/"
             f"{p.message_id}) · <@{p.member_id}> · <t:{int(p.created_at)}:R>"
             for p in rows
         ]
-        title = f"Latest picks by {member.display_name}" if member else "Latest picks"
+        title = f"Latest picks by {inline(member.display_name, 200)}" if member else "Latest picks"
         shared = await self.bot.state.shared_picks([p.message_id for p in rows if p.message_id])
         thumbs = [tile_url(shared[p.message_id].hit) if p.message_id in shared else None
                   for p in rows]
