@@ -71,7 +71,7 @@ class Similar(commands.Cog):
             await channel.send(
                 f"<@{payload.user_id}> I no longer have the images behind that pick; run the "
                 "search again to find more like it.", delete_after=60,
-                allowed_mentions=discord.AllowedMentions(users=[discord.Object(payload.user_id)]))
+                allowed_mentions=discord.AllowedMentions.none())
             return
         ranking = more_like(hits, vectors, pick)
         seconds = time.perf_counter() - started
