@@ -228,7 +228,8 @@ class Database:
                         conn.execute(statement)
                 else:
                     migration(conn)
-                log.info("%s: schema %d -> %d", self.what, step, step + 1)
+                if found:
+                    log.info("%s: schema %d -> %d", self.what, step, step + 1)
             conn.execute(f"PRAGMA user_version = {int(self.version)}")
 
     def close(self) -> None:
