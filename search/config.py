@@ -43,6 +43,7 @@ class Settings:
     max_concurrent_searches: int = 4
     user_cooldown_seconds: float = 10.0
     results_keep_days: int = 30
+    search_deadline_seconds: float = 30.0
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
@@ -106,6 +107,8 @@ class Settings:
             kw["user_cooldown_seconds"] = float(_int("USER_COOLDOWN_SECONDS", raw, 0, 3600))
         if (raw := get("RESULTS_KEEP_DAYS")) is not None:
             kw["results_keep_days"] = _int("RESULTS_KEEP_DAYS", raw, 1, 3650)
+        if (raw := get("SEARCH_DEADLINE_SECONDS")) is not None:
+            kw["search_deadline_seconds"] = float(_int("SEARCH_DEADLINE_SECONDS", raw, 1, 600))
         settings = cls(**kw)  # type: ignore[arg-type]
         settings.check_model_reference()
         return settings

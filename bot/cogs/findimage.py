@@ -94,26 +94,34 @@ class FindImage(commands.Cog):
         filters = Filters(image_type=image_type.value if image_type else "all",
                           orientation=orientation.value if orientation else "all",
                           colors=(colors.value,) if colors else (), safesearch=safe)
-        await interaction.response.defer(thinking=True)
-        interaction.extras["deferred_public"] = True
-        # Noted until answered: if the process dies now, the next start answers it.
-        await self.bot.state.add_pending(interaction.id, interaction.application_id,
-                                         interaction.token)
-        try:
-            await self._search_and_answer(interaction, tag, phrase, count, filters)
-        finally:
-            await self.bot.state.done_pending(interaction.id)
-
-    async def _search_and_answer(self, interaction: discord.Interaction, tag: str, phrase: str,
-                                 count: int, filters: Filters) -> None:
-        started = time.perf_counter()
+        # The slot is taken before the first await: commands arriving together all see it.
         self.pending += 1
         try:
+            await interaction.response.defer(thinking=True)
+            interaction.extras["deferred_public"] = True
+            # Noted until answered: if the process dies now, the next start answers it.
+            await self.bot.state.add_pending(interaction.id, interaction.application_id,
+                                             interaction.token)
+            interaction.extras["pending_noted"] = True
+            started = time.perf_counter()
             async with self.slots:
                 result = await self.bot.service.find(tag, phrase, top=count, filters=filters)
+        except BaseException:
+            await self._done_pending(interaction)
+            raise
         finally:
             self.pending -= 1
-        seconds = time.perf_counter() - started
+        try:
+            await self._answer(interaction, result, filters, count, time.perf_counter() - started)
+        finally:
+            await self._done_pending(interaction)
+
+    async def _done_pending(self, interaction: discord.Interaction) -> None:
+        if interaction.extras.pop("pending_noted", False):
+            await self.bot.state.done_pending(interaction.id)
+
+    async def _answer(self, interaction: discord.Interaction, result, filters: Filters,
+                      count: int, seconds: float) -> None:
         state = ResultsState(
             message_id=0, channel_id=interaction.channel_id or 0, guild_id=interaction.guild_id,
             requester_id=interaction.user.id, tag=result.tag, phrase=result.phrase,
@@ -121,7 +129,8 @@ class FindImage(commands.Cog):
         message = await interaction.followup.send(
             content=summary_line(tag=state.tag, phrase=state.phrase,
                                  candidates=result.candidates, seconds=seconds, page=0,
-                                 pages=state.pages),
+                                 pages=state.pages, note=left_out_note(result.left_out,
+                                                                       self.bot.settings)),
             embeds=results_embeds(result.hits), wait=True,
             allowed_mentions=discord.AllowedMentions.none())
         interaction.extras["answered"] = True
@@ -241,6 +250,13 @@ class FindImage(commands.Cog):
             self.cannot_remove.add(payload.channel_id)
         except discord.HTTPException as e:
             log.info("could not remove a reaction: %s", e)
+
+
+def left_out_note(left_out: int, settings) -> str:
+    if not left_out:
+        return ""
+    return (f"{left_out} image{'s were' if left_out != 1 else ' was'} still downloading after "
+            f"{settings.search_deadline_seconds:.0f} s and left out.")
 
 
 def _age_restricted(channel: object) -> bool:
