@@ -16,6 +16,7 @@ from dotenv import dotenv_values
 from yarl import URL
 
 from .errors import ConfigError
+from .models import MAX_CANDIDATES
 
 DEFAULT_MODEL = "ViT-B-32-256"
 DEFAULT_PRETRAINED = "datacomp_s34b_b86k"
@@ -100,7 +101,7 @@ class Settings:
         if (raw := get("DATA_DIR")) is not None:
             kw["data_dir"] = Path(raw)
         if (raw := get("SEARCH_CANDIDATES")) is not None:
-            kw["search_candidates"] = _int("SEARCH_CANDIDATES", raw, 1, 500)
+            kw["search_candidates"] = _int("SEARCH_CANDIDATES", raw, 1, MAX_CANDIDATES)
         if (raw := get("MAX_CONCURRENT_SEARCHES")) is not None:
             kw["max_concurrent_searches"] = _int("MAX_CONCURRENT_SEARCHES", raw, 1, 64)
         if (raw := get("USER_COOLDOWN_SECONDS")) is not None:
