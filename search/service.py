@@ -21,6 +21,7 @@ import numpy as np
 from .clip import ClipEncoder
 from .config import Settings
 from .errors import AllImagesFailed, ImageSkipped, InvalidQuery, NoResults
+from .hub import check_weights_reachable
 from .images import ImageFetcher
 from .models import MAX_TOP, Filters, Query
 from .pixabay import Hit, PixabayClient
@@ -90,6 +91,8 @@ class SearchService:
             if encoder is None:
                 # The model comes last: every cheaper check has passed by now.
                 await asyncio.to_thread(settings.check_model)
+                await asyncio.to_thread(check_weights_reachable, settings.clip_model,
+                                        settings.clip_pretrained)
                 encoder = ClipEncoder(settings.clip_model, settings.clip_pretrained,
                                       settings.clip_device)
                 await stack.enter_async_context(encoder)

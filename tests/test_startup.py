@@ -219,3 +219,25 @@ async def test_bot_state_from_a_newer_release_is_refused(env, tmp_path):
         2, f"{data / 'bot.sqlite3'} was written by a newer findimage (schema 5; this one reads "
            "up to 2); upgrade findimage or point DATA_DIR at another folder.")
 
+
+
+async def test_cli_without_the_hub_and_without_cached_weights_is_one_line(fake_pixabay,
+                                                                          tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a hub endpoint nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"PATH": "/usr/bin:/bin", **engine_env(fake_pixabay, tmp_path / "data"),
+           "HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HOME": str(tmp_path / "hf")}
+    env.pop("CLIP_MODEL")  # the default zoo model, not downloaded in this empty HF_HOME
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "search", "circle", "a red circle", cwd=tmp_path, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 2
+    assert one_line(err.decode()) == (
+        "The CLIP weights for 'ViT-B-32-256' are not downloaded yet and the model hub at "
+        "http://127.0.0.1 cannot be reached (Connection refused); connect this machine once, "
+        "or set CLIP_MODEL=local-dir:/path to a saved model.")
+    assert fake_pixabay.api_requests == 0
