@@ -71,8 +71,8 @@ async def measure(model: str, runs: int, latency_ms: float, candidates: int) -> 
                         t = time.perf_counter()
                         origin = await state.get_results(1)
                         hits = [h for h, _ in origin.ranking.entries]
-                        vectors = await asyncio.to_thread(
-                            svc.store.get_embeddings, pick.source, svc.model_key,
+                        vectors = await svc.store.get_embeddings(
+                            svc.vectors_source(pick.source), svc.model_key,
                             [h.id for h in hits])
                         ranking = more_like(hits, vectors, pick)
                         ranking.page(0, 5)

@@ -1,9 +1,12 @@
 """The CLI: python -m search TAG [PHRASE] [--image FILE] [--source S] [--top N] [--offset K]
 [--candidates M] [--json] [--grid FILE]
 
-Exit codes: 0 found; 2 bad input or settings; 3 the source (Pixabay, Openverse)
-refused or failed; 4 rate limited; 5 nothing found (no hits, or no image readable);
-1 anything else.
+Exit codes: 0 found; 2 bad input or settings (DATA_DIR included); 3 the source (Pixabay,
+Openverse) refused or failed; 4 rate limited; 5 nothing found (no hits, or no image
+readable); 1 anything else.
+
+Start-up order: arguments, settings and the query are checked, then DATA_DIR, and only
+then are torch and the model imported, so a mistake is reported in well under a second.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import Settings
 from .errors import (
@@ -26,11 +30,23 @@ from .errors import (
     SearchError,
     SourceError,
 )
-from .grid import hits_sheet
-from .imagequery import MAX_QUERY_IMAGE_BYTES
-from .pixabay import COLORS, IMAGE_TYPES, ORDERS, ORIENTATIONS, Filters
-from .service import SearchResult, SearchService
-from .sources import HOMES, SOURCES, label, licence_label
+from .models import (
+    COLORS,
+    IMAGE_TYPES,
+    MAX_CANDIDATES,
+    MAX_QUERY_IMAGE_BYTES,
+    MAX_TOP,
+    ORDERS,
+    ORIENTATIONS,
+    SOURCES,
+    Filters,
+    Query,
+)
+from .sources import HOMES, label, licence_label
+from .sqlite import check_data_dir
+
+if TYPE_CHECKING:  # the service imports torch: only once every cheap check has passed
+    from .service import SearchResult, SearchService
 
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (InvalidQuery, 2), (ConfigError, 2), (ModelLoadError, 2), (RateLimited, 4),
@@ -50,10 +66,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="rank by similarity to this picture (with PHRASE: to both)")
     p.add_argument("--source", choices=SOURCES, default=None,
                    help="where candidates come from (default SEARCH_SOURCE, else pixabay)")
-    p.add_argument("--top", type=int, default=5, help="hits to show (1-50, default 5)")
+    p.add_argument("--top", type=int, default=5, help=f"hits to show (1-{MAX_TOP}, default 5)")
     p.add_argument("--offset", type=int, default=0, help="skip this many ranks (paging)")
     p.add_argument("--candidates", type=int, default=None,
-                   help="Pixabay candidates to rank (1-500, default SEARCH_CANDIDATES)")
+                   help=f"candidates to rank (1-{MAX_CANDIDATES}, default "
+                   "SEARCH_CANDIDATES)")
     p.add_argument("--image-type", choices=IMAGE_TYPES, default="all")
     p.add_argument("--orientation", choices=ORIENTATIONS, default="all")
     p.add_argument("--colors", default="", help=f"comma list of: {', '.join(COLORS)}")
@@ -126,6 +143,8 @@ def _reasons(skipped: dict[str, int]) -> str:
 
 
 async def write_grid(service: SearchService, result: SearchResult, path: Path) -> int:
+    from .grid import hits_sheet  # the bot's layout:grid draws with it too
+
     labels = [f"#{h.rank}  {h.display:.1f}" for h in result.hits]
     captions = [str(h.hit.id) for h in result.hits]
     sheet = await hits_sheet(service.fetcher, result.hits, labels, captions)
@@ -145,10 +164,23 @@ def read_image(path: Path) -> bytes:
         raise InvalidQuery(f"Cannot read the image {path}: {e.strerror or e}.") from None
 
 
-async def run(args: argparse.Namespace, settings: Settings) -> SearchResult:
+def build_query(args: argparse.Namespace, settings: Settings) -> Query:
+    """The request, checked before anything heavy loads (InvalidQuery on bad input)."""
     colors = tuple(c.strip() for c in args.colors.split(",") if c.strip())
     filters = Filters(image_type=args.image_type, orientation=args.orientation, colors=colors,
                       order=args.order, safesearch=not args.no_safesearch)
+    if not 1 <= args.top <= MAX_TOP:
+        raise InvalidQuery(f"top must be from 1 to {MAX_TOP}.")
+    if args.offset < 0:
+        raise InvalidQuery("offset must be 0 or more.")
+    image = read_image(args.image) if args.image else None
+    return Query(args.tag, args.phrase, args.candidates or settings.search_candidates, filters,
+                 args.source or settings.search_source, image)
+
+
+async def run(args: argparse.Namespace, settings: Settings, query: Query) -> SearchResult:
+    from .service import SearchService
+
     bar = None
     progress = None
     if sys.stdout.isatty() and not args.json:
@@ -160,14 +192,10 @@ async def run(args: argparse.Namespace, settings: Settings) -> SearchResult:
                 bar = tqdm(total=total, desc="download + encode", unit="img", leave=False)
             bar.update(done - bar.n)
 
-    image = read_image(args.image) if args.image else None
-    source = args.source or settings.search_source
-    settings.require_source(source)
-    async with SearchService.open(settings.replace(search_source=source)) as service:
+    async with SearchService.open(settings.replace(search_source=query.source)) as service:
         try:
-            result = await service.find(args.tag, args.phrase, top=args.top, offset=args.offset,
-                                        candidates=args.candidates, filters=filters,
-                                        progress=progress, source=source, image=image)
+            result = await service.find_query(query, top=args.top, offset=args.offset,
+                                              progress=progress)
         finally:
             if bar is not None:
                 bar.close()
@@ -186,7 +214,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings.load()
-        result = asyncio.run(run(args, settings))
+        query = build_query(args, settings)
+        settings.require_source(query.source)
+        check_data_dir(settings.data_dir)
+        result = asyncio.run(run(args, settings, query))
     except SearchError as e:
         print(f"error: {e}", file=sys.stderr)
         return next(code for kind, code in EXIT_CODES if isinstance(e, kind))

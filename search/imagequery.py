@@ -14,10 +14,9 @@ import numpy as np
 
 from .errors import ImageSkipped, InvalidQuery
 from .images import ImageFetcher
+from .models import MAX_QUERY_IMAGE_BYTES
 from .pixabay import Hit
 from .ranking import Ranking, rank
-
-MAX_QUERY_IMAGE_BYTES = 10 * 1024 * 1024  # Discord's own attachment cap for bots
 
 
 def unit(vector: np.ndarray) -> np.ndarray:

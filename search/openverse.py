@@ -16,7 +16,6 @@ download only from that host, whatever site the original lives on.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import re
@@ -33,7 +32,8 @@ from .errors import (
     OpenverseUnavailable,
     RateLimited,
 )
-from .pixabay import MAX_QUERY_CHARS, Candidates, Filters, Hit, RateBudget, normalise_tag
+from .models import Filters, Source, check_tag, key_fingerprint
+from .pixabay import Candidates, Hit, RateBudget, normalise_tag
 from .store import Store
 from .upstream import (
     Invalid,
@@ -160,6 +160,10 @@ class OpenverseClient:
         self.api_url = api_url if api_url.endswith("/") else api_url + "/"
         self._client_id = client_id or None
         self._client_secret = client_secret or None
+        # Cached pages are keyed by endpoint and who asks: a registered client's pages are
+        # larger than an anonymous one's. Vectors by endpoint alone.
+        self.source = Source(PROVIDER, self.api_url,
+                             key_fingerprint(client_id) if client_id else "anonymous")
         self.store = store
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.retries = retries
@@ -167,8 +171,8 @@ class OpenverseClient:
         self.clock = clock
         per_minute, per_day = ((ANONYMOUS_PER_MINUTE, ANONYMOUS_PER_DAY) if self.anonymous
                                else (REGISTERED_PER_MINUTE, REGISTERED_PER_DAY))
-        self.minute = RateBudget(limit=per_minute, window=60.0, clock=clock, source=LABEL)
-        self.day = RateBudget(limit=per_day, window=86400.0, clock=clock, source=LABEL)
+        self.minute = RateBudget(limit=per_minute, window=60.0, clock=clock, label=LABEL)
+        self.day = RateBudget(limit=per_day, window=86400.0, clock=clock, label=LABEL)
         self._token: str | None = None
         self._token_expires = 0.0
         self._token_lock = asyncio.Lock()
@@ -189,12 +193,7 @@ class OpenverseClient:
     async def candidates(self, tag: str, filters: Filters | None = None, limit: int = 200
                          ) -> Candidates:
         """Up to ``limit`` hits for ``tag``: pages of ``page_size``, never past page 20."""
-        q = normalise_tag(tag)
-        if not q:
-            raise InvalidQuery("The tag is empty; give one word such as 'tiger'.")
-        if len(q) > MAX_QUERY_CHARS:
-            raise InvalidQuery(f"The tag is {len(q)} characters; keep it under "
-                               f"{MAX_QUERY_CHARS}.")
+        q = normalise_tag(check_tag(tag))
         extra = search_params(filters or Filters())
         limit = max(1, min(int(limit), self.max_reachable))
         size = min(self.page_size, limit) if not self.anonymous else self.page_size
@@ -225,17 +224,10 @@ class OpenverseClient:
         return Candidates(hits=hits[:limit], total_hits=min(total, self.max_reachable),
                           requests=sent, from_cache=sent == 0 and cached_pages > 0)
 
-    def _cache_key(self, params: dict[str, str]) -> str:
-        # Who asks matters: a registered client's pages are larger than an anonymous one's.
-        who = ("anonymous" if self.anonymous
-               else hashlib.sha256(self._client_id.encode()).hexdigest()[:12])
-        return json.dumps([PROVIDER, self.api_url, who, sorted(params.items())],
-                          separators=(",", ":"))
-
     async def _page(self, params: dict[str, str]) -> tuple[dict, bool]:
-        key = self._cache_key(params)
+        key = json.dumps(sorted(params.items()), separators=(",", ":"))
         if self.store is not None:
-            cached = await asyncio.to_thread(self.store.get_response, key)
+            cached = await self.store.get_response(self.source, key)
             if cached is not None:
                 return cached, True
         if key in self._inflight:  # the same page asked twice at once: one request
@@ -245,7 +237,7 @@ class OpenverseClient:
         try:
             body = await self._request(params)
             if self.store is not None:
-                await asyncio.to_thread(self.store.put_response, key, body)
+                await self.store.put_response(self.source, key, body)
             future.set_result(body)
             return body, False
         except BaseException as e:

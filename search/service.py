@@ -21,17 +21,18 @@ import numpy as np
 from .clip import ClipEncoder
 from .config import Settings
 from .errors import AllImagesFailed, ImageSkipped, InvalidQuery, NoResults
+from .hub import check_weights_reachable
 from .imagequery import blend, image_pixels
 from .images import ImageFetcher
+from .models import MAX_TOP, Filters, Query, Source
 from .openverse import OpenverseClient
-from .pixabay import Filters, Hit, PixabayClient
+from .pixabay import Hit, PixabayClient
 from .ranking import Ranking, ScoredHit, rank
-from .sources import Source, label, rank_url
+from .sources import Retriever, label, rank_url
 from .store import Store
 
 log = logging.getLogger(__name__)
 
-MAX_PHRASE_CHARS = 300
 # Image downloads in flight at once, across all queries, on keep-alive connections to
 # the image CDN. Measured on 2 cores with 30 ms a request (bench --fetch-concurrency):
 # 16 took 480 ms for 200 thumbnails; 32 takes ~260 ms with the worst event-loop stall
@@ -67,22 +68,6 @@ class SearchResult:
         return self.api_cached and self.downloaded == 0
 
 
-def check_query(tag: str, phrase: str | None, *, image: bool = False) -> tuple[str, str]:
-    tag = " ".join(tag.split())
-    phrase = " ".join((phrase or "").split())
-    if not tag:
-        raise InvalidQuery("The tag is empty; give one word such as 'tiger'.")
-    if len(tag) > 100:
-        raise InvalidQuery(f"The tag is {len(tag)} characters; Pixabay allows at most 100.")
-    if not phrase and not image:
-        raise InvalidQuery("The phrase is empty; describe the picture you want, "
-                           "such as 'tiger playing in the snow'.")
-    if len(phrase) > MAX_PHRASE_CHARS:
-        raise InvalidQuery(f"The phrase is {len(phrase)} characters; keep it under "
-                           f"{MAX_PHRASE_CHARS}.")
-    return tag, phrase
-
-
 class SearchService:
     def __init__(self, settings: Settings, *, pixabay: PixabayClient | None,
                  fetcher: ImageFetcher, encoder: ClipEncoder, store: Store,
@@ -90,7 +75,7 @@ class SearchService:
         self.settings = settings
         self.pixabay = pixabay
         self.openverse = openverse
-        self.sources: dict[str, Source] = {c.name: c for c in (pixabay, openverse) if c}
+        self.sources: dict[str, Retriever] = {c.name: c for c in (pixabay, openverse) if c}
         self.fetcher = fetcher
         self.encoder = encoder
         self.store = store
@@ -114,8 +99,12 @@ class SearchService:
                 session = await stack.enter_async_context(
                     aiohttp.ClientSession(connector=connector))
             store = await asyncio.to_thread(Store, settings.db_path)
-            stack.callback(store.close)
+            stack.push_async_callback(asyncio.to_thread, store.close)
             if encoder is None:
+                # The model comes last: every cheaper check has passed by now.
+                await asyncio.to_thread(settings.check_model)
+                await asyncio.to_thread(check_weights_reachable, settings.clip_model,
+                                        settings.clip_pretrained)
                 encoder = ClipEncoder(settings.clip_model, settings.clip_pretrained,
                                       settings.clip_device)
                 await stack.enter_async_context(encoder)
@@ -138,8 +127,8 @@ class SearchService:
             yield cls(settings, pixabay=pixabay, fetcher=fetcher, encoder=encoder, store=store,
                       openverse=openverse)
 
-    def source(self, name: str | None) -> Source:
-        """The named source (default SEARCH_SOURCE), or one sentence saying why not."""
+    def source(self, name: str | None) -> Retriever:
+        """The named source's client (default SEARCH_SOURCE), or one sentence saying why not."""
         name = name or self.settings.search_source
         found = self.sources.get(name)
         if found is None:
@@ -148,6 +137,15 @@ class SearchService:
                                    "choose source openverse.")
             raise InvalidQuery(f"source must be pixabay or openverse, not '{name}'.")
         return found
+
+    def vectors_source(self, name: str) -> Source:
+        """What a source's cached vectors are keyed by, even when it is not offered now."""
+        client = self.sources.get(name)
+        if client is not None:
+            return client.source
+        url = (self.settings.openverse_api_url if name == "openverse"
+               else self.settings.pixabay_api_url)
+        return Source(name, url)
 
     @property
     def model_key(self) -> str:
@@ -158,22 +156,28 @@ class SearchService:
                    progress: Progress | None = None, source: str | None = None,
                    image: bytes | None = None) -> SearchResult:
         """Rank ``source``'s candidates for ``tag`` by ``phrase``, ``image``, or both."""
-        tag, phrase = check_query(tag, phrase, image=image is not None)
-        retriever = self.source(source)
-        if not 1 <= top <= 50:
-            raise InvalidQuery("top must be from 1 to 50.")
+        query = Query(tag, phrase, candidates or self.settings.search_candidates,
+                      filters or Filters(), source or self.settings.search_source, image)
+        return await self.find_query(query, top=top, offset=offset, progress=progress)
+
+    async def find_query(self, query: Query, *, top: int = 5, offset: int = 0,
+                         progress: Progress | None = None) -> SearchResult:
+        # A Query checks itself when built; a caller's own (a subclass, a copy) is re-checked.
+        query = Query(query.tag, query.phrase, query.candidates, query.filters, query.source,
+                      query.image)
+        retriever = self.source(query.source)
+        if not 1 <= top <= MAX_TOP:
+            raise InvalidQuery(f"top must be from 1 to {MAX_TOP}.")
         if offset < 0:
             raise InvalidQuery("offset must be 0 or more.")
-        limit = candidates or self.settings.search_candidates
-        if not 1 <= limit <= 500:
-            raise InvalidQuery("candidates must be from 1 to 500; Pixabay serves at most 500.")
+        tag, phrase, limit, filters = query.tag, query.phrase, query.candidates, query.filters
         timings: dict[str, float] = {}
         started = time.perf_counter()
 
         # A bad picture is refused before any candidate is fetched; the query's encode
         # then runs beside the API call and the downloads.
-        pixels = None if image is None else await image_pixels(self.fetcher, self.encoder,
-                                                                 image)
+        pixels = (None if query.image is None
+                  else await image_pixels(self.fetcher, self.encoder, query.image))
         text_task = asyncio.ensure_future(self._query_vector(phrase, pixels))
         try:
             t0 = time.perf_counter()
@@ -182,8 +186,9 @@ class SearchService:
             if not found.hits:
                 raise NoResults(tag, label(retriever.name))
             hits = found.hits
-            cached = await asyncio.to_thread(self.store.get_embeddings, retriever.name,
-                                             self.model_key, [h.id for h in hits])
+            source = retriever.source
+            cached = await self.store.get_embeddings(source, self.model_key,
+                                                     [h.id for h in hits])
             missing = [h for h in hits if h.id not in cached]
             deadline = started + self.settings.search_deadline_seconds
             fresh, skipped, stage = await self._embed(missing, progress, deadline)
@@ -191,20 +196,19 @@ class SearchService:
             timings.update(stage)
             vectors = {**cached, **fresh}
             if fresh:
-                await asyncio.to_thread(self.store.put_embeddings, retriever.name,
-                                        self.model_key, fresh.items())
+                await self.store.put_embeddings(source, self.model_key, fresh.items())
             ranked_hits = [h for h in hits if h.id in vectors]
             if not ranked_hits:
                 raise AllImagesFailed(len(hits), skipped + Counter({TOO_SLOW: left_out}))
-            query, truncated = await text_task
+            vector, truncated = await text_task
         finally:
             if not text_task.done():
                 text_task.cancel()
             elif not text_task.cancelled():
-                text_task.exception()  # a bad image is reported by whoever awaits it
+                text_task.exception()  # a failed encode is reported by whoever awaits it
         t0 = time.perf_counter()
         matrix = np.stack([vectors[h.id] for h in ranked_hits])
-        ranking = rank(ranked_hits, matrix, query)
+        ranking = rank(ranked_hits, matrix, vector)
         timings["rank"] = _ms(t0)
         timings["total"] = _ms(started)
         return SearchResult(
@@ -213,7 +217,7 @@ class SearchService:
             total_hits=found.total_hits, skipped=dict(skipped), api_cached=found.from_cache,
             embeddings_cached=len(cached), downloaded=len(fresh), truncated=truncated,
             timings=timings, left_out=left_out, source=retriever.name,
-            by_image=image is not None)
+            by_image=query.image is not None)
 
     async def _query_vector(self, phrase: str, pixels) -> tuple[np.ndarray, bool]:
         """The query's unit vector and whether the phrase was cut to the model's length."""
@@ -221,11 +225,10 @@ class SearchService:
             text = await self.encoder.encode_text(phrase)
             return text.vector, text.truncated
         vectors, _seconds = await self.encoder.encode_images(pixels[None])
-        vector = vectors[0]
         if not phrase:
-            return vector, False
+            return vectors[0], False
         text = await self.encoder.encode_text(phrase)
-        return blend(vector, text.vector), text.truncated
+        return blend(vectors[0], text.vector), text.truncated
 
     async def _embed(self, hits: list[Hit], progress: Progress | None,
                      deadline: float | None = None

@@ -12,17 +12,19 @@ from typing import Protocol
 
 from yarl import URL
 
-from .pixabay import Candidates, Filters, Hit
+from .models import SOURCES, Filters, Source
+from .pixabay import Candidates, Hit
 
-SOURCES = ("pixabay", "openverse")
+__all__ = ["SOURCES", "Retriever"]
 LABELS = {"pixabay": "Pixabay", "openverse": "Openverse"}
 HOMES = {"pixabay": "https://pixabay.com", "openverse": "https://openverse.org"}
 
 
-class Source(Protocol):
-    """A retriever: up to ``limit`` candidate hits for a tag, cached and rate-budgeted."""
+class Retriever(Protocol):
+    """A source's client: up to ``limit`` candidate hits for a tag, cached and budgeted."""
 
-    name: str  # one of SOURCES; also the embedding cache's provider key
+    name: str  # one of SOURCES
+    source: Source  # its endpoint (and key fingerprint): what the caches are keyed by
 
     async def candidates(self, tag: str, filters: Filters | None = None, limit: int = 200
                          ) -> Candidates: ...

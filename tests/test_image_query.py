@@ -8,6 +8,7 @@ import pytest
 from search.config import Settings
 from search.errors import InvalidQuery
 from search.imagequery import blend, more_like
+from search.models import Source
 from search.service import SearchService
 from search.store import Store
 from tests.conftest import engine_env
@@ -56,7 +57,8 @@ async def test_a_bad_query_image_is_one_sentence(service, fake_pixabay, image, p
 async def test_more_like_ranks_the_cached_ranking_by_the_pick(service, fake_pixabay):
     result = await service.find("circle", "a red circle on snow", top=5, candidates=200)
     pick = result.hits[0].hit
-    vectors = service.store.get_embeddings("pixabay", service.model_key, result.ranking.ids)
+    vectors = await service.store.get_embeddings(service.vectors_source("pixabay"),
+                                                 service.model_key, result.ranking.ids)
     similar = more_like([h for h, _ in result.ranking.entries], vectors, pick)
     assert pick.id not in similar.ids and len(similar) == len(result.ranking) - 1
     top = [fake_pixabay.truth[i] for i in similar.ids[:5]]
@@ -83,11 +85,14 @@ async def test_openverse_works_without_a_pixabay_key(fake_openverse, fake_pixaba
             await svc.find("circle", "x", source="pixabay")
 
 
-def test_embedding_cache_keeps_sources_apart():
-    store = Store(":memory:")
-    store.put_embeddings("pixabay", "m", [(100001, np.ones(4, np.float32))])
-    store.put_embeddings("openverse", "m", [("0b7e5a3c-0000-4000-8000-000000000001",
-                                             np.zeros(4, np.float32))])
-    assert store.get_embeddings("openverse", "m", [100001]) == {}
-    got = store.get_embeddings("openverse", "m", ["0b7e5a3c-0000-4000-8000-000000000001"])
-    assert list(got) == ["0b7e5a3c-0000-4000-8000-000000000001"]
+async def test_embedding_cache_keeps_sources_apart(tmp_path):
+    store = Store(tmp_path / "cache.sqlite3")
+    pixabay = Source("pixabay", "https://pixabay.com/api/")
+    openverse = Source("openverse", "https://api.openverse.org/v1/")
+    uuid = "0b7e5a3c-0000-4000-8000-000000000001"
+    await store.put_embeddings(pixabay, "m", [(100001, np.ones(4, np.float32))])
+    await store.put_embeddings(openverse, "m", [(uuid, np.zeros(4, np.float32))])
+    assert await store.get_embeddings(openverse, "m", [100001]) == {}
+    assert list(await store.get_embeddings(openverse, "m", [uuid])) == [uuid]
+    assert list(await store.get_embeddings(pixabay, "m", [100001])) == [100001]
+    store.close()

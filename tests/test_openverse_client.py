@@ -24,7 +24,6 @@ async def session():
 
 
 def client(fake, session, **kw) -> OpenverseClient:
-    kw.setdefault("store", Store(":memory:"))
     return OpenverseClient(session, api_url=fake.api_url, backoff=0.01, timeout=2.0, **kw)
 
 
@@ -77,7 +76,7 @@ async def test_token_is_renewed_before_it_expires_and_after_a_revocation(fake_op
     fake_openverse.clock = lambda: now[0]
     fake_openverse.token_ttl = 600
     c = client(fake_openverse, session, client_id="app-id", client_secret="app-secret",
-               clock=lambda: now[0], store=None)
+               clock=lambda: now[0])
     await c.candidates("star", limit=20)
     now[0] += 545  # within the last tenth of the token's life: renewed before use
     await c.candidates("star", limit=20)
@@ -98,7 +97,7 @@ async def test_wrong_credentials_are_one_sentence(fake_openverse, session):
 async def test_own_budget_follows_the_rate_headers_and_refuses_without_sending(
         fake_openverse, session):
     fake_openverse.burst_limit = 3
-    c = client(fake_openverse, session, store=None)
+    c = client(fake_openverse, session)
     for _ in range(3):
         await c.candidates("cross", limit=20)
     with pytest.raises(RateLimited, match="Openverse's rate limit is reached"):
@@ -108,15 +107,15 @@ async def test_own_budget_follows_the_rate_headers_and_refuses_without_sending(
 
 async def test_429_gives_retry_after(fake_openverse, session):
     fake_openverse.burst_limit = 1
-    await client(fake_openverse, session, store=None).candidates("cross", limit=20)
+    await client(fake_openverse, session).candidates("cross", limit=20)
     with pytest.raises(RateLimited) as info:  # a second process does not know the budget
-        await client(fake_openverse, session, store=None).candidates("cross", limit=20)
+        await client(fake_openverse, session).candidates("cross", limit=20)
     assert 1 <= info.value.retry_after <= 60
     assert fake_openverse.api_requests == 2
 
 
-async def test_cached_pages_send_nothing(fake_openverse, session):
-    c = client(fake_openverse, session)
+async def test_cached_pages_send_nothing(fake_openverse, session, tmp_path):
+    c = client(fake_openverse, session, store=Store(tmp_path / "cache.sqlite3"))
     await c.candidates("hexagon", limit=40)
     fake_openverse.reset_counters()
     again = await c.candidates("hexagon", limit=40)

@@ -7,7 +7,6 @@ posted before a restart, since the pick, its ranking and the vectors are all on 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -64,8 +63,8 @@ class Similar(commands.Cog):
         vectors = {}
         if origin is not None:
             hits = [hit for hit, _ in origin.ranking.entries]
-            vectors = await asyncio.to_thread(service.store.get_embeddings, pick.source,
-                                              service.model_key, [h.id for h in hits])
+            vectors = await service.store.get_embeddings(service.vectors_source(pick.source),
+                                                         service.model_key, [h.id for h in hits])
         if origin is None or pick.id not in vectors:
             # A reaction cannot be answered privately: a short notice that removes itself.
             await channel.send(
