@@ -9,15 +9,18 @@ from __future__ import annotations
 import asyncio
 import io
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import discord
 
 from search.grid import encode, hits_sheet
-from search.service import SearchService
 from search.sources import short_credit
 
 from .embeds import grid_embed, results_embeds, summary_line
 from .state import ResultsState, View
+
+if TYPE_CHECKING:
+    from search.service import SearchService
 
 GRID_FILE = "results.jpg"
 # With more than 4 hits a list page is several screens of stacked embeds; a contact
