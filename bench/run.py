@@ -31,12 +31,13 @@ from bench.measure import (
     rss_anon_mb,
     rss_mb,
 )
-from search.clip import ClipEncoder, resolve_device
+from search.clip import ClipEncoder, load_model, resolve_device
 from search.config import Settings
 from search.errors import ConfigError, ImageSkipped, SearchError
 from search.images import ImageFetcher, check_url
 from search.pixabay import Filters, Hit
 from search.service import DOWNLOADS_IN_FLIGHT, SearchService
+from search.tuning import freeze_heap, tune_process
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_CLIP = f"local-dir:{ROOT / 'tests' / 'fixtures' / 'tiny-clip'}"
@@ -74,6 +75,8 @@ class Options:
     threads: int | None = None
     max_batch: int | None = None
     fetch_concurrency: int | None = None
+    backend: str = "auto"
+    precision: str = "auto"
     scenarios: tuple[str, ...] = SCENARIOS
     out: Path | None = None
     quick: bool = False
@@ -110,6 +113,10 @@ def parse(argv: list[str] | None) -> Options:
     p.add_argument("--fetch-concurrency", type=int,
                    help="what-if: downloads in flight per query and connections per host "
                         "[the product's defaults]")
+    p.add_argument("--backend", choices=("auto", "torch", "onnx"),
+                   help="CLIP_BACKEND for the product's encoder [auto]")
+    p.add_argument("--precision", choices=("auto", "fp32", "fp16", "int8"),
+                   help="CLIP_PRECISION for the product's encoder [auto]")
     p.add_argument("--scenarios", help=f"comma list of {','.join(SCENARIOS)} [all]")
     p.add_argument("--out", type=Path, help="JSON file [bench/results/bench-<time>-<device>.json]")
     p.add_argument("--quick", action="store_true",
@@ -121,7 +128,7 @@ def parse(argv: list[str] | None) -> Options:
         o.runs, o.baseline_runs, o.warm_queries, o.concurrent_candidates = 1, 1, 3, 4
     for name in ("model", "device", "candidates", "latency_ms", "runs", "baseline_runs",
                  "warm_queries", "concurrent", "concurrent_candidates", "threads", "max_batch",
-                 "fetch_concurrency", "out"):
+                 "fetch_concurrency", "backend", "precision", "out"):
         value = getattr(a, name)
         if value is not None:
             setattr(o, name, value)
@@ -357,10 +364,16 @@ class Bench:
     async def baseline(self) -> dict:
         enc = self.encoder
         if self._baseline_model is None:
-            # The seed ran float32; on CUDA the product's model is half, so copy it.
-            self._baseline_model = (enc.model if enc.dtype == torch.float32 else
-                                    await asyncio.to_thread(lambda: copy.deepcopy(enc.model)
-                                                            .float()))
+            if enc.model is None:  # ONNX Runtime serves and torch's copy was freed
+                loaded = await asyncio.to_thread(
+                    load_model, self.o.model, None, "cpu",
+                    random_weights=not self.o.model.startswith("local-dir:"))
+                self._baseline_model = loaded.model
+            else:
+                # The seed ran float32; on CUDA the product's model is half, so copy it.
+                self._baseline_model = (enc.model if enc.dtype == torch.float32 else
+                                        await asyncio.to_thread(
+                                            lambda: copy.deepcopy(enc.model).float()))
         row = await asyncio.to_thread(
             seed_style, api_url=self.fake.api_url, key=self.fake.key, tag=COLD_TAG,
             phrase=next(self.phrases), candidates=self.o.candidates,
@@ -374,6 +387,7 @@ class Bench:
 
 # -- the whole run ------------------------------------------------------------------
 async def run(o: Options) -> Results:
+    tune_process()  # as the product's entry points do
     device = resolve_device(o.device)
     if o.concurrent_candidates is None:
         o.concurrent_candidates = 200 if device.startswith("cuda") else 10
@@ -390,9 +404,12 @@ async def run(o: Options) -> Results:
     log(f"starting the fake (latency {o.latency_ms:g} ms) and loading {o.model} on {device}")
     rss_before = rss_mb()
     async with FakeProcess(o.latency_ms, per_scene) as fake:
-        encoder = ClipEncoder(o.model, None, device, threads=o.threads, max_batch=o.max_batch)
+        encoder = ClipEncoder(o.model, None, device, threads=o.threads, max_batch=o.max_batch,
+                              backend=o.backend, precision=o.precision,
+                              random_weights=not o.model.startswith("local-dir:"))
         t0 = time.perf_counter()
         async with encoder:
+            freeze_heap()
             res.encoder = {"model": o.model, "identity": encoder.identity,
                            "device": encoder.device, "dtype": str(encoder.dtype),
                            "threads": encoder.threads or torch.get_num_threads(),

@@ -35,7 +35,11 @@ async def run(settings: Settings, *, bot_options: dict | None = None,
     """Open the resources, warm the model, then go online until closed or signalled."""
     point_at(settings)
     async with AsyncExitStack() as stack:
+        from search.tuning import freeze_heap, tune_process  # the process is ours: tune it
+
+        tune_process()
         service = await stack.enter_async_context(SearchService.open(settings))
+        freeze_heap()
         state = await stack.enter_async_context(State(settings.data_dir / "bot.sqlite3"))
         bot = FindImageBot(settings, service, state, **(bot_options or {}))
         await stack.enter_async_context(bot)

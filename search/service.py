@@ -1,8 +1,8 @@
-"""SearchService.find(): retriever → fetch → encode → rank.
+"""SearchService.find(): retriever → cache → embed → rank.
 
-The one entry point that the CLI and the bot share. Images are decoded and
-preprocessed as they arrive and handed straight to the encoder, whose worker
-coalesces them into batches, so downloads, decoding and encoding overlap.
+The one entry point that the CLI and the bot share. ``search.embed`` turns the hits
+the cache lacks into vectors (downloads, decoding and encoding overlap); a caller
+that passes ``partial`` is handed the ranking of what is ranked so far as it grows.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -20,9 +19,10 @@ import numpy as np
 
 from .clip import ClipEncoder
 from .config import Settings
-from .errors import AllImagesFailed, ImageSkipped, InvalidQuery, NoResults
+from .embed import Embedder
+from .errors import AllImagesFailed, InvalidQuery, NoResults
 from .images import ImageFetcher
-from .pixabay import PROVIDER, Filters, Hit, PixabayClient
+from .pixabay import PROVIDER, Filters, PixabayClient
 from .ranking import Ranking, ScoredHit, rank
 from .store import Store
 
@@ -35,6 +35,22 @@ MAX_PHRASE_CHARS = 300
 # 7-16 ms; 64 saves another 80 ms but its bursts of completions stall the loop 18-25 ms.
 DOWNLOADS_IN_FLIGHT = 32
 Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class PartialRanking:
+    """The candidates ranked so far, best first, while the others are still on their way."""
+
+    ranking: Ranking
+    ranked: int
+    total: int
+
+
+# A callback rather than an async iterator: ``find`` keeps one return value and one
+# way to fail for every caller; the callback is a plain function called on the loop
+# between two batches, so a slow consumer (a Discord edit) never holds the encoder
+# back, and a caller that ignores partial answers pays nothing.
+Partial = Callable[[PartialRanking], None]
 
 
 @dataclass
@@ -84,6 +100,7 @@ class SearchService:
         self.fetcher = fetcher
         self.encoder = encoder
         self.store = store
+        self.embedder = Embedder(encoder, variant=settings.image_variant)
 
     @classmethod
     @asynccontextmanager
@@ -103,7 +120,9 @@ class SearchService:
             stack.callback(store.close)
             if encoder is None:
                 encoder = ClipEncoder(settings.clip_model, settings.clip_pretrained,
-                                      settings.clip_device)
+                                      settings.clip_device, backend=settings.clip_backend,
+                                      precision=settings.clip_precision,
+                                      cache_dir=settings.data_dir / "models")
                 await stack.enter_async_context(encoder)
             fetcher = ImageFetcher(session, settings.image_hosts,
                                    concurrency=DOWNLOADS_IN_FLIGHT)
@@ -111,7 +130,10 @@ class SearchService:
             pixabay = PixabayClient(session, api_url=settings.pixabay_api_url,
                                     key=settings.pixabay_api_key or "", store=store,
                                     rate_limit=settings.pixabay_rate_limit, **pixabay_options)
-            yield cls(settings, pixabay=pixabay, fetcher=fetcher, encoder=encoder, store=store)
+            service = cls(settings, pixabay=pixabay, fetcher=fetcher, encoder=encoder,
+                          store=store)
+            await service.embedder.warm_up(fetcher)
+            yield service
 
     @property
     def model_key(self) -> str:
@@ -119,7 +141,13 @@ class SearchService:
 
     async def find(self, tag: str, phrase: str, *, top: int = 5, offset: int = 0,
                    candidates: int | None = None, filters: Filters | None = None,
-                   progress: Progress | None = None) -> SearchResult:
+                   progress: Progress | None = None, partial: Partial | None = None,
+                   partial_interval: float = 0.5) -> SearchResult:
+        """Rank Pixabay's candidates for ``tag`` by ``phrase``.
+
+        ``partial``: called with the ranking so far after newly encoded images, at most
+        once every ``partial_interval`` seconds, once the phrase's vector is known.
+        """
         tag, phrase = check_query(tag, phrase)
         if not 1 <= top <= 50:
             raise InvalidQuery("top must be from 1 to 50.")
@@ -143,8 +171,27 @@ class SearchService:
             cached = await asyncio.to_thread(self.store.get_embeddings, PROVIDER,
                                              self.model_key, [h.id for h in hits])
             missing = [h for h in hits if h.id not in cached]
-            fresh, skipped, stage = await self._embed(missing, progress)
-            timings.update(stage)
+            so_far = dict(cached)
+            last_partial = -float("inf")
+
+            def on_vectors(new: dict[int, np.ndarray]) -> None:
+                nonlocal last_partial
+                so_far.update(new)
+                now = time.perf_counter()
+                if (partial is None or now - last_partial < partial_interval
+                        or not text_task.done() or text_task.cancelled()
+                        or text_task.exception() is not None):
+                    return
+                last_partial = now
+                ranked = [h for h in hits if h.id in so_far]
+                partial(PartialRanking(
+                    rank(ranked, np.stack([so_far[h.id] for h in ranked]),
+                         text_task.result().vector), len(ranked), len(hits)))
+
+            embedded = await self.embedder.embed(missing, self.fetcher, progress=progress,
+                                                 on_vectors=on_vectors)
+            fresh, skipped = embedded.vectors, embedded.skipped
+            timings.update(embedded.timings)
             vectors = {**cached, **fresh}
             if fresh:
                 await asyncio.to_thread(self.store.put_embeddings, PROVIDER, self.model_key,
@@ -167,99 +214,6 @@ class SearchService:
             total_hits=found.total_hits, skipped=dict(skipped), api_cached=found.from_cache,
             embeddings_cached=len(cached), downloaded=len(fresh), truncated=text.truncated,
             timings=timings)
-
-    async def _embed(self, hits: list[Hit], progress: Progress | None
-                     ) -> tuple[dict[int, np.ndarray], Counter, dict[str, float]]:
-        """Download, decode and encode ``hits`` concurrently; skips are counted.
-
-        On CPU each image is decoded on the decode threads as soon as it arrives and
-        handed to the encoder, whose worker batches what is waiting. When the encoder
-        decodes JPEGs itself (CUDA), arrivals are handed over in batches of
-        ``gpu_batch``, the last partial one when the last download ends; other formats
-        and files the batched decoder refuses take the CPU way.
-        """
-        skipped: Counter = Counter()
-        vectors: dict[int, np.ndarray] = {}
-        spent = {"download": 0.0, "decode": 0.0, "encode": 0.0}
-        if not hits:
-            return vectors, skipped, {k: 0.0 for k in spent}
-        variant = self.settings.image_variant
-        min_side = min(self.encoder.image_size)
-        on_device = self.encoder.decodes_jpegs
-        pending: list[tuple[Hit, bytes]] = []
-        remaining = len(hits)
-        done = 0
-        download_end = 0.0
-        t_start = time.perf_counter()
-
-        def finished(n: int = 1) -> None:
-            nonlocal done
-            done += n
-            if progress is not None:
-                progress("images", done, len(hits))
-
-        def skip(hit: Hit, error: ImageSkipped) -> None:
-            skipped[error.reason] += 1
-            log.info("skipping image %s: %s", hit.id, error)
-
-        async def on_cpu(hit: Hit, data: bytes) -> None:
-            try:
-                # 8-bit levels: on CPU the encoder lags the downloads, so most of the
-                # decoded images wait in its queue; levels take a quarter of floats' room.
-                pixels, seconds = await self.fetcher.prepare(
-                    data, self.encoder.preprocess_levels, min_side=min_side)
-                spent["decode"] += seconds
-                vecs, seconds = await self.encoder.encode_images(pixels[None])
-                spent["encode"] += seconds
-                vectors[hit.id] = vecs[0]
-            except ImageSkipped as e:
-                skip(hit, e)
-            finally:
-                finished()
-
-        async def on_device_batch(batch: list[tuple[Hit, bytes]]) -> None:
-            result = await self.encoder.encode_jpegs([data for _, data in batch],
-                                                     max_pixels=self.fetcher.max_pixels)
-            spent["decode"] += result.decode_seconds
-            spent["encode"] += result.encode_seconds
-            for row, index in enumerate(result.encoded):
-                vectors[batch[index][0].id] = result.vectors[row]
-            finished(len(result.encoded))
-            await asyncio.gather(*(on_cpu(*batch[i]) for i in result.failed))
-
-        async def one(hit: Hit) -> None:
-            nonlocal download_end, remaining
-            data = None
-            try:
-                data = await self.fetcher.fetch(hit.variant_url(variant))
-                download_end = max(download_end, time.perf_counter())
-            except ImageSkipped as e:
-                skip(hit, e)
-                finished()
-            finally:
-                remaining -= 1
-            if on_device and data is not None and data.startswith(b"\xff\xd8"):
-                pending.append((hit, data))
-                data = None
-            if on_device and pending and (len(pending) >= self.gpu_batch
-                                          or remaining == 0):
-                batch = pending.copy()
-                pending.clear()
-                await on_device_batch(batch)
-            if data is not None:
-                await on_cpu(hit, data)
-
-        await asyncio.gather(*(one(h) for h in hits))
-        timings = {
-            "download": (max(download_end, t_start) - t_start) * 1000.0,
-            "decode": spent["decode"] * 1000.0,
-            "encode": spent["encode"] * 1000.0,
-        }
-        return vectors, skipped, timings
-
-    # JPEGs handed to the GPU decoder at a time as they arrive: the decode and encode
-    # of one batch overlap the downloads of the next.
-    gpu_batch = 32
 
     def page(self, ranking: Ranking, offset: int, top: int) -> list[ScoredHit]:
         """Another page of a ranking already computed: no Pixabay call, no model call."""
