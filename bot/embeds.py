@@ -60,3 +60,9 @@ def pick_embed(item: ScoredHit, *, phrase: str, filename: str | None) -> discord
 def picks_list_embed(lines: Sequence[str], *, title: str) -> discord.Embed:
     return discord.Embed(title=title, description="\n".join(lines) or "No picks yet.",
                          colour=PIXABAY_GREEN)
+
+
+def provisional_line(*, tag: str, phrase: str, ranked: int, total: int) -> str:
+    """The first line of a results message while the ranking is still growing."""
+    return (f"**{phrase}** · tag `{tag}` · ranked {ranked} of {total}… · the order may still "
+            "change\n-# images from [Pixabay](https://pixabay.com)")

@@ -4,6 +4,7 @@
 and every file the batched decoder should not take must come back for the PIL path.
 """
 
+import asyncio
 import io
 from pathlib import Path
 
@@ -202,3 +203,30 @@ async def test_the_service_on_the_jpeg_path_ranks_as_the_pil_path_does(
     pil_scores = dict(zip(by_pil.ranking.ids, by_pil.ranking.scores, strict=True))
     for image_id, score in zip(by_jpeg.ranking.ids, by_jpeg.ranking.scores, strict=True):
         assert score == pytest.approx(pil_scores[image_id], abs=0.02)
+
+
+async def test_bytes_already_downloaded_are_decoded_in_one_call_and_trickling_ones_in_batches(
+        settings, fake_pixabay):
+    from bench.run import MemoryFetcher
+
+    # max_batch as on CUDA, where one call can take every candidate
+    async with ClipEncoder(settings.clip_model, None, "cpu", backend="torch",
+                           max_batch=256) as encoder:
+        async with SearchService.open(settings, encoder=encoder) as svc:
+            svc.embedder.on_device = True
+            hits = (await svc.pixabay.candidates("circle", None, 100)).hits
+            urls = [h.variant_url(settings.image_variant) for h in hits]
+            blobs = dict(zip(urls, await asyncio.gather(*map(svc.fetcher.fetch, urls)),
+                             strict=True))
+            memory = MemoryFetcher(blobs, svc.fetcher.session, settings.image_hosts)
+            calls = encoder.stats.stages
+            before = calls["decode:batched"]
+            at_once = await svc.embedder.embed(hits, memory)
+            assert calls["decode:batched"] - before == 1
+            fake_pixabay.latency = 0.05  # arrivals in waves of the downloads in flight
+            before = calls["decode:batched"]
+            trickled = await svc.embedder.embed(hits, svc.fetcher)
+            assert calls["decode:batched"] - before >= len(hits) // svc.embedder.gpu_batch
+    assert set(at_once.vectors) == set(trickled.vectors) == {h.id for h in hits}
+    for image_id, vector in at_once.vectors.items():
+        np.testing.assert_allclose(vector, trickled.vectors[image_id], atol=1e-5)

@@ -151,7 +151,8 @@ def _quiet_exporters():
     for logger in named:  # a level, unlike a filter, holds for their child loggers too
         logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -190,7 +191,9 @@ def _export(loaded: LoadedModel, folder: Path, precision: str) -> ExportedFiles:
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=folder))
     try:
         image_fp32, text_fp32 = staging / "image.fp32.onnx", staging / "text.fp32.onnx"
-        with _quiet_exporters(), torch.inference_mode(False), torch.no_grad():
+        # Not under no_grad: there nn.MultiheadAttention takes its fused fast path,
+        # which has no ONNX form.
+        with _quiet_exporters(), torch.inference_mode(False):
             # The image tower through the TorchScript exporter: 4x faster to export than
             # the dynamo one, and its batch axis stays dynamic (checked below).
             torch.onnx.export(ImageTower(model).eval(), (pixels[:2],), str(image_fp32),

@@ -102,6 +102,7 @@ def load_model(model_name: str, pretrained: str | None = None, device: str = "cp
         pretrained = None  # open_clip ignores it with a schema; so do our keys
     if random_weights:
         pretrained = None
+        torch.manual_seed(0)  # the same random weights at every load: backends compare alike
     try:
         model = open_clip.create_model(model_name, pretrained=pretrained, device=device,
                                        require_pretrained=not random_weights)
