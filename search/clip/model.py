@@ -128,7 +128,9 @@ def load_model(model_name: str, pretrained: str | None = None, device: str = "cp
                          or getattr(model, "context_length", 77))
     loaded = LoadedModel(
         name=model_name, pretrained=pretrained,
-        identity=model_identity(model_name, pretrained), device=device, dtype=dtype,
+        identity=(f"{model_name}/random-seed0" if random_weights
+                  else model_identity(model_name, pretrained)),
+        device=device, dtype=dtype,
         model=model, tokenizer=tokenizer, preprocess=preprocess, preprocess_levels=preprocess,
         image_size=(int(size[0]), int(size[1])), mean=tuple(cfg.mean), std=tuple(cfg.std),
         interpolation=cfg.interpolation, resize_mode=cfg.resize_mode,
