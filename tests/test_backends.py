@@ -96,6 +96,8 @@ async def test_a_later_start_loads_the_cached_files_without_exporting(models, ca
     assert enc.backend.name == "onnx"
     assert {p: p.stat().st_mtime_ns for p in folders[0].glob("*.onnx")} == mtimes
     assert not any("exported" in r.getMessage() for r in caplog.records)
+    # files checked against torch before, unchanged since: no torch weights loaded at all
+    assert any("checked at an earlier start" in r.getMessage() for r in caplog.records)
 
 
 def tamper(path: Path) -> None:

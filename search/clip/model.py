@@ -88,12 +88,22 @@ def _where(model_name: str, pretrained: str | None) -> str:
     return f"CLIP_PRETRAINED '{pretrained}'" if pretrained else "no CLIP_PRETRAINED tag"
 
 
+def identity(model_name: str, pretrained: str | None, random_weights: bool = False) -> str:
+    if model_name.startswith(("local-dir:", "hf-hub:")) or random_weights:
+        pretrained = None
+    if random_weights:
+        return f"{model_name}/random-seed0"
+    return model_identity(model_name, pretrained)
+
+
 def load_model(model_name: str, pretrained: str | None = None, device: str = "cpu", *,
-               random_weights: bool = False) -> LoadedModel:
+               random_weights: bool = False, weights: bool = True) -> LoadedModel:
     """Create the model, its tokenizer and its eval transforms; fp16 on CUDA.
 
     ``random_weights``: for the benchmark only (speed does not depend on weights);
     otherwise a model for which open_clip found no weights raises ``ModelLoadError``.
+    ``weights=False``: the architecture only, on the meta device (no memory, no time),
+    with ``model`` None: for a backend that brings its own weights (cached ONNX files).
     """
     import open_clip  # deferred: a heavy import, needed only where the model loads
     from open_clip.transform import PreprocessCfg, image_transform_v2
@@ -104,8 +114,13 @@ def load_model(model_name: str, pretrained: str | None = None, device: str = "cp
         pretrained = None
         torch.manual_seed(0)  # the same random weights at every load: backends compare alike
     try:
-        model = open_clip.create_model(model_name, pretrained=pretrained, device=device,
-                                       require_pretrained=not random_weights)
+        if weights:
+            model = open_clip.create_model(model_name, pretrained=pretrained, device=device,
+                                           require_pretrained=not random_weights)
+        else:
+            with torch.device("meta"):
+                model = open_clip.create_model(model_name, pretrained=pretrained,
+                                               device="meta", load_weights=False)
         tokenizer = open_clip.get_tokenizer(model_name)
     except RuntimeError as e:
         if "could not be loaded" in str(e) and not random_weights:
@@ -118,7 +133,7 @@ def load_model(model_name: str, pretrained: str | None = None, device: str = "cp
         raise ModelLoadError(f"The CLIP model '{model_name}' could not be loaded: {e}") from e
     model.eval()
     dtype = torch.float32
-    if device.startswith("cuda"):
+    if device.startswith("cuda") and weights:
         model = model.half()
         dtype = torch.float16
     cfg = PreprocessCfg(**open_clip.get_model_preprocess_cfg(model))
@@ -128,10 +143,8 @@ def load_model(model_name: str, pretrained: str | None = None, device: str = "cp
                          or getattr(model, "context_length", 77))
     loaded = LoadedModel(
         name=model_name, pretrained=pretrained,
-        identity=(f"{model_name}/random-seed0" if random_weights
-                  else model_identity(model_name, pretrained)),
-        device=device, dtype=dtype,
-        model=model, tokenizer=tokenizer, preprocess=preprocess, preprocess_levels=preprocess,
+        identity=identity(model_name, pretrained, random_weights), device=device, dtype=dtype,
+        model=model if weights else None, tokenizer=tokenizer, preprocess=preprocess, preprocess_levels=preprocess,
         image_size=(int(size[0]), int(size[1])), mean=tuple(cfg.mean), std=tuple(cfg.std),
         interpolation=cfg.interpolation, resize_mode=cfg.resize_mode,
         context_length=context_length, random_weights=random_weights)

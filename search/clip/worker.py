@@ -13,6 +13,7 @@ What runs the towers is a backend (``search.clip.backends``).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 import time
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from ..store import FeatureVector
-from .backends import Backend, open_backend
+from .backends import Backend, choose, from_cache, open_backend
 from .model import LoadedModel, default_threads, from_levels, load_model, resolve_device
 from .text import is_truncated
 
@@ -192,12 +193,26 @@ class ClipEncoder:
     def _load(self) -> None:
         if self.threads:
             torch.set_num_threads(self.threads)
-        loaded = load_model(self.model_name, self.pretrained, self.device,
-                            random_weights=self.random_weights)
-        self.backend, self.loaded = open_backend(
-            loaded, backend=self.backend_choice, precision=self.precision_choice,
-            cache_dir=self.cache_dir, threads=self.threads)
-        del loaded  # with ONNX Runtime serving, this was torch's copy of the weights
+        self.backend, self.loaded = None, None
+        name, precision = choose(self.device, self.backend_choice, self.precision_choice)
+        if name == "onnx" and self.cache_dir is not None:
+            # Files checked at an earlier start: no torch weights to load at all.
+            skeleton = load_model(self.model_name, self.pretrained, self.device,
+                                  random_weights=self.random_weights, weights=False)
+            served = from_cache(skeleton, self.cache_dir, precision, self.threads)
+            if served is not None:
+                self.backend, self.loaded = served, skeleton
+        if self.backend is None:
+            loaded = load_model(self.model_name, self.pretrained, self.device,
+                                random_weights=self.random_weights)
+            self.backend, self.loaded = open_backend(
+                loaded, backend=name, precision=precision, cache_dir=self.cache_dir,
+                threads=self.threads)
+            if self.loaded.model is None:  # ONNX Runtime serves: torch's copy is gone
+                del loaded
+                gc.collect()
+                for hook in AFTER_CPU_BATCH:
+                    hook()
         # The first forward pass allocates and picks kernels.
         self._encode(torch.zeros((1, 3, *self.loaded.image_size), dtype=self.dtype))
         self.backend.encode_text(self.loaded.tokenizer(["warm up"]).to(self.device))
@@ -286,14 +301,11 @@ class ClipEncoder:
     def _forward_images(self, jobs: list[_Job]) -> list[object]:
         parts: list[torch.Tensor] = []
         rows: list[int] = []
-        prepared: dict[int, tuple[object, float]] = {}
+        prepared: dict[int, tuple[object, Callable[[], float]]] = {}
         for k, job in enumerate(jobs):
             if callable(job.payload):
-                t0 = time.perf_counter()
-                pixels, extra = job.payload()
-                if pixels is not None and pixels.is_cuda:
-                    torch.cuda.synchronize(pixels.device)  # so the time is the prepare's
-                prepared[k] = (extra, time.perf_counter() - t0)
+                (pixels, extra), seconds = _timed(job.payload, self.device)
+                prepared[k] = (extra, seconds)
             else:
                 pixels = job.payload  # type: ignore[assignment]
             if pixels is not None and len(pixels):
@@ -323,8 +335,8 @@ class ClipEncoder:
             start += n
             share = elapsed * n / max(total, 1)
             if k in prepared:
-                extra, prepare_s = prepared[k]
-                out.append(Prepared(vectors, extra, prepare_s, share))
+                extra, seconds = prepared[k]
+                out.append(Prepared(vectors, extra, seconds(), share))
             else:
                 out.append((vectors, share))
         return out
@@ -401,6 +413,31 @@ class ClipEncoder:
         """The text tower on ``phrases``, bypassing the cache (the warm-up's call)."""
         (vectors, _seconds) = await self._submit("text", list(phrases), len(phrases))
         return vectors
+
+
+def _timed(prepare: Prepare, device: str) -> tuple[tuple, Callable[[], float]]:
+    """Run ``prepare``: what it returned, and a callable giving the seconds it took.
+
+    On CUDA the time is read from two events after the batch's own synchronisation,
+    so timing adds no host sync between the decode and the encode.
+    """
+    if device.startswith("cuda"):
+        begin, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+        begin.record()
+        result = prepare()
+        end.record()
+
+        def seconds() -> float:
+            end.synchronize()  # done already when pixels were encoded
+            return begin.elapsed_time(end) / 1000.0
+    else:
+        t0 = time.perf_counter()
+        result = prepare()
+        spent = time.perf_counter() - t0
+
+        def seconds() -> float:
+            return spent
+    return result, seconds
 
 
 def _deliver(loop: asyncio.AbstractEventLoop, future: asyncio.Future, value: object,
