@@ -60,6 +60,9 @@ def main() -> None:
     a = p.parse_args()
     report = asyncio.run(run(a))
     report["process_s"] = time.perf_counter() - STARTED
+    from bench.measure import peak_rss_mb, rss_anon_mb, rss_mb
+
+    report.update(peak_rss_mb=peak_rss_mb(), rss_mb=rss_mb(), rss_anon_mb=rss_anon_mb())
     print(json.dumps(report), flush=True)
     sys.exit(0)
 

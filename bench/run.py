@@ -414,7 +414,8 @@ class Bench:
         row.update(process_ms=wall, query_ms=child["query_ms"],
                    before_query_s=child["before_query_s"], open_s=child["open_s"],
                    import_torch_s=child["import_torch_s"],
-                   import_search_s=child["import_search_s"], images=child["downloaded"])
+                   import_search_s=child["import_search_s"], images=child["downloaded"],
+                   peak_rss_mb=child["peak_rss_mb"], rss_end_mb=child["rss_mb"])
         return row
 
     async def baseline(self) -> dict:
@@ -635,9 +636,13 @@ def goals(res: Results) -> list[dict]:
         verdict(p6 is not None and p6 <= 4000, cpu_only), ms=p6)
     rss = max(v for v in (res.memory.get("peak_rss_load_mb"),
                           res.memory.get("peak_rss_serving_mb"), 0.0) if v is not None)
+    fresh = _med(res, "fresh-warm", "peak_rss_mb")
+    if fresh is not None:  # a process as users run it: no baseline, no export in it
+        rss = fresh
     gpu = res.memory.get("peak_gpu_reserved_mb")
     ok = (rss <= 1536 and (gpu is None or gpu <= 1024)) if cuda else rss <= 1229
-    add("P7", f"RSS {rss:.0f} MB" + (f", GPU {gpu:.0f} MB" if gpu is not None else ""),
+    add("P7", f"RSS {rss:.0f} MB" + (" (fresh process)" if fresh is not None else "")
+        + (f", GPU {gpu:.0f} MB" if gpu is not None else ""),
         verdict(ok, None if vit_b32 else "n/a: not ViT-B-32"), rss_mb=rss, gpu_mb=gpu)
     p8 = _med(res, "fresh-warm", "process_ms")
     add("P8", _fmt_ms(p8) + " whole process",
