@@ -188,6 +188,10 @@ class MemoryFetcher(ImageFetcher):
         except KeyError:
             raise ImageSkipped("http 404") from None
 
+    @contextlib.asynccontextmanager
+    async def held(self, url: str):
+        yield await self.fetch(url)
+
 
 class FakeProcess:
     """``bench.fakeserver`` in a child process; ``api_url`` and ``key`` once it listens."""

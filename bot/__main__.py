@@ -1,4 +1,9 @@
-"""Start the bot: python -m bot (or make run)."""
+"""Start the bot: python -m bot (or make run).
+
+Start-up order, cheapest check first, so a mistake is named in seconds: settings (no
+torch import), DATA_DIR usable and the state file sound, Discord login over REST (the
+token), what a crash left behind, and only then the model (imports torch, may download).
+"""
 
 from __future__ import annotations
 
@@ -16,9 +21,10 @@ import yarl
 
 from search.config import Settings
 from search.errors import ConfigError, ModelLoadError
-from search.service import SearchService
+from search.sqlite import check_data_dir
 
 from .app import FindImageBot
+from .recovery import answer_pending, reconcile_picks
 from .state import State
 
 log = logging.getLogger("bot")
@@ -32,24 +38,29 @@ def point_at(settings: Settings) -> None:
 
 async def run(settings: Settings, *, bot_options: dict | None = None,
               started: asyncio.Future | None = None, handle_signals: bool = False) -> None:
-    """Open the resources, warm the model, then go online until closed or signalled."""
+    """Open the resources in start-up order, then go online until closed or signalled."""
     point_at(settings)
     async with AsyncExitStack() as stack:
+        state = await stack.enter_async_context(
+            State(settings.data_dir / "bot.sqlite3", keep_days=settings.results_keep_days))
+        bot = FindImageBot(settings, None, state, **(bot_options or {}))
+        await stack.enter_async_context(bot)
+        await bot.login(settings.discord_token or "")  # REST: a wrong token fails here
+        await answer_pending(bot)
+        await reconcile_picks(bot)
+        from search.service import SearchService  # imports torch: last
         from search.tuning import freeze_heap, tune_process  # the process is ours: tune it
 
         tune_process()
-        service = await stack.enter_async_context(SearchService.open(settings))
+        bot.service = await stack.enter_async_context(SearchService.open(settings))
         freeze_heap()
-        state = await stack.enter_async_context(State(settings.data_dir / "bot.sqlite3"))
-        bot = FindImageBot(settings, service, state, **(bot_options or {}))
-        await stack.enter_async_context(bot)
         if handle_signals:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, lambda: asyncio.ensure_future(bot.close()))
         if started is not None:
             started.set_result(bot)
-        await bot.start(settings.discord_token or "")
+        await bot.connect()
     log.info("closed cleanly")
 
 
@@ -57,6 +68,7 @@ def main() -> int:
     try:
         settings = Settings.load()
         settings.require("DISCORD_TOKEN", "PIXABAY_API_KEY")
+        check_data_dir(settings.data_dir)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -157,19 +157,26 @@ class Embedder:
 
     # -- hits to vectors ----------------------------------------------------------
     async def embed(self, hits: list[Hit], fetcher: ImageFetcher, *,
-                    progress: Progress | None = None, on_vectors: OnVectors | None = None
-                    ) -> Embedded:
-        """Download, decode and encode ``hits`` concurrently; skips are counted."""
+                    progress: Progress | None = None, on_vectors: OnVectors | None = None,
+                    deadline: float | None = None) -> Embedded:
+        """Download, decode and encode ``hits`` concurrently; skips are counted.
+
+        Downloaded bytes count against the fetcher's byte budget until they are decoded
+        (until their batch is encoded, on the GPU path), not while they wait for the
+        encoder. At ``deadline`` (a ``perf_counter`` time) images still on their way are
+        given up: what has arrived is ranked, the caller counts the rest.
+        """
         skipped: Counter = Counter()
         vectors: dict[int, np.ndarray] = {}
         spent = {"download": 0.0, "decode": 0.0, "encode": 0.0}
         if not hits:
             return Embedded(vectors, skipped, {k: 0.0 for k in spent})
         encoder = self.encoder
+        on_device = self.on_device
         min_side = min(encoder.image_size)
         loop = asyncio.get_running_loop()
-        pending: list[tuple[Hit, bytes]] = []
-        flushes: list[asyncio.Future] = []
+        pending: list[tuple[Hit, bytes, asyncio.Future]] = []
+        arrived: set[asyncio.Task] = set()  # downloads that are complete
         flush_scheduled = False
         remaining = len(hits)
         done = 0
@@ -191,71 +198,121 @@ class Embedder:
             skipped[error.reason] += 1
             log.info("skipping image %s: %s", hit.id, error)
 
-        async def on_cpu(hit: Hit, data: bytes) -> None:
+        async def decode(hit: Hit, data: bytes):
+            """The image as 8-bit levels, or None when it is skipped (counted)."""
             try:
                 # 8-bit levels: on CPU the encoder lags the downloads, so most of the
                 # decoded images wait in its queue; levels take a quarter of floats' room.
                 pixels, seconds = await fetcher.prepare(data, encoder.preprocess_levels,
                                                         min_side=min_side)
-                encoder.stats.stages["decode:pil"] += 1
-                spent["decode"] += seconds
+            except ImageSkipped as e:
+                skip(hit, e)
+                finished()
+                return None
+            encoder.stats.stages["decode:pil"] += 1
+            spent["decode"] += seconds
+            return pixels
+
+        async def encode(hit: Hit, pixels) -> None:
+            try:
                 vecs, seconds = await encoder.encode_images(pixels[None])
                 spent["encode"] += seconds
                 got({hit.id: vecs[0]})
-            except ImageSkipped as e:
-                skip(hit, e)
             finally:
                 finished()
 
-        async def on_device_batch(batch: list[tuple[Hit, bytes]]) -> None:
-            result = await self.encode_jpegs([data for _, data in batch],
-                                             max_pixels=fetcher.max_pixels)
-            spent["decode"] += result.decode_seconds
-            spent["encode"] += result.encode_seconds
-            got({batch[index][0].id: result.vectors[row]
-                 for row, index in enumerate(result.encoded)})
-            finished(len(result.encoded))
-            await asyncio.gather(*(on_cpu(*batch[i]) for i in result.failed))
+        async def on_cpu(hit: Hit, data: bytes) -> None:
+            pixels = await decode(hit, data)
+            if pixels is not None:
+                await encode(hit, pixels)
+
+        async def on_device_batch(batch: list[tuple[Hit, bytes, asyncio.Future]]) -> None:
+            try:
+                result = await self.encode_jpegs([data for _, data, _ in batch],
+                                                 max_pixels=fetcher.max_pixels)
+                spent["decode"] += result.decode_seconds
+                spent["encode"] += result.encode_seconds
+                got({batch[index][0].id: result.vectors[row]
+                     for row, index in enumerate(result.encoded)})
+                finished(len(result.encoded))
+                await asyncio.gather(*(on_cpu(*batch[i][:2]) for i in result.failed))
+            except Exception as e:  # each download waiting on this batch raises it
+                for _, _, encoded in batch:
+                    if not encoded.done():
+                        encoded.set_exception(e)
+            finally:
+                for _, _, encoded in batch:
+                    if not encoded.done():
+                        encoded.set_result(None)
+
+        def batch_due() -> bool:
+            waiting = sum(len(data) for _, data, _ in pending)
+            return bool(pending) and (len(pending) >= self.gpu_batch or remaining == 0
+                                      or waiting >= fetcher.budget.capacity // 2)
 
         def flush() -> None:
-            # Runs after every download that finished in the same turn of the loop has
-            # queued its bytes: bytes already there all go in one decoder call.
+            # Runs once every download that finished in this turn of the loop has queued
+            # its bytes: bytes that are all there at once go in one decoder call.
             nonlocal flush_scheduled
             flush_scheduled = False
-            if pending and (len(pending) >= self.gpu_batch or remaining == 0):
+            if on_device and batch_due():
                 batch = pending.copy()
                 pending.clear()
-                flushes.append(asyncio.ensure_future(on_device_batch(batch)))
+                asyncio.ensure_future(on_device_batch(batch))
 
-        async def one(hit: Hit) -> None:
-            nonlocal download_end, remaining, flush_scheduled
-            data = None
-            try:
-                data = await fetcher.fetch(hit.variant_url(self.variant))
-                download_end = max(download_end, time.perf_counter())
-            except ImageSkipped as e:
-                skip(hit, e)
-                finished()
-            finally:
-                remaining -= 1
-            if self.on_device and data is not None and data.startswith(b"\xff\xd8"):
-                pending.append((hit, data))
-                data = None
-            if self.on_device and pending and not flush_scheduled:
+        def flush_soon() -> None:
+            nonlocal flush_scheduled
+            if on_device and not flush_scheduled:
                 flush_scheduled = True
                 loop.call_soon(flush)
-            if data is not None:
-                await on_cpu(hit, data)
 
-        await asyncio.gather(*(one(h) for h in hits))
-        while flushes or pending:  # the last flush runs after the last download
-            if pending and not flush_scheduled:
+        async def one(hit: Hit) -> None:
+            nonlocal download_end, remaining
+            pixels = None
+            try:
+                async with fetcher.held(hit.variant_url(self.variant)) as data:
+                    arrived.add(asyncio.current_task())
+                    download_end = max(download_end, time.perf_counter())
+                    remaining -= 1
+                    if on_device and data.startswith(b"\xff\xd8"):
+                        encoded = loop.create_future()
+                        pending.append((hit, data, encoded))
+                        flush_soon()
+                        await encoded  # the bytes stay counted until their batch is encoded
+                        return
+                    flush_soon()
+                    # Only the decode holds the bytes: the encoder's queue holds levels.
+                    pixels = await decode(hit, data)
+            except ImageSkipped as e:
+                if asyncio.current_task() in arrived:
+                    raise
+                remaining -= 1
+                skip(hit, e)
+                finished()
+                flush_soon()
+            if pixels is not None:
+                await encode(hit, pixels)
+
+        tasks = [asyncio.ensure_future(one(h)) for h in hits]
+        timeout = None if deadline is None else max(0.0, deadline - time.perf_counter())
+        try:
+            _, late = await asyncio.wait(tasks, timeout=timeout)
+            if late:
+                # Past the deadline: downloads still on their way are given up; what has
+                # arrived is still decoded and encoded (bounded work), and ranked.
+                coming = [t for t in late if t not in arrived]
+                log.info("search deadline passed: %d images left out", len(coming))
+                for task in coming:
+                    task.cancel()
+                remaining = 0  # the last JPEG batch goes now
                 flush()
-            current, flushes[:] = list(flushes), []
-            if current:
-                await asyncio.gather(*current)
-            elif pending:
-                await asyncio.sleep(0)
+                await asyncio.gather(*late, return_exceptions=True)
+        finally:
+            for task in tasks:
+                task.cancel()
+        for task in tasks:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()
         timings = {
             "download": (max(download_end, t_start) - t_start) * 1000.0,
             "decode": spent["decode"] * 1000.0,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 class SearchError(Exception):
     """Base of every error that the engine raises on purpose."""
@@ -9,6 +11,10 @@ class SearchError(Exception):
 
 class ConfigError(SearchError):
     """A setting is missing or invalid; the sentence names the variable and what is allowed."""
+
+
+class DataDirError(ConfigError):
+    """DATA_DIR, or a database in it, cannot be used; the sentence names the folder and why."""
 
 
 class InvalidQuery(SearchError):
@@ -26,16 +32,20 @@ class InvalidApiKey(PixabayError):
 
 
 class PixabayRejected(PixabayError):
-    """A 400 other than the key; carries Pixabay's own text."""
+    """A 4xx other than the key. ``detail`` is Pixabay's text with the key redacted, for
+    the log only: it may echo the request, so users get our own sentence."""
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, status: int = 400) -> None:
         self.detail = detail
-        super().__init__(f"Pixabay refused the search: {detail}")
+        self.status = status
+        super().__init__(f"Pixabay refused the search (HTTP {status}); try another tag or "
+                         "filters, or ask the admins to read the log.")
 
 
 class RateLimited(PixabayError):
     def __init__(self, retry_after: float) -> None:
-        self.retry_after = max(1.0, float(retry_after))
+        wait = float(retry_after)
+        self.retry_after = min(max(1.0, wait), 60.0) if math.isfinite(wait) else 60.0
         super().__init__(
             f"Pixabay's rate limit is reached; try again in {int(self.retry_after + 0.999)} s."
         )
@@ -45,6 +55,16 @@ class PixabayUnavailable(PixabayError):
     def __init__(self, why: str) -> None:
         self.why = why
         super().__init__(f"Pixabay is not answering right now ({why}); try again in a minute.")
+
+
+class PixabayUnreachable(PixabayUnavailable):
+    """No connection at all: the sentence names the URL and the setting, never the key."""
+
+    def __init__(self, url: str, why: str) -> None:
+        self.url = url
+        PixabayError.__init__(self, f"Cannot reach Pixabay at {url} ({why}); check the network "
+                              "or PIXABAY_API_URL.")
+        self.why = why
 
 
 class MalformedResponse(PixabayError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -21,20 +22,22 @@ from .clip import ClipEncoder
 from .config import Settings
 from .embed import Embedder
 from .errors import AllImagesFailed, InvalidQuery, NoResults
+from .hub import check_weights_reachable
 from .images import ImageFetcher
-from .pixabay import PROVIDER, Filters, PixabayClient
+from .models import MAX_TOP, Filters, Query
+from .pixabay import PixabayClient
 from .ranking import Ranking, ScoredHit, rank
 from .store import Store
 
 log = logging.getLogger(__name__)
 
-MAX_PHRASE_CHARS = 300
 # Image downloads in flight at once, across all queries, on keep-alive connections to
 # the image CDN. Measured on 2 cores with 30 ms a request (bench --fetch-concurrency):
 # 16 took 480 ms for 200 thumbnails; 32 takes ~260 ms with the worst event-loop stall
 # 7-16 ms; 64 saves another 80 ms but its bursts of completions stall the loop 18-25 ms.
 DOWNLOADS_IN_FLIGHT = 32
 Progress = Callable[[str, int, int], None]
+TOO_SLOW = "still downloading at the deadline"
 
 
 @dataclass(frozen=True)
@@ -70,26 +73,11 @@ class SearchResult:
     downloaded: int
     truncated: bool
     timings: dict[str, float] = field(default_factory=dict)  # milliseconds per stage
+    left_out: int = 0  # images still on their way when the search's deadline passed
 
     @property
     def cached(self) -> bool:
         return self.api_cached and self.downloaded == 0
-
-
-def check_query(tag: str, phrase: str) -> tuple[str, str]:
-    tag = " ".join(tag.split())
-    phrase = " ".join(phrase.split())
-    if not tag:
-        raise InvalidQuery("The tag is empty; give one word such as 'tiger'.")
-    if len(tag) > 100:
-        raise InvalidQuery(f"The tag is {len(tag)} characters; Pixabay allows at most 100.")
-    if not phrase:
-        raise InvalidQuery("The phrase is empty; describe the picture you want, "
-                           "such as 'tiger playing in the snow'.")
-    if len(phrase) > MAX_PHRASE_CHARS:
-        raise InvalidQuery(f"The phrase is {len(phrase)} characters; keep it under "
-                           f"{MAX_PHRASE_CHARS}.")
-    return tag, phrase
 
 
 class SearchService:
@@ -117,8 +105,12 @@ class SearchService:
                 session = await stack.enter_async_context(
                     aiohttp.ClientSession(connector=connector))
             store = await asyncio.to_thread(Store, settings.db_path)
-            stack.callback(store.close)
+            stack.push_async_callback(asyncio.to_thread, store.close)
             if encoder is None:
+                # The model comes last: every cheaper check has passed by now.
+                await asyncio.to_thread(settings.check_model)
+                await asyncio.to_thread(check_weights_reachable, settings.clip_model,
+                                        settings.clip_pretrained)
                 encoder = ClipEncoder(settings.clip_model, settings.clip_pretrained,
                                       settings.clip_device, backend=settings.clip_backend,
                                       precision=settings.clip_precision,
@@ -143,19 +135,26 @@ class SearchService:
                    candidates: int | None = None, filters: Filters | None = None,
                    progress: Progress | None = None, partial: Partial | None = None,
                    partial_interval: float = 0.5) -> SearchResult:
-        """Rank Pixabay's candidates for ``tag`` by ``phrase``.
+        query = Query(tag, phrase, candidates or self.settings.search_candidates,
+                      filters or Filters())
+        return await self.find_query(query, top=top, offset=offset, progress=progress,
+                                     partial=partial, partial_interval=partial_interval)
+
+    async def find_query(self, query: Query, *, top: int = 5, offset: int = 0,
+                         progress: Progress | None = None, partial: Partial | None = None,
+                         partial_interval: float = 0.5) -> SearchResult:
+        """Rank the query's candidates by its phrase.
 
         ``partial``: called with the ranking so far after newly encoded images, at most
         once every ``partial_interval`` seconds, once the phrase's vector is known.
         """
-        tag, phrase = check_query(tag, phrase)
-        if not 1 <= top <= 50:
-            raise InvalidQuery("top must be from 1 to 50.")
+        # A Query checks itself when built; a caller's own (a subclass, a copy) is re-checked.
+        query = Query(query.tag, query.phrase, query.candidates, query.filters, query.source)
+        if not 1 <= top <= MAX_TOP:
+            raise InvalidQuery(f"top must be from 1 to {MAX_TOP}.")
         if offset < 0:
             raise InvalidQuery("offset must be 0 or more.")
-        limit = candidates or self.settings.search_candidates
-        if not 1 <= limit <= 500:
-            raise InvalidQuery("candidates must be from 1 to 500; Pixabay serves at most 500.")
+        tag, phrase, limit, filters = query.tag, query.phrase, query.candidates, query.filters
         timings: dict[str, float] = {}
         started = time.perf_counter()
 
@@ -168,8 +167,9 @@ class SearchService:
             if not found.hits:
                 raise NoResults(tag)
             hits = found.hits
-            cached = await asyncio.to_thread(self.store.get_embeddings, PROVIDER,
-                                             self.model_key, [h.id for h in hits])
+            source = self.pixabay.source
+            cached = await self.store.get_embeddings(source, self.model_key,
+                                                     [h.id for h in hits])
             missing = [h for h in hits if h.id not in cached]
             so_far = dict(cached)
             last_partial = -float("inf")
@@ -188,17 +188,18 @@ class SearchService:
                     rank(ranked, np.stack([so_far[h.id] for h in ranked]),
                          text_task.result().vector), len(ranked), len(hits)))
 
+            deadline = started + self.settings.search_deadline_seconds
             embedded = await self.embedder.embed(missing, self.fetcher, progress=progress,
-                                                 on_vectors=on_vectors)
+                                                 on_vectors=on_vectors, deadline=deadline)
             fresh, skipped = embedded.vectors, embedded.skipped
+            left_out = len(missing) - len(fresh) - sum(skipped.values())
             timings.update(embedded.timings)
             vectors = {**cached, **fresh}
             if fresh:
-                await asyncio.to_thread(self.store.put_embeddings, PROVIDER, self.model_key,
-                                        fresh.items())
+                await self.store.put_embeddings(source, self.model_key, fresh.items())
             ranked_hits = [h for h in hits if h.id in vectors]
             if not ranked_hits:
-                raise AllImagesFailed(len(hits), skipped)
+                raise AllImagesFailed(len(hits), skipped + Counter({TOO_SLOW: left_out}))
             text = await text_task
         finally:
             if not text_task.done():
@@ -213,7 +214,7 @@ class SearchService:
             offset=offset, top=top, candidates=len(ranking), fetched=len(hits),
             total_hits=found.total_hits, skipped=dict(skipped), api_cached=found.from_cache,
             embeddings_cached=len(cached), downloaded=len(fresh), truncated=text.truncated,
-            timings=timings)
+            timings=timings, left_out=left_out)
 
     def page(self, ranking: Ranking, offset: int, top: int) -> list[ScoredHit]:
         """Another page of a ranking already computed: no Pixabay call, no model call."""
