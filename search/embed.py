@@ -324,10 +324,10 @@ class Embedder:
     async def warm_up(self, fetcher: ImageFetcher) -> None:
         """Run every stage a query runs once, on JPEGs made here, before the first query.
 
-        The CPU path: a PIL decode and preprocess on the decode threads, and the encoder
-        at one image and at a full batch. The GPU path besides: one batched decode of a
-        batch of JPEGs of typical shapes, the tensor resize, crop and normalise, and the
-        encoder at the batch sizes a query hands it. Then the text tower.
+        The CPU path: a PIL decode and preprocess on the decode threads, and the encoder.
+        The GPU path besides: one batched decode of a batch of JPEGs of typical shapes,
+        the tensor resize, crop and normalise, and the encoder at the batch sizes a
+        query hands it (one image, a batch of ``gpu_batch``). Then the text tower.
         """
         t0 = time.perf_counter()
         jpegs = warm_jpegs(max(self.gpu_batch, 4) if self.on_device else 4)
@@ -338,9 +338,11 @@ class Embedder:
         self.encoder.stats.stages["decode:pil"] += len(prepared)
         one = prepared[0][0][None]
         await self.encoder.encode_images(one)
-        batch = min(self.encoder.max_batch, 16 if not self.on_device else self.gpu_batch)
-        await self.encoder.encode_images(one.expand(batch, -1, -1, -1).contiguous())
         if self.on_device:
+            # CUDA picks kernels per shape; a CPU backend has nothing to pick, and a full
+            # batch there would cost most of a second of every start.
+            batch = min(self.encoder.max_batch, self.gpu_batch)
+            await self.encoder.encode_images(one.expand(batch, -1, -1, -1).contiguous())
             await self.encode_jpegs(jpegs, max_pixels=fetcher.max_pixels)
             await self.encode_jpegs(jpegs[:1], max_pixels=fetcher.max_pixels)
         await self.encoder.encode_texts_uncached(["a photo taken to warm up the text tower"])
