@@ -147,3 +147,11 @@ def picks_embeds(lines: Sequence[str], thumbnails: Sequence[str | None], *, titl
             embed.set_thumbnail(url=thumb)
         embeds.append(embed)
     return fit_embeds(embeds)
+
+
+def provisional_line(*, tag: str, phrase: str, ranked: int, total: int,
+                     source: str = "pixabay") -> str:
+    """The first line of a results message while the ranking is still growing."""
+    tail = (f" · tag {escape(tag)} · ranked {ranked} of {total}… · the order may still "
+            f"change\n-# images from [{label(source)}]({HOMES.get(source, HOMES['pixabay'])})")
+    return f"**{clip(escape(phrase), CONTENT - len(tail) - 4)}**{tail}"

@@ -25,9 +25,9 @@ from search.models import (
 )
 from search.sources import SOURCES, label
 
-from ..embeds import NEXT, NUMBERS, PREV
+from ..embeds import NEXT, NUMBERS, PREV, provisional_line, results_embeds
 from ..errors import Refusal, reply_error
-from ..pages import render_page, resolve_layout
+from ..pages import Page, render_page, resolve_layout
 from ..state import ResultsState, View
 
 if TYPE_CHECKING:
@@ -129,8 +129,9 @@ class FindImage(commands.Cog):
             started = time.perf_counter()
             data = await _read(image) if image is not None else None
             async with self.slots:
-                result = await self.bot.service.find(tag, phrase, top=count, filters=filters,
-                                                     source=retriever.name, image=data)
+                result, provisional = await self._find_progressively(
+                    interaction, tag, phrase, count, filters, retriever.name, data,
+                    _query_label(phrase or "", image))
         except BaseException:
             await self._done_pending(interaction)
             raise
@@ -139,7 +140,7 @@ class FindImage(commands.Cog):
         try:
             await self._answer(interaction, result, filters, count,
                                time.perf_counter() - started, view,
-                               _query_label(result.phrase, image))
+                               _query_label(result.phrase, image), provisional)
         finally:
             await self._done_pending(interaction)
 
@@ -148,14 +149,19 @@ class FindImage(commands.Cog):
             await self.bot.state.done_pending(interaction.id)
 
     async def _answer(self, interaction: discord.Interaction, result, filters: Filters,
-                      count: int, seconds: float, view: View, phrase: str) -> None:
+                      count: int, seconds: float, view: View, phrase: str,
+                      provisional: discord.WebhookMessage | None = None) -> None:
         state = ResultsState(
             message_id=0, channel_id=interaction.channel_id or 0, guild_id=interaction.guild_id,
             requester_id=interaction.user.id, tag=result.tag, phrase=phrase,
             filters=filters, per_page=count, page=0, seconds=seconds, ranking=result.ranking)
         page = await render_page(self.bot.service, state, view, 0,
                                  left_out_note(result.left_out, self.bot.settings))
-        message = await interaction.followup.send(wait=True, **page.send())
+        message = await self._replace(provisional, page) if provisional else None
+        if message is None:
+            if provisional is not None and page.file is not None:  # its bytes were read
+                page.file.reset()
+            message = await interaction.followup.send(wait=True, **page.send())
         interaction.extras["answered"] = True
         state.message_id = message.id
         state.channel_id = message.channel.id if message.channel else state.channel_id
@@ -169,6 +175,88 @@ class FindImage(commands.Cog):
         target = self.bot.get_partial_messageable(state.channel_id).get_partial_message(message.id)
         for emoji in (PREV, NEXT, *NUMBERS[:len(result.hits)]):
             await target.add_reaction(emoji)
+
+    # -- the provisional page ---------------------------------------------------
+    # A cold query on a small CPU takes seconds: past ``provisional_after`` the member
+    # sees the first page of what is ranked so far, edited at most once every
+    # ``edit_interval`` (Discord allows about five edits in five seconds per channel);
+    # the final ranking replaces it, and only then come the reactions.
+    provisional_after = 1.5
+    edit_interval = 2.0
+
+    async def _find_progressively(self, interaction: discord.Interaction, tag: str,
+                                  phrase: str | None, count: int, filters: Filters,
+                                  source: str, image: bytes | None, shown: str):
+        """``(result, provisional message or None)``; the provisional page as it goes."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        latest = None
+        fresh = asyncio.Event()
+        finished = asyncio.Event()
+
+        def on_partial(partial) -> None:
+            nonlocal latest
+            latest = partial
+            fresh.set()
+
+        async def pause(seconds: float) -> bool:
+            """Wait up to ``seconds``; False when the search has finished meanwhile."""
+            try:
+                await asyncio.wait_for(finished.wait(), max(0.0, seconds))
+            except TimeoutError:
+                return True
+            return False
+
+        async def show() -> discord.WebhookMessage | None:
+            message, last = None, 0.0
+            while True:
+                await fresh.wait()
+                wait = (started + self.provisional_after if message is None
+                        else last + self.edit_interval) - loop.time()
+                if finished.is_set() or not await pause(wait):
+                    return message
+                fresh.clear()
+                partial = latest
+                if partial is None or partial.ranked < min(count, partial.total):
+                    continue
+                page = dict(content=provisional_line(tag=tag, phrase=shown,
+                                                     ranked=partial.ranked, total=partial.total,
+                                                     source=source),
+                            embeds=results_embeds(partial.ranking.page(0, count)),
+                            allowed_mentions=discord.AllowedMentions.none())
+                try:
+                    if message is None:
+                        message = await interaction.followup.send(**page, wait=True)
+                    else:
+                        await message.edit(**page)
+                except discord.HTTPException as e:  # the final answer still comes
+                    log.info("could not show a provisional page: %s", e)
+                    return message
+                last = loop.time()
+
+        shower = asyncio.ensure_future(show())
+        try:
+            result = await self.bot.service.find(tag, phrase, top=count, filters=filters,
+                                                 partial=on_partial,
+                                                 partial_interval=self.edit_interval / 4,
+                                                 source=source, image=image)
+        except BaseException:
+            shower.cancel()
+            raise
+        finally:
+            finished.set()
+            fresh.set()
+        return result, await shower
+
+    async def _replace(self, message: discord.WebhookMessage, final: Page
+                       ) -> discord.WebhookMessage | None:
+        """The provisional message with the final page (a grid's sheet attached); None if it
+        cannot be edited."""
+        try:
+            return await message.edit(**final.edit())
+        except discord.HTTPException as e:
+            log.warning("could not replace the provisional page %s: %s", message.id, e)
+            return None
 
     # -- paging ---------------------------------------------------------------
     @commands.Cog.listener()
