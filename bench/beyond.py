@@ -40,7 +40,8 @@ def _p(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-async def measure(model: str, runs: int, latency_ms: float, candidates: int) -> dict:
+async def measure(model: str, runs: int, latency_ms: float, candidates: int,
+                  backend: str = "auto") -> dict:
     device = resolve_device("cpu")
     out: dict = {"model": model, "device": device, "runs": runs, "latency_ms": latency_ms,
                  "candidates": candidates, "machine": machine(device)}
@@ -48,9 +49,14 @@ async def measure(model: str, runs: int, latency_ms: float, candidates: int) -> 
                 for i, (shape, colour) in enumerate(
                     (s, c) for s in ("circle", "square", "star") for c in ("red", "blue"))]
     async with FakeProcess(latency_ms, 10) as fake:
-        encoder = ClipEncoder(model, None, device)
-        async with encoder:
-            with tempfile.TemporaryDirectory(prefix="bench-beyond-") as scratch:
+        with tempfile.TemporaryDirectory(prefix="bench-beyond-") as scratch:
+            # As python -m bench loads it: the default backend, seeded random weights.
+            encoder = ClipEncoder(model, None, device, backend=backend,
+                                  cache_dir=Path(scratch) / "models",
+                                  random_weights=not model.startswith("local-dir:"))
+            async with encoder:
+                out["backend"] = f"{encoder.backend.name} {encoder.backend.precision}"
+                log(f"serving with {out['backend']}")
                 settings = Settings.from_mapping({
                     "PIXABAY_API_URL": fake.api_url, "PIXABAY_API_KEY": fake.key,
                     "IMAGE_HOSTS": "127.0.0.1", "CLIP_DEVICE": "cpu", "DATA_DIR": scratch,
@@ -123,9 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=15)
     p.add_argument("--latency-ms", type=float, default=30.0)
     p.add_argument("--candidates", type=int, default=200)
+    p.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto")
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
-    result = asyncio.run(measure(a.model, a.runs, a.latency_ms, a.candidates))
+    result = asyncio.run(measure(a.model, a.runs, a.latency_ms, a.candidates, a.backend))
     path = a.out or ROOT / "bench" / "results" / f"beyond-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
