@@ -12,10 +12,9 @@ from typing import Protocol
 
 from yarl import URL
 
-from .models import SOURCES, Filters, Source
+from .models import Filters, Source
 from .pixabay import Candidates, Hit
 
-__all__ = ["SOURCES", "Retriever"]
 LABELS = {"pixabay": "Pixabay", "openverse": "Openverse"}
 HOMES = {"pixabay": "https://pixabay.com", "openverse": "https://openverse.org"}
 

@@ -21,9 +21,10 @@ from search.models import (
     MAX_PHRASE_CHARS,
     MAX_TAG_CHARS,
     ORIENTATIONS,
+    SOURCES,
     Filters,
 )
-from search.sources import SOURCES, label
+from search.sources import label
 
 from ..embeds import NEXT, NUMBERS, PREV, provisional_line, results_embeds
 from ..errors import Refusal, reply_error
