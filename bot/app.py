@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 
 import discord
+import discord.gateway
+import discord.http
+import yarl
 from discord.ext import commands
 
 from search.config import Settings
@@ -20,6 +23,12 @@ COGS = ("bot.cogs.findimage", "bot.cogs.picks")
 INVITE_PERMISSIONS = discord.Permissions(
     view_channel=True, send_messages=True, embed_links=True, attach_files=True,
     add_reactions=True, read_message_history=True, manage_messages=True)
+
+
+def point_at(settings: Settings) -> None:
+    """Send REST and the gateway where the settings say (a proxy, or the tests' fake)."""
+    discord.http.Route.BASE = settings.discord_api_base
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
 
 
 def intents() -> discord.Intents:
@@ -38,6 +47,7 @@ class FindImageBot(commands.Bot):
         self.service = service
         self.state = state
         self.synced: list[discord.app_commands.AppCommand] = []
+        self.metrics_url: str | None = None  # where /metrics is served, when it is
 
     async def setup_hook(self) -> None:
         for name in COGS:

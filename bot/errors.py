@@ -18,6 +18,10 @@ class Refusal(app_commands.AppCommandError):
     """A request refused on purpose; ``str()`` is the sentence the member sees."""
 
 
+class Busy(Refusal):
+    """Refused because the search queue is full."""
+
+
 def message_for(error: BaseException) -> str:
     if isinstance(error, app_commands.CommandInvokeError):
         error = error.original
@@ -44,7 +48,8 @@ async def reply_error(interaction: discord.Interaction, error: BaseException) ->
     text = message_for(error)
     if text == APOLOGY:
         original = getattr(error, "original", error)
-        log.error("command %s failed", getattr(interaction.command, "qualified_name", "?"),
+        log.error("command %s failed (interaction %s)",
+                  getattr(interaction.command, "qualified_name", "?"), interaction.id,
                   exc_info=(type(original), original, original.__traceback__))
     try:
         if not interaction.response.is_done():

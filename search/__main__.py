@@ -54,6 +54,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--grid", type=Path, metavar="FILE.png",
                    help="write a contact sheet of the hits")
     p.add_argument("-v", "--verbose", action="store_true", help="log skipped images and retries")
+    p.add_argument("--env-file", type=Path, metavar="PATH",
+                   help="read settings from PATH instead of ./.env (the environment still wins)")
     return p.parse_args(argv)
 
 
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        settings = Settings.load()
+        settings = Settings.for_entry_point(args.env_file)
         result = asyncio.run(run(args, settings))
     except SearchError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import metrics
 from .errors import ModelLoadError
 from .preprocess import batch_decodable, jpeg_info, preprocess
 from .store import FeatureVector
@@ -226,8 +227,12 @@ class ClipEncoder:
         warnings.filterwarnings("ignore", category=DeprecationWarning,
                                 message=".*image decoding and encoding capabilities of TorchVision")
         try:
+            # A named checkpoint or a local/hub folder must bring weights: open_clip would
+            # otherwise only warn and rank with a randomly initialised model.
             model, _, preprocess = open_clip.create_model_and_transforms(
-                self.model_name, pretrained=self.pretrained, device=self.device)
+                self.model_name, pretrained=self.pretrained, device=self.device,
+                require_pretrained=self.pretrained is not None
+                or self.model_name.startswith(("local-dir:", "hf-hub:")))
             tokenizer = open_clip.get_tokenizer(self.model_name)
         except Exception as e:  # open_clip raises many kinds; all mean "cannot load"
             raise ModelLoadError(f"The CLIP model '{self.model_name}' could not be loaded: "
@@ -412,6 +417,7 @@ class ClipEncoder:
             self.stats.images += total
             self.stats.largest_batch = max(self.stats.largest_batch, total)
             self.stats.sizes.append(total)
+            metrics.ENCODER_BATCH_SIZE.observe(total)
             self.stats.order.append("image")
         else:
             feats = np.zeros((0, 0), np.float32)

@@ -11,10 +11,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from search import metrics
 from search.pixabay import Filters
 
+from .. import activity
 from ..embeds import NEXT, NUMBERS, PREV, results_embeds, summary_line
-from ..errors import Refusal, reply_error
+from ..errors import Busy, Refusal, reply_error
 from ..state import ResultsState
 
 if TYPE_CHECKING:
@@ -46,6 +48,8 @@ class FindImage(commands.Cog):
 
     async def cog_app_command_error(self, interaction: discord.Interaction,
                                     error: app_commands.AppCommandError) -> None:
+        if interaction.command is not None and interaction.command.name == "findimage":
+            activity.failed(interaction, error)
         await reply_error(interaction, error)
 
     @app_commands.command(name="findimage",
@@ -69,11 +73,12 @@ class FindImage(commands.Cog):
                         orientation: app_commands.Choice[str] | None = None,
                         colors: app_commands.Choice[str] | None = None,
                         safe: bool = True) -> None:
+        record = activity.begin(interaction, tag, phrase)
         if not safe and not _age_restricted(interaction.channel):
             raise Refusal("Safe search can be turned off only in age-restricted channels; "
                           "this channel is not marked age-restricted.")
         if self.pending >= self.bot.settings.max_concurrent_searches + self.queue_limit:
-            raise Refusal("I'm busy with other searches right now; try again in a few seconds.")
+            raise Busy("I'm busy with other searches right now; try again in a few seconds.")
         filters = Filters(image_type=image_type.value if image_type else "all",
                           orientation=orientation.value if orientation else "all",
                           colors=(colors.value,) if colors else (), safesearch=safe)
@@ -81,11 +86,14 @@ class FindImage(commands.Cog):
         interaction.extras["deferred_public"] = True
         started = time.perf_counter()
         self.pending += 1
+        metrics.QUEUE_DEPTH.inc()
         try:
             async with self.slots:
                 result = await self.bot.service.find(tag, phrase, top=count, filters=filters)
         finally:
             self.pending -= 1
+            metrics.QUEUE_DEPTH.dec()
+        record.took(result)
         seconds = time.perf_counter() - started
         state = ResultsState(
             message_id=0, channel_id=interaction.channel_id or 0, guild_id=interaction.guild_id,
@@ -98,6 +106,7 @@ class FindImage(commands.Cog):
             embeds=results_embeds(result.hits), wait=True,
             allowed_mentions=discord.AllowedMentions.none())
         interaction.extras["answered"] = True
+        record.finish("results")
         state.message_id = message.id
         state.channel_id = message.channel.id if message.channel else state.channel_id
         await self.bot.state.save_results(state)
@@ -160,6 +169,8 @@ class FindImage(commands.Cog):
                 return
             if page != state.page:
                 await self.bot.state.set_page(payload.message_id, page)
+            log.debug("page turn message=%s member=%s page=%d/%d", payload.message_id,
+                      payload.user_id, page + 1, state.pages)
 
     def _may_remove(self, payload: discord.RawReactionActionEvent) -> bool:
         """Whether we may take a member's reaction off (Manage Messages in that channel)."""

@@ -1,0 +1,50 @@
+"""What each setting means, for ``--help`` (the README's Configuration table says the same)."""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, fields
+
+from .config import Settings
+
+# (environment name, meaning); the default comes from Settings itself.
+SETTINGS: tuple[tuple[str, str], ...] = (
+    ("DISCORD_TOKEN", "the bot's token (Developer Portal → Bot → Reset Token); required by the bot"),
+    ("DISCORD_GUILD_ID", "a server id: commands sync there at once; empty syncs globally"),
+    ("DISCORD_API_BASE", "Discord REST base, for a REST proxy (and the tests)"),
+    ("DISCORD_GATEWAY_URL", "Discord gateway, for a proxy (and the tests)"),
+    ("PIXABAY_API_KEY", "your Pixabay API key (https://pixabay.com/api/docs/); required"),
+    ("PIXABAY_API_URL", "the Pixabay API endpoint"),
+    ("PIXABAY_RATE_LIMIT", "requests per 60 s this bot may send (Pixabay allows 100)"),
+    ("IMAGE_HOSTS", "hosts images may be downloaded from"),
+    ("IMAGE_VARIANT", "webformat size ranked: 180, 340, 640 or 960"),
+    ("CLIP_MODEL", "an open_clip model name, hf-hub:org/repo or local-dir:/path"),
+    ("CLIP_PRETRAINED", "a pretrained tag of that model or a weights file"),
+    ("CLIP_DEVICE", "auto (CUDA when present), cpu, cuda or cuda:N"),
+    ("DATA_DIR", "where the SQLite caches and the bot's state live"),
+    ("SEARCH_CANDIDATES", "Pixabay candidates ranked per search (1-500)"),
+    ("MAX_CONCURRENT_SEARCHES", "searches running at once; twice as many more may wait"),
+    ("USER_COOLDOWN_SECONDS", "seconds a member waits between searches (0: off)"),
+    ("LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR; other libraries log at WARNING unless DEBUG"),
+    ("LOG_FORMAT", "text, or json (one object per line, for log shippers)"),
+    ("METRICS_PORT", "serve Prometheus metrics at /metrics on this port; empty: off"),
+    ("METRICS_HOST", "the address /metrics listens on"),
+)
+
+
+def default(name: str) -> str:
+    (f,) = [f for f in fields(Settings) if f.name == name.lower()]
+    value = f.default if f.default is not MISSING else None
+    if value is None:
+        return "—" if name.endswith(("_TOKEN", "_KEY")) else "(empty)"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def describe() -> str:
+    """The settings as a table for ``--help``."""
+    width = max(len(name) for name, _ in SETTINGS)
+    lines = ["settings (from the environment, then --env-file PATH or ./.env):"]
+    for name, meaning in SETTINGS:
+        lines.append(f"  {name:<{width}}  {meaning} [default: {default(name)}]")
+    return "\n".join(lines)
