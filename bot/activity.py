@@ -27,6 +27,7 @@ from .errors import Busy, Refusal
 log = logging.getLogger("bot.searches")
 
 _KEY = "search_record"
+_PLAIN = re.compile(r"[\w.:-]+")
 _STAGES = ("api", "download", "decode", "encode", "rank", "total")
 
 
@@ -100,7 +101,7 @@ class SearchRecord:
             metrics.IMAGES_SKIPPED.labels(reason).inc(n)
         if result is not None and outcome == "results":
             metrics.SEARCH_SECONDS.labels(_cache(result)).observe(seconds)
-        log.info("search %s", " ".join(f"{k}={_text(v)}" for k, v in fields.items()),
+        log.info("search %s", " ".join(f"{k}={_text(k, v)}" for k, v in fields.items()),
                  extra={"search": fields})
 
 
@@ -108,11 +109,14 @@ def _cache(result: SearchResult) -> str:
     return "warm" if result.downloaded == 0 else "cold"
 
 
-def _text(value: object) -> str:
+def _text(key: str, value: object) -> str:
+    """key=value: a member's text (the tag) is always quoted, our own words never."""
     if isinstance(value, bool):
         return "yes" if value else "no"
     if value is None or isinstance(value, (int, float)):
         return "-" if value is None else str(value)
+    if key != "tag" and isinstance(value, str) and _PLAIN.fullmatch(value):
+        return value
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 

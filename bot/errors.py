@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import aiohttp
 import discord
 from discord import app_commands
 
@@ -63,5 +64,5 @@ async def reply_error(interaction: discord.Interaction, error: BaseException) ->
             except discord.HTTPException:
                 pass
         await interaction.followup.send(text, ephemeral=True)
-    except discord.HTTPException:
+    except (discord.HTTPException, aiohttp.ClientError):
         log.warning("could not deliver an error reply to %s", interaction.user.id)
