@@ -80,7 +80,8 @@ def test_env_example_lists_every_setting():
     names = ["DISCORD_TOKEN", "DISCORD_GUILD_ID", "DISCORD_API_BASE", "DISCORD_GATEWAY_URL",
              "PIXABAY_API_KEY", "PIXABAY_API_URL", "PIXABAY_RATE_LIMIT", "IMAGE_HOSTS",
              "IMAGE_VARIANT", "CLIP_MODEL", "CLIP_PRETRAINED", "CLIP_DEVICE", "DATA_DIR",
-             "SEARCH_CANDIDATES", "MAX_CONCURRENT_SEARCHES", "USER_COOLDOWN_SECONDS"]
+             "SEARCH_CANDIDATES", "MAX_CONCURRENT_SEARCHES", "USER_COOLDOWN_SECONDS",
+             "LOG_LEVEL", "LOG_FORMAT", "METRICS_PORT", "METRICS_HOST"]
     for name in names:
         assert f"\n{name}=" in example, name
         assert f"`{name}`" in readme, name
@@ -88,3 +89,27 @@ def test_env_example_lists_every_setting():
     source = (Path(__file__).parent.parent / "search" / "config.py").read_text()
     import re
     assert set(re.findall(r'get\("([A-Z_]+)"\)', source)) == set(names)
+
+
+def test_operator_settings_default_to_info_text_and_no_metrics(tmp_path):
+    s = load({}, tmp_path)
+    assert (s.log_level, s.log_format, s.metrics_port, s.metrics_host) == (
+        "INFO", "text", None, "127.0.0.1")
+    s = load({"LOG_LEVEL": "debug", "LOG_FORMAT": "JSON", "METRICS_PORT": "9464",
+              "METRICS_HOST": "0.0.0.0"}, tmp_path)
+    assert (s.log_level, s.log_format, s.metrics_port, s.metrics_host) == (
+        "DEBUG", "json", 9464, "0.0.0.0")
+
+
+@pytest.mark.parametrize(("name", "value", "sentence"), [
+    ("LOG_LEVEL", "loud", "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, not 'LOUD'."),
+    ("LOG_FORMAT", "xml", "LOG_FORMAT must be one of text, json, not 'xml'."),
+    ("METRICS_PORT", "99999", "METRICS_PORT must be a whole number from 0 to 65535, not "
+                              "'99999'."),
+    ("METRICS_HOST", "http://x/", "METRICS_HOST must be an address such as 127.0.0.1, not "
+                                  "'http://x/'."),
+])
+def test_invalid_operator_settings_are_one_sentence(tmp_path, name, value, sentence):
+    with pytest.raises(ConfigError) as caught:
+        load({name: value}, tmp_path)
+    assert str(caught.value) == sentence
