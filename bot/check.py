@@ -84,10 +84,11 @@ async def discord_login(settings: Settings) -> Row:
     try:
         await asyncio.wait_for(client.login(settings.discord_token), TIMEOUT)
         user, app_id = client.user, client.application_id
-        invite = discord.utils.oauth_url(app_id or 0, permissions=INVITE_PERMISSIONS,
-                                         scopes=("bot", "applications.commands"))
-        who = f"{user.name} (application {app_id})"
         guild_id = settings.discord_guild_id
+        invite = discord.utils.oauth_url(
+            app_id or 0, permissions=INVITE_PERMISSIONS, scopes=("bot", "applications.commands"),
+            guild=discord.Object(guild_id) if guild_id else discord.utils.MISSING)
+        who = f"{user.name} (application {app_id})"
         if guild_id is None:
             return Row("discord", True, f"{who}; commands sync globally (DISCORD_GUILD_ID is "
                                         f"empty); invite: {invite}")
@@ -95,7 +96,7 @@ async def discord_login(settings: Settings) -> Row:
             await asyncio.wait_for(client.http.get_member(guild_id, user.id), TIMEOUT)
         except (discord.Forbidden, discord.NotFound):
             return Row("discord", False, f"{who} is not in server {guild_id}; invite it with "
-                                         f"{invite}&guild_id={guild_id}")
+                                         f"{invite}")
         return Row("discord", True, f"{who}, in server {guild_id}")
     except discord.LoginFailure:
         return Row("discord", False, "Discord refused DISCORD_TOKEN; copy the token again from "

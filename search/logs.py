@@ -39,10 +39,12 @@ class _Masking:
 
 
 class TextFormatter(logging.Formatter):
-    """``2026-11-27T12:40:01.123 INFO bot.searches: search outcome=results …``"""
+    """``2026-11-27T12:40:01.123Z INFO bot.searches: search outcome=results …`` (UTC)"""
+
+    converter = time.gmtime
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        super().__init__("%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s",
+        super().__init__("%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s",
                          datefmt="%Y-%m-%dT%H:%M:%S")
         self._masking = _Masking(secrets)
 
