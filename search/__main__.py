@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 from pathlib import Path
 
+from . import logs
 from .config import Settings
 from .errors import (
     AllImagesFailed,
@@ -147,10 +147,10 @@ async def run(args: argparse.Namespace, settings: Settings) -> SearchResult:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
-                        format="%(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings.for_entry_point(args.env_file)
+        logs.setup("INFO" if args.verbose else "ERROR", settings.log_format,
+                   secrets=(settings.pixabay_api_key or "",))
         result = asyncio.run(run(args, settings))
     except SearchError as e:
         print(f"error: {e}", file=sys.stderr)

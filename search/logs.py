@@ -2,7 +2,7 @@
 
 ``setup()`` is called once by an entry point (a library never configures its host's
 logging). Our loggers (``bot``, ``search``) log at LOG_LEVEL; every other library at
-WARNING unless LOG_LEVEL is DEBUG. Libraries that log through the root logger (open_clip
+WARNING (ERROR when LOG_LEVEL is ERROR) unless LOG_LEVEL is DEBUG. Libraries that log through the root logger (open_clip
 calls ``logging.info``) are named after their module, so no line says ``root``; their INFO
 lines are dropped with the rest of the third-party chatter. Secrets given to ``setup()``,
 and any ``key=`` query parameter, are masked in every line, tracebacks included.
@@ -120,7 +120,8 @@ def setup(level: str = "INFO", fmt: str = "text", *, secrets: Iterable[str] = ()
     numeric = getattr(logging, level)
     # The root level is the third-party level: records logged on a library's own logger
     # inherit it, and ``logging.info()`` calls on the root logger are checked against it.
-    root.setLevel(logging.DEBUG if numeric == logging.DEBUG else logging.WARNING)
+    # Libraries are never chattier than we are, nor below WARNING unless we are at DEBUG.
+    root.setLevel(logging.DEBUG if numeric == logging.DEBUG else max(numeric, logging.WARNING))
     for name in OURS:
         logging.getLogger(name).setLevel(numeric)
     logging.captureWarnings(True)

@@ -282,3 +282,18 @@ def test_log_guard_fails_a_test_whose_log_shows_the_fakes_token(tmp_path):
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
     assert "2 failed, 1 passed" in out.stdout, out.stdout + out.stderr
     assert "a captured log line shows the fakes' token or key" in out.stdout
+
+
+async def test_search_cli_verbose_logs_through_the_same_set_up(fake_pixabay, tmp_path):
+    from tests.conftest import engine_env
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "search", "-v", "--candidates", "5", "circle", "a red circle",
+        cwd=tmp_path, env={"PATH": "/usr/bin:/bin",
+                           **engine_env(fake_pixabay, tmp_path / "data")},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 180)
+    assert proc.returncode == 0
+    text = err.decode()
+    assert " INFO search.clip: CLIP " in text  # our INFO lines: the model loaded
+    assert " root: " not in text and " open_clip" not in text  # open_clip's INFO is dropped
