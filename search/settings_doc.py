@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import MISSING, fields
+from pathlib import Path
 
 from .config import Settings
 
@@ -38,6 +39,10 @@ def default(name: str) -> str:
         return "—" if name.endswith(("_TOKEN", "_KEY")) else "(empty)"
     if isinstance(value, tuple):
         return ",".join(map(str, value))
+    if isinstance(value, Path) and not value.is_absolute():
+        return f"./{value}"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
     return str(value)
 
 
