@@ -13,7 +13,6 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -29,6 +28,7 @@ from .app import INVITE_PERMISSIONS, intents, point_at
 
 OK, FAIL, SKIP = "✔", "✘", "–"
 TIMEOUT = 60.0  # seconds any one remote item may take
+MODEL_TIMEOUT = 600.0  # a first start may download ~600 MB of weights
 
 
 @dataclass
@@ -144,20 +144,25 @@ async def pixabay_key(settings: Settings, *, cache: bool) -> Row:
             store.close()
 
 
-async def model(settings: Settings, keep: Callable[[object], None]) -> Row:
+async def model(settings: Settings):
+    """The model row, and the loaded encoder (None when it failed); the caller closes it."""
     from search.clip import ClipEncoder
 
-    encoder = ClipEncoder(settings.clip_model, settings.clip_pretrained, settings.clip_device)
     t0 = time.perf_counter()
+    encoder = None
     try:
-        await encoder.start()
+        encoder = ClipEncoder(settings.clip_model, settings.clip_pretrained,
+                              settings.clip_device)
+        await asyncio.wait_for(encoder.start(), MODEL_TIMEOUT)
     except Exception as e:  # every way a model fails to load is this row's ✘
-        await encoder.close()
-        reason = " ".join(str(e).split())[:300].rstrip(". ")
+        if encoder is not None:
+            await encoder.close()
+        reason = (" ".join(str(e).split())[:300].rstrip(". ")
+                  if not isinstance(e, asyncio.TimeoutError)
+                  else f"the model did not load within {MODEL_TIMEOUT:.0f} s")
         return Row("model", False, f"{reason}; check CLIP_MODEL, CLIP_PRETRAINED and "
                                    "CLIP_DEVICE (a first start downloads the weights: check the "
-                                   "network, or fetch them ahead as the README shows).")
-    keep(encoder)
+                                   "network, or fetch them ahead as the README shows)."), None
     name = settings.clip_model
     weights = (f"weights {settings.clip_pretrained}" if encoder.pretrained
                else "weights from the folder" if name.startswith("local-dir:")
@@ -167,7 +172,8 @@ async def model(settings: Settings, keep: Callable[[object], None]) -> Row:
     n = encoder.threads
     threads = f", {n} thread{'s' if n != 1 else ''}" if n else ""
     return Row("model", True, f"{name} with {weights}, on {encoder.device} ({backend}, "
-                              f"{dtype}{threads}), loaded in {time.perf_counter() - t0:.1f} s")
+                              f"{dtype}{threads}), loaded in {time.perf_counter() - t0:.1f} s"
+               ), encoder
 
 
 async def encode_one(encoder) -> Row:
@@ -213,20 +219,16 @@ async def run(env_file: Path | None, out: TextIO = sys.stdout, *, setup_logs: bo
         logs.setup("DEBUG" if settings.log_level == "DEBUG" else "WARNING", settings.log_format,
                    secrets=(settings.discord_token or "", settings.pixabay_api_key or ""))
     show(data_dir(settings))
-    writable = rows[-1].ok
-    steps: list[Callable[[], Awaitable[Row]]] = [
-        lambda: discord_login(settings),
-        lambda: pixabay_key(settings, cache=bool(writable)),
-    ]
-    for step in steps:
-        show(await step())
-    encoders: list = []
-    show(await model(settings, encoders.append))
-    if encoders:
+    writable = bool(rows[-1].ok)
+    show(await discord_login(settings))
+    show(await pixabay_key(settings, cache=writable))  # no cache where DATA_DIR fails
+    row, encoder = await model(settings)
+    show(row)
+    if encoder is not None:
         try:
-            show(await encode_one(encoders[0]))
+            show(await encode_one(encoder))
         finally:
-            await encoders[0].close()
+            await encoder.close()
     else:
         show(Row("encode", None, "not checked: the model must load first"))
     return 0 if all(r.ok for r in rows) else 1
