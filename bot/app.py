@@ -41,6 +41,9 @@ def intents() -> discord.Intents:
 class FindImageBot(commands.Bot):
     def __init__(self, settings: Settings, service: SearchService, state: State,
                  **options) -> None:
+        # Nothing the bot sends pings anyone unless that message says otherwise: tags,
+        # phrases and Pixabay's text can carry @everyone, role or user mentions.
+        options.setdefault("allowed_mentions", discord.AllowedMentions.none())
         super().__init__(command_prefix=commands.when_mentioned, intents=intents(),
                          help_command=None, **options)
         self.settings = settings

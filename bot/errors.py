@@ -10,6 +10,8 @@ from discord import app_commands
 
 from search.errors import SearchError
 
+from .discord_text import CONTENT, clip, escape
+
 log = logging.getLogger(__name__)
 
 APOLOGY = "Sorry, something went wrong on my side; it has been logged for the admins."
@@ -47,14 +49,18 @@ async def reply_error(interaction: discord.Interaction, error: BaseException) ->
         log.info("command %s interrupted by shutdown", getattr(interaction.command, "name", "?"))
         return
     text = message_for(error)
+    quiet = discord.AllowedMentions.none()
     if text == APOLOGY:
         original = getattr(error, "original", error)
         log.error("command %s failed (interaction %s)",
                   getattr(interaction.command, "qualified_name", "?"), interaction.id,
                   exc_info=(type(original), original, original.__traceback__))
+    # Sentences may echo a member's tag or value: shown as typed, never pinging anyone,
+    # even if it lands in the public "thinking…" message below.
+    text = clip(escape(text), CONTENT)
     try:
         if not interaction.response.is_done():
-            await interaction.response.send_message(text, ephemeral=True)
+            await interaction.response.send_message(text, ephemeral=True, allowed_mentions=quiet)
             return
         if interaction.extras.get("deferred_public") and not interaction.extras.get("answered"):
             # The public "thinking…" message would turn the first followup public: drop it,
@@ -63,6 +69,6 @@ async def reply_error(interaction: discord.Interaction, error: BaseException) ->
                 await interaction.delete_original_response()
             except discord.HTTPException:
                 pass
-        await interaction.followup.send(text, ephemeral=True)
+        await interaction.followup.send(text, ephemeral=True, allowed_mentions=quiet)
     except (discord.HTTPException, aiohttp.ClientError):
         log.warning("could not deliver an error reply to %s", interaction.user.id)

@@ -74,6 +74,7 @@ def to_json(result: SearchResult) -> dict:
         "skipped": result.skipped,
         "truncated": result.truncated,
         "cached": result.cached,
+        "left_out": result.left_out,
     }
 
 
@@ -91,6 +92,9 @@ def to_table(result: SearchResult) -> str:
                  + (", from cache" if result.cached else "") + f"; {stages}")
     if result.truncated:
         lines.append("note: the phrase was longer than the model reads; its end was ignored.")
+    if result.left_out:
+        lines.append(f"note: {result.left_out} images were still downloading at the search's "
+                     "deadline (SEARCH_DEADLINE_SECONDS) and were left out.")
     lines.append("Images from Pixabay (https://pixabay.com).")
     return "\n".join(lines)
 

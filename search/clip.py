@@ -313,7 +313,7 @@ class ClipEncoder:
                 log.exception("CLIP batch failed")
                 results, error = [None] * len(jobs), e
             for job, result in zip(jobs, results, strict=True):
-                job.loop.call_soon_threadsafe(_settle, job.future, result, error)
+                _settle_from_thread(job, result, error)
 
     def _next_jobs(self) -> list[_Job] | None:
         with self._cv:
@@ -321,8 +321,7 @@ class ClipEncoder:
                 self._cv.wait()
             if self._closed:
                 for job in (*self._texts, *self._images):
-                    job.loop.call_soon_threadsafe(
-                        _settle, job.future, None, RuntimeError("the CLIP encoder is closed"))
+                    _settle_from_thread(job, None, RuntimeError("the CLIP encoder is closed"))
                 self._texts.clear()
                 self._images.clear()
                 return None
@@ -591,6 +590,15 @@ class ClipEncoder:
         while len(self._text_cache) > self._text_cache_size:
             self._text_cache.popitem(last=False)
         return result
+
+
+def _settle_from_thread(job, value: object, error: BaseException | None) -> None:
+    """Hand a result to its caller's loop. A caller that gave up (a search past its
+    deadline, a cancelled text) may have a loop that is closed by now: nobody waits."""
+    try:
+        job.loop.call_soon_threadsafe(_settle, job.future, value, error)
+    except RuntimeError:  # the loop is closed
+        pass
 
 
 def _settle(future: asyncio.Future | None, value: object, error: BaseException | None) -> None:

@@ -48,6 +48,7 @@ class Settings:
     log_format: str = "text"
     metrics_port: int | None = None  # None: no metrics endpoint; 0: any free port
     metrics_host: str = "127.0.0.1"
+    search_deadline_seconds: float = 30.0
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
@@ -131,6 +132,8 @@ class Settings:
                 raise ConfigError(f"METRICS_HOST must be an address such as 127.0.0.1, "
                                   f"not '{raw}'.")
             kw["metrics_host"] = raw
+        if (raw := get("SEARCH_DEADLINE_SECONDS")) is not None:
+            kw["search_deadline_seconds"] = float(_int("SEARCH_DEADLINE_SECONDS", raw, 1, 600))
         settings = cls(**kw)  # type: ignore[arg-type]
         settings.check_model()
         return settings

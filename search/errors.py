@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 class SearchError(Exception):
     """Base of every error that the engine raises on purpose."""
@@ -26,16 +28,20 @@ class InvalidApiKey(PixabayError):
 
 
 class PixabayRejected(PixabayError):
-    """A 400 other than the key; carries Pixabay's own text."""
+    """A 4xx other than the key. ``detail`` is Pixabay's text with the key redacted, for
+    the log only: it may echo the request, so users get our own sentence."""
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, status: int = 400) -> None:
         self.detail = detail
-        super().__init__(f"Pixabay refused the search: {detail}")
+        self.status = status
+        super().__init__(f"Pixabay refused the search (HTTP {status}); try another tag or "
+                         "filters, or ask the admins to read the log.")
 
 
 class RateLimited(PixabayError):
     def __init__(self, retry_after: float) -> None:
-        self.retry_after = max(1.0, float(retry_after))
+        wait = float(retry_after)
+        self.retry_after = min(max(1.0, wait), 60.0) if math.isfinite(wait) else 60.0
         super().__init__(
             f"Pixabay's rate limit is reached; try again in {int(self.retry_after + 0.999)} s."
         )

@@ -4,6 +4,12 @@ A hostile or broken API response cannot make us fetch an internal address: every
 URL (and every redirect) must be https on a host in IMAGE_HOSTS, or plain http on
 a loopback host that is itself listed. Each failure becomes an ``ImageSkipped``
 with a short reason; the caller counts them.
+
+A hostile or broken CDN cannot amplify memory or CPU either: the bytes held between
+download and decode are bounded (``ByteBudget``: a download waits for room before
+its body is read, so the CDN is slowed rather than buffered), JPEGs are decoded at
+reduced size (``draft``), and formats that Pillow must decode at full size (PNG,
+GIF, WebP) have a lower pixel cap.
 """
 
 from __future__ import annotations
@@ -12,8 +18,10 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 
 import aiohttp
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -26,6 +34,11 @@ from .threads import lower_priority
 log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 3
+MAX_PIXELS = 20_000_000  # JPEG: decoded at 1/2 to 1/8 size with draft, so cheap per pixel
+# Formats Pillow can only decode at full size: ~0.2 s of a decode thread at 4 MP, ~1 s
+# at 20 MP. Pixabay's webformat and large images are at most 1280 px (1.6 MP).
+MAX_FULL_DECODE_PIXELS = 4_000_000
+HELD_BYTES = 64 * 1024 * 1024  # downloaded bytes waiting for or in decoding, all queries
 
 
 def check_url(url: str | URL, hosts: Iterable[str]) -> URL:
@@ -57,8 +70,14 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def decode_image(data: bytes, *, min_side: int | None = None,
-                 max_pixels: int = 20_000_000) -> Image.Image:
-    """Bytes to an upright RGB image, refusing bombs and unreadable files."""
+                 max_pixels: int = MAX_PIXELS,
+                 max_full_pixels: int = MAX_FULL_DECODE_PIXELS) -> Image.Image:
+    """Bytes to an upright RGB image, refusing bombs and unreadable files.
+
+    JPEGs up to ``max_pixels`` are decoded at reduced size (DCT scaling) when
+    ``min_side`` allows; other formats decode at full size, so their cap is
+    ``max_full_pixels``.
+    """
     try:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
@@ -68,9 +87,10 @@ def decode_image(data: bytes, *, min_side: int | None = None,
     except (OSError, ValueError, SyntaxError) as e:
         raise _broken(e) from None
     width, height = img.size
-    if width * height > max_pixels:
-        raise ImageSkipped("too large", f"{width}x{height}")
-    if img.format == "JPEG" and min_side:
+    reducible = img.format == "JPEG" and bool(min_side)
+    if width * height > (max_pixels if reducible else min(max_pixels, max_full_pixels)):
+        raise ImageSkipped("too large", f"{width}x{height} {img.format}")
+    if reducible:
         # DCT scaling: decode at 1/2, 1/4 or 1/8 size while staying >= min_side.
         img.draft("RGB", (min_side, min_side))
     try:
@@ -86,17 +106,75 @@ def _broken(error: Exception) -> ImageSkipped:
     return ImageSkipped(reason, str(error))
 
 
+class ByteBudget:
+    """Bytes that may be held at once; takers wait in turn (first come, first served)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.held = 0
+        self.peak = 0
+        self._waiters: deque[tuple[int, asyncio.Future]] = deque()
+
+    async def take(self, n: int) -> int:
+        """Wait until ``n`` bytes (at most the capacity) fit; returns what was taken."""
+        n = max(0, min(n, self.capacity))
+        if not self._waiters and self.held + n <= self.capacity:
+            self._grant(n)
+            return n
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append((n, future))
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.give(n)  # granted just as it was cancelled
+            else:
+                self._wake()  # a cancelled head must not block the others
+            raise
+        return n
+
+    def give(self, n: int) -> None:
+        self.held -= n
+        self._wake()
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for _, f in self._waiters if not f.done())
+
+    def _grant(self, n: int) -> None:
+        self.held += n
+        self.peak = max(self.peak, self.held)
+
+    def _wake(self) -> None:
+        while self._waiters:
+            n, future = self._waiters[0]
+            if future.done():
+                self._waiters.popleft()
+                continue
+            if self.held + n > self.capacity:
+                return
+            self._waiters.popleft()
+            self._grant(n)
+            future.set_result(None)
+
+
 class ImageFetcher:
     """Bounded concurrent downloads on one session, and a small pool for decoding."""
 
     def __init__(self, session: aiohttp.ClientSession, hosts: Iterable[str], *,
                  max_bytes: int = 5_000_000, timeout: float = 10.0, concurrency: int = 16,
-                 decode_threads: int = 2, max_pixels: int = 20_000_000) -> None:
+                 decode_threads: int = 2, max_pixels: int = MAX_PIXELS,
+                 max_full_pixels: int = MAX_FULL_DECODE_PIXELS,
+                 held_bytes: int = HELD_BYTES) -> None:
         self.session = session
         self.hosts = tuple(hosts)
         self.max_bytes = max_bytes
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.max_pixels = max_pixels
+        self.max_full_pixels = max_full_pixels
+        # Room for two of the largest files at least, so a waiting download always fits
+        # once the decodes ahead of it are done.
+        self.budget = ByteBudget(max(held_bytes, 2 * max_bytes))
         self._sem = asyncio.Semaphore(concurrency)
         self._pool = ThreadPoolExecutor(max_workers=decode_threads,
                                         thread_name_prefix="decode",
@@ -107,8 +185,25 @@ class ImageFetcher:
 
     async def fetch(self, url: str, *, max_bytes: int | None = None) -> bytes:
         """The image's bytes, or ImageSkipped with a reason."""
-        cap = max_bytes or self.max_bytes
+        data, _ = await self._fetch(url, max_bytes or self.max_bytes, reserve=False)
+        return data
+
+    @asynccontextmanager
+    async def held(self, url: str) -> AsyncIterator[bytes]:
+        """The image's bytes, counted against the byte budget until the block ends.
+
+        A download waits for room in the budget before it reads the body, so when
+        decoding falls behind, downloads slow down instead of piling up in memory.
+        """
+        data, reserved = await self._fetch(url, self.max_bytes, reserve=True)
+        try:
+            yield data
+        finally:
+            self.budget.give(reserved)
+
+    async def _fetch(self, url: str, cap: int, *, reserve: bool) -> tuple[bytes, int]:
         target = check_url(url, self.hosts)
+        reserved = 0
         async with self._sem:
             try:
                 for _ in range(MAX_REDIRECTS + 1):
@@ -123,26 +218,41 @@ class ImageFetcher:
                         ctype = resp.headers.get("Content-Type", "").split(";")[0].strip()
                         if not ctype.startswith("image/"):
                             raise ImageSkipped("not an image", ctype or "no content type")
-                        if resp.content_length is not None and resp.content_length > cap:
-                            raise ImageSkipped("too large", f"{resp.content_length} bytes")
+                        size = resp.content_length
+                        if size is not None and size > cap:
+                            raise ImageSkipped("too large", f"{size} bytes")
+                        if reserve:
+                            reserved = await self.budget.take(size if size is not None else cap)
                         data = bytearray()
                         async for chunk in resp.content.iter_chunked(65536):
                             data += chunk
                             if len(data) > cap:
                                 raise ImageSkipped("too large", f"over {cap} bytes")
-                        return bytes(data)
+                        if reserve and len(data) > reserved:  # longer than it said
+                            raise ImageSkipped("truncated", "body longer than its length")
+                        if reserve and len(data) < reserved:
+                            self.budget.give(reserved - len(data))
+                            reserved = len(data)
+                        return bytes(data), reserved
                 raise ImageSkipped("too many redirects")
-            except TimeoutError:
-                raise ImageSkipped("timeout") from None
-            except aiohttp.ClientPayloadError:
-                raise ImageSkipped("truncated") from None
-            except aiohttp.ClientError as e:
-                raise ImageSkipped("download failed", type(e).__name__) from None
+            except BaseException as e:
+                if reserved:
+                    self.budget.give(reserved)
+                if isinstance(e, TimeoutError):
+                    raise ImageSkipped("timeout") from None
+                if isinstance(e, aiohttp.ClientPayloadError):
+                    raise ImageSkipped("truncated") from None
+                if isinstance(e, aiohttp.ClientError):
+                    raise ImageSkipped("download failed", type(e).__name__) from None
+                raise
+
+    def _decode(self, data: bytes, min_side: int | None) -> Image.Image:
+        return decode_image(data, min_side=min_side, max_pixels=self.max_pixels,
+                            max_full_pixels=self.max_full_pixels)
 
     async def decode(self, data: bytes, *, min_side: int | None = None) -> Image.Image:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._pool, lambda: decode_image(data, min_side=min_side, max_pixels=self.max_pixels))
+        return await loop.run_in_executor(self._pool, lambda: self._decode(data, min_side))
 
     async def prepare(self, data: bytes, transform: Callable[[Image.Image], object],
                       *, min_side: int | None = None):
@@ -155,7 +265,7 @@ class ImageFetcher:
 
         def work():
             t0 = time.perf_counter()
-            pixels = transform(decode_image(data, min_side=min_side, max_pixels=self.max_pixels))
+            pixels = transform(self._decode(data, min_side))
             return pixels, time.perf_counter() - t0
 
         return await loop.run_in_executor(self._pool, work)

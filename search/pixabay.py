@@ -28,6 +28,21 @@ from .errors import (
     RateLimited,
 )
 from .store import Store
+from .upstream import (
+    MAX_WAIT,
+    Invalid,
+    TooLarge,
+    header_seconds,
+    header_whole,
+    http_url,
+    optional_http_url,
+    optional_whole,
+    parse_json_off_loop,
+    read_body,
+    redact,
+    text,
+    whole,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +50,13 @@ PROVIDER = "pixabay"
 PER_PAGE = 200
 MAX_REACHABLE = 500  # Pixabay returns at most 500 hits per query
 MAX_QUERY_CHARS = 100
+# Pixabay's answers are under 1 MB at 200 hits; anything past this is refused unread.
+MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_ERROR_BYTES = 16 * 1024  # of an error's text, for the log
+MAX_TAGS_CHARS = 1000
+MAX_USER_CHARS = 100
+MAX_SIDE = 1_000_000  # pixels: no photo is wider
+MAX_FILE_BYTES = 10**12
 
 IMAGE_TYPES = ("all", "photo", "illustration", "vector")
 ORIENTATIONS = ("all", "horizontal", "vertical")
@@ -147,36 +169,45 @@ class Hit:
         return cls(**d)
 
     @classmethod
-    def from_api(cls, raw: Mapping) -> Hit | None:
-        """Build a Hit from an API hit; None when it lacks an id or an image URL."""
+    def from_api(cls, raw: object) -> Hit | None:
+        """Build a Hit from an API hit; None when it fails ``check_hit``."""
         try:
-            image_id = int(raw["id"])
-            image_url = str(raw.get("webformatURL") or raw.get("largeImageURL") or "")
-        except (KeyError, TypeError, ValueError):
+            return cls.checked(raw)
+        except Invalid:
             return None
-        if not image_url:
-            return None
-        tags = tuple(t.strip() for t in str(raw.get("tags") or "").split(",") if t.strip())
 
-        def num(name: str) -> int:
-            try:
-                return int(raw.get(name) or 0)
-            except (TypeError, ValueError):
-                return 0
-
+    @classmethod
+    def checked(cls, raw: object) -> Hit:
+        """Build a Hit from an API hit, or ``Invalid`` saying which field is wrong."""
+        if not isinstance(raw, Mapping):
+            raise Invalid(f"a hit is a {type(raw).__name__}, not an object")
+        image_id = whole(raw.get("id"), "id", lo=1)
+        image_url = raw.get("webformatURL") or raw.get("largeImageURL")
+        image_url = http_url(image_url, "webformatURL")
+        tags = text(raw.get("tags"), "tags", max_chars=MAX_TAGS_CHARS)
         return cls(
             id=image_id,
-            page_url=str(raw.get("pageURL") or f"https://pixabay.com/photos/id-{image_id}/"),
+            page_url=(_link(raw.get("pageURL"), "pageURL")
+                      or f"https://pixabay.com/photos/id-{image_id}/"),
             image_url=image_url,
-            preview_url=str(raw.get("previewURL") or ""),
-            large_url=str(raw.get("largeImageURL") or ""),
-            tags=tags,
-            user=str(raw.get("user") or "unknown"),
-            user_id=num("user_id"),
-            width=num("imageWidth"),
-            height=num("imageHeight"),
-            image_size=num("imageSize"),
+            preview_url=_link(raw.get("previewURL"), "previewURL"),
+            large_url=_link(raw.get("largeImageURL"), "largeImageURL"),
+            tags=tuple(t.strip() for t in tags.split(",") if t.strip()),
+            user=text(raw.get("user"), "user", max_chars=MAX_USER_CHARS, default="unknown"),
+            user_id=optional_whole(raw.get("user_id"), "user_id"),
+            width=optional_whole(raw.get("imageWidth"), "imageWidth", hi=MAX_SIDE),
+            height=optional_whole(raw.get("imageHeight"), "imageHeight", hi=MAX_SIDE),
+            image_size=optional_whole(raw.get("imageSize"), "imageSize", hi=MAX_FILE_BYTES),
         )
+
+
+def _link(value: object, name: str) -> str:
+    """An optional URL: one that is not http(s) is dropped (logged), not the whole hit."""
+    try:
+        return optional_http_url(value, name)
+    except Invalid as e:
+        log.info("pixabay: ignoring %s", e)
+        return ""
 
 
 @dataclass
@@ -221,19 +252,21 @@ class RateBudget:
         return max(0, ours)
 
     def observe(self, headers: Mapping[str, str]) -> float | None:
-        """Read X-RateLimit-*; returns the reset delay in seconds when given."""
-        try:
-            remaining = int(headers["X-RateLimit-Remaining"])
-            reset = float(headers["X-RateLimit-Reset"])
-        except (KeyError, ValueError):
+        """Read X-RateLimit-*; returns the reset delay in seconds when given.
+
+        The reset is clamped to MAX_WAIT: a header of ``inf`` or ``1e12`` must not lock
+        searches out until a restart.
+        """
+        remaining = header_whole(headers.get("X-RateLimit-Remaining"), lo=0, hi=10**6)
+        reset = header_seconds(headers.get("X-RateLimit-Reset"))
+        if remaining is None or reset is None:
             return None
         now = self.clock()
         self.server_remaining = remaining
         self.server_reset_at = now + reset
-        try:
-            self.limit = min(self.limit, int(headers["X-RateLimit-Limit"]))
-        except (KeyError, ValueError):
-            pass
+        limit = header_whole(headers.get("X-RateLimit-Limit"), lo=1, hi=10**6)
+        if limit is not None:
+            self.limit = min(self.limit, limit)
         return reset
 
 
@@ -245,7 +278,8 @@ class PixabayClient:
     def __init__(self, session: aiohttp.ClientSession, *, api_url: str, key: str,
                  store: Store | None = None, rate_limit: int = 100, window: float = 60.0,
                  timeout: float = 10.0, retries: int = 2, backoff: float = 0.5,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 max_body: int = MAX_BODY_BYTES) -> None:
         self.session = session
         self.api_url = api_url
         self._key = key
@@ -255,6 +289,7 @@ class PixabayClient:
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.retries = retries
         self.backoff = backoff
+        self.max_body = max_body
         self._inflight: dict[str, asyncio.Future] = {}
 
     async def candidates(self, tag: str, filters: Filters | None = None, limit: int = 200
@@ -273,6 +308,7 @@ class PixabayClient:
         total_hits = 0
         sent = 0
         cached_pages = 0
+        dropped = 0
         page = 1
         while len(hits) < limit:
             body, was_cached = await self._page(q, filters, page)
@@ -282,17 +318,21 @@ class PixabayClient:
             if not isinstance(raw_hits, list):
                 raise MalformedResponse()
             try:
-                total_hits = min(int(body.get("totalHits") or 0), MAX_REACHABLE)
-            except (TypeError, ValueError):
+                total_hits = min(whole(body.get("totalHits") or 0, "totalHits"), MAX_REACHABLE)
+            except Invalid:
                 total_hits = len(raw_hits)
-            for raw in raw_hits:
-                hit = Hit.from_api(raw) if isinstance(raw, Mapping) else None
+            for raw in raw_hits[:PER_PAGE]:
+                hit = Hit.from_api(raw)
                 if hit is not None and hit.id not in seen:
                     seen.add(hit.id)
                     hits.append(hit)
-            if len(raw_hits) < PER_PAGE or page * PER_PAGE >= total_hits:
+            page_dropped = whole(body.get("dropped") or 0, "dropped", hi=PER_PAGE)
+            dropped += page_dropped
+            if len(raw_hits) + page_dropped < PER_PAGE or page * PER_PAGE >= total_hits:
                 break
             page += 1
+        if not hits and dropped:
+            raise MalformedResponse()  # hits were there, but none could be read
         return Candidates(hits=hits[:limit], total_hits=total_hits, requests=sent,
                           from_cache=sent == 0 and cached_pages > 0)
 
@@ -341,9 +381,14 @@ class PixabayClient:
                 async with self.session.get(self.api_url, params={"key": self._key, **params},
                                             timeout=self.timeout) as resp:
                     reset = self.budget.observe(resp.headers)
-                    text = await resp.text()
                     status = resp.status
+                    retry_after = resp.headers.get("Retry-After")
+                    data = await read_body(resp, self.max_body if status == 200
+                                           else MAX_ERROR_BYTES, cut=status != 200)
+            except TooLarge as e:
                 metrics.UPSTREAM_REQUESTS.labels(PROVIDER, str(status)).inc()
+                log.warning("pixabay: refused an answer %s", e)
+                raise MalformedResponse() from None
             except TimeoutError:
                 metrics.UPSTREAM_REQUESTS.labels(PROVIDER, "timeout").inc()
                 last = "timed out"
@@ -354,21 +399,12 @@ class PixabayClient:
                 last = type(e).__name__
                 log.warning("pixabay: %s (attempt %d)", last, attempt + 1)
                 continue
+            metrics.UPSTREAM_REQUESTS.labels(PROVIDER, str(status)).inc()
             if status == 200:
-                try:
-                    body = json.loads(text)
-                except ValueError:
-                    raise MalformedResponse() from None
-                if not isinstance(body, dict):
-                    raise MalformedResponse()
-                return body
+                return await self._body(data)
             if status == 429:
-                retry = reset
-                if retry is None:
-                    try:
-                        retry = float(resp.headers.get("Retry-After", "60"))
-                    except ValueError:
-                        retry = 60.0
+                retry = reset if reset is not None else header_seconds(retry_after)
+                retry = MAX_WAIT if retry is None else retry
                 self.budget.server_remaining = 0
                 self.budget.server_reset_at = self.budget.clock() + retry
                 raise RateLimited(retry)
@@ -376,8 +412,41 @@ class PixabayClient:
                 last = f"HTTP {status}"
                 log.warning("pixabay: HTTP %d (attempt %d)", status, attempt + 1)
                 continue
-            detail = " ".join(text.split())[:300] or f"HTTP {status}"
-            if "key" in detail.lower() and status in (400, 401, 403):
+            # Pixabay's text may echo the request, key included: it goes to the log with the
+            # key redacted, and members get our own sentence.
+            detail = redact(" ".join(data.decode("utf-8", "replace").split()), self._key,
+                            param="key")
+            detail = detail[:300] or f"HTTP {status}"
+            log.warning("pixabay: HTTP %d: %s", status, detail)
+            if status in (401, 403) or "invalid or missing api key" in detail.lower():
                 raise InvalidApiKey(detail)
-            raise PixabayRejected(detail)
+            raise PixabayRejected(detail, status)
         raise PixabayUnavailable(last)
+
+    async def _body(self, data: bytes) -> dict:
+        """A 200's body, checked and cut down to the fields we use before it is cached."""
+        try:
+            body = await parse_json_off_loop(data)
+        except Invalid as e:
+            log.warning("pixabay: unreadable answer: %s", e)
+            raise MalformedResponse() from None
+        if not isinstance(body, dict) or not isinstance(body.get("hits"), list):
+            log.warning("pixabay: the answer has no list of hits")
+            raise MalformedResponse()
+        hits, dropped = [], []
+        for raw in body["hits"][:PER_PAGE]:
+            try:
+                Hit.checked(raw)
+            except Invalid as e:
+                dropped.append(str(e))
+                continue
+            hits.append({k: raw[k] for k in HIT_FIELDS if k in raw})
+        if dropped:
+            log.warning("pixabay: dropped %d of %d hits; first: %s", len(dropped),
+                        len(body["hits"][:PER_PAGE]), dropped[0])
+        return {"totalHits": body.get("totalHits"), "hits": hits, "dropped": len(dropped)}
+
+
+# The fields Hit.checked reads: all a cached answer keeps.
+HIT_FIELDS = ("id", "pageURL", "webformatURL", "previewURL", "largeImageURL", "tags", "user",
+              "user_id", "imageWidth", "imageHeight", "imageSize")

@@ -35,6 +35,7 @@ MAX_PHRASE_CHARS = 300
 # 7-16 ms; 64 saves another 80 ms but its bursts of completions stall the loop 18-25 ms.
 DOWNLOADS_IN_FLIGHT = 32
 Progress = Callable[[str, int, int], None]
+TOO_SLOW = "still downloading at the deadline"
 
 
 @dataclass
@@ -54,6 +55,7 @@ class SearchResult:
     downloaded: int
     truncated: bool
     timings: dict[str, float] = field(default_factory=dict)  # milliseconds per stage
+    left_out: int = 0  # images still on their way when the search's deadline passed
 
     @property
     def cached(self) -> bool:
@@ -143,7 +145,9 @@ class SearchService:
             cached = await asyncio.to_thread(self.store.get_embeddings, PROVIDER,
                                              self.model_key, [h.id for h in hits])
             missing = [h for h in hits if h.id not in cached]
-            fresh, skipped, stage = await self._embed(missing, progress)
+            deadline = started + self.settings.search_deadline_seconds
+            fresh, skipped, stage = await self._embed(missing, progress, deadline)
+            left_out = len(missing) - len(fresh) - sum(skipped.values())
             timings.update(stage)
             vectors = {**cached, **fresh}
             if fresh:
@@ -151,7 +155,7 @@ class SearchService:
                                         fresh.items())
             ranked_hits = [h for h in hits if h.id in vectors]
             if not ranked_hits:
-                raise AllImagesFailed(len(hits), skipped)
+                raise AllImagesFailed(len(hits), skipped + Counter({TOO_SLOW: left_out}))
             text = await text_task
         finally:
             if not text_task.done():
@@ -166,9 +170,10 @@ class SearchService:
             offset=offset, top=top, candidates=len(ranking), fetched=len(hits),
             total_hits=found.total_hits, skipped=dict(skipped), api_cached=found.from_cache,
             embeddings_cached=len(cached), downloaded=len(fresh), truncated=text.truncated,
-            timings=timings)
+            timings=timings, left_out=left_out)
 
-    async def _embed(self, hits: list[Hit], progress: Progress | None
+    async def _embed(self, hits: list[Hit], progress: Progress | None,
+                     deadline: float | None = None
                      ) -> tuple[dict[int, np.ndarray], Counter, dict[str, float]]:
         """Download, decode and encode ``hits`` concurrently; skips are counted.
 
@@ -177,6 +182,11 @@ class SearchService:
         decodes JPEGs itself (CUDA), arrivals are handed over in batches of
         ``gpu_batch``, the last partial one when the last download ends; other formats
         and files the batched decoder refuses take the CPU way.
+
+        Downloaded bytes count against the fetcher's byte budget until they are decoded
+        (until their batch is encoded, on CUDA), not while they wait for the encoder.
+        At ``deadline`` (a ``perf_counter`` time) images still on their way are given
+        up: what has arrived is ranked, the caller counts the rest.
         """
         skipped: Counter = Counter()
         vectors: dict[int, np.ndarray] = {}
@@ -186,7 +196,8 @@ class SearchService:
         variant = self.settings.image_variant
         min_side = min(self.encoder.image_size)
         on_device = self.encoder.decodes_jpegs
-        pending: list[tuple[Hit, bytes]] = []
+        pending: list[tuple[Hit, bytes, asyncio.Future]] = []
+        arrived: set[asyncio.Task] = set()  # downloads that are complete
         remaining = len(hits)
         done = 0
         download_end = 0.0
@@ -202,20 +213,32 @@ class SearchService:
             skipped[error.reason] += 1
             log.info("skipping image %s: %s", hit.id, error)
 
-        async def on_cpu(hit: Hit, data: bytes) -> None:
+        async def decode(hit: Hit, data: bytes):
+            """The image as 8-bit levels, or None when it is skipped (counted)."""
             try:
                 # 8-bit levels: on CPU the encoder lags the downloads, so most of the
                 # decoded images wait in its queue; levels take a quarter of floats' room.
                 pixels, seconds = await self.fetcher.prepare(
                     data, self.encoder.preprocess_levels, min_side=min_side)
-                spent["decode"] += seconds
+            except ImageSkipped as e:
+                skip(hit, e)
+                finished()
+                return None
+            spent["decode"] += seconds
+            return pixels
+
+        async def encode(hit: Hit, pixels) -> None:
+            try:
                 vecs, seconds = await self.encoder.encode_images(pixels[None])
                 spent["encode"] += seconds
                 vectors[hit.id] = vecs[0]
-            except ImageSkipped as e:
-                skip(hit, e)
             finally:
                 finished()
+
+        async def on_cpu(hit: Hit, data: bytes) -> None:
+            pixels = await decode(hit, data)
+            if pixels is not None:
+                await encode(hit, pixels)
 
         async def on_device_batch(batch: list[tuple[Hit, bytes]]) -> None:
             result = await self.encoder.encode_jpegs([data for _, data in batch],
@@ -227,29 +250,70 @@ class SearchService:
             finished(len(result.encoded))
             await asyncio.gather(*(on_cpu(*batch[i]) for i in result.failed))
 
+        def batch_due() -> bool:
+            waiting = sum(len(data) for _, data, _ in pending)
+            return bool(pending) and (len(pending) >= self.gpu_batch or remaining == 0
+                                      or waiting >= self.fetcher.budget.capacity // 2)
+
+        async def flush_if_due() -> None:
+            if not (on_device and batch_due()):
+                return
+            batch = pending.copy()
+            pending.clear()
+            try:
+                await on_device_batch([(hit, data) for hit, data, _ in batch])
+            finally:
+                for _, _, done_ in batch:
+                    if not done_.done():
+                        done_.set_result(None)
+
         async def one(hit: Hit) -> None:
             nonlocal download_end, remaining
-            data = None
+            pixels = None
             try:
-                data = await self.fetcher.fetch(hit.variant_url(variant))
-                download_end = max(download_end, time.perf_counter())
+                async with self.fetcher.held(hit.variant_url(variant)) as data:
+                    arrived.add(asyncio.current_task())
+                    download_end = max(download_end, time.perf_counter())
+                    remaining -= 1
+                    if on_device and data.startswith(b"\xff\xd8"):
+                        encoded = asyncio.get_running_loop().create_future()
+                        pending.append((hit, data, encoded))
+                        await flush_if_due()
+                        await encoded  # the bytes stay counted until their batch is encoded
+                        return
+                    await flush_if_due()
+                    # Only the decode holds the bytes: the encoder's queue holds levels.
+                    pixels = await decode(hit, data)
             except ImageSkipped as e:
+                if asyncio.current_task() in arrived:
+                    raise
+                remaining -= 1
                 skip(hit, e)
                 finished()
-            finally:
-                remaining -= 1
-            if on_device and data is not None and data.startswith(b"\xff\xd8"):
-                pending.append((hit, data))
-                data = None
-            if on_device and pending and (len(pending) >= self.gpu_batch
-                                          or remaining == 0):
-                batch = pending.copy()
-                pending.clear()
-                await on_device_batch(batch)
-            if data is not None:
-                await on_cpu(hit, data)
+                await flush_if_due()
+            if pixels is not None:
+                await encode(hit, pixels)
 
-        await asyncio.gather(*(one(h) for h in hits))
+        tasks = [asyncio.ensure_future(one(h)) for h in hits]
+        timeout = None if deadline is None else max(0.0, deadline - time.perf_counter())
+        try:
+            _, late = await asyncio.wait(tasks, timeout=timeout)
+            if late:
+                # Past the deadline: downloads still on their way are given up; what has
+                # arrived is still decoded and encoded (bounded work), and ranked.
+                coming = [t for t in late if t not in arrived]
+                log.info("search deadline passed: %d images left out", len(coming))
+                for task in coming:
+                    task.cancel()
+                remaining = 0  # the last JPEG batch goes now
+                await flush_if_due()
+                await asyncio.gather(*late, return_exceptions=True)
+        finally:
+            for task in tasks:
+                task.cancel()
+        for task in tasks:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()
         timings = {
             "download": (max(download_end, t_start) - t_start) * 1000.0,
             "decode": spent["decode"] * 1000.0,

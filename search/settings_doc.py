@@ -25,6 +25,8 @@ SETTINGS: tuple[tuple[str, str], ...] = (
     ("SEARCH_CANDIDATES", "Pixabay candidates ranked per search (1-500)"),
     ("MAX_CONCURRENT_SEARCHES", "searches running at once; twice as many more may wait"),
     ("USER_COOLDOWN_SECONDS", "seconds a member waits between searches (0: off)"),
+    ("SEARCH_DEADLINE_SECONDS", "seconds a search may take (1-600); then it ranks what "
+                                "arrived"),
     ("LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR; other libraries log at WARNING unless DEBUG"),
     ("LOG_FORMAT", "text, or json (one object per line, for log shippers)"),
     ("METRICS_PORT", "serve Prometheus metrics at /metrics on this port; empty: off"),

@@ -81,7 +81,8 @@ def test_env_example_lists_every_setting():
              "PIXABAY_API_KEY", "PIXABAY_API_URL", "PIXABAY_RATE_LIMIT", "IMAGE_HOSTS",
              "IMAGE_VARIANT", "CLIP_MODEL", "CLIP_PRETRAINED", "CLIP_DEVICE", "DATA_DIR",
              "SEARCH_CANDIDATES", "MAX_CONCURRENT_SEARCHES", "USER_COOLDOWN_SECONDS",
-             "LOG_LEVEL", "LOG_FORMAT", "METRICS_PORT", "METRICS_HOST"]
+             "SEARCH_DEADLINE_SECONDS", "LOG_LEVEL", "LOG_FORMAT", "METRICS_PORT",
+             "METRICS_HOST"]
     for name in names:
         assert f"\n{name}=" in example, name
         assert f"`{name}`" in readme, name
@@ -89,6 +90,14 @@ def test_env_example_lists_every_setting():
     source = (Path(__file__).parent.parent / "search" / "config.py").read_text()
     import re
     assert set(re.findall(r'get\("([A-Z_]+)"\)', source)) == set(names)
+
+
+def test_search_deadline_defaults_to_30_s_and_is_bounded(tmp_path):
+    assert load({}, tmp_path).search_deadline_seconds == 30.0
+    assert load({"SEARCH_DEADLINE_SECONDS": "5"}, tmp_path).search_deadline_seconds == 5.0
+    with pytest.raises(ConfigError, match="SEARCH_DEADLINE_SECONDS must be a whole number "
+                                          "from 1 to 600, not '0'"):
+        load({"SEARCH_DEADLINE_SECONDS": "0"}, tmp_path)
 
 
 def test_operator_settings_default_to_info_text_and_no_metrics(tmp_path):

@@ -561,3 +561,82 @@ async def test_truth_and_addresses(fake_pixabay, catalogue):
     assert all(fake.truth[e.id] == e.scene for e in catalogue)
     assert fake.api_url == f"http://127.0.0.1:{fake.port}/api/"
     assert (fake.host, fake.key) == ("127.0.0.1", "test-key")
+
+
+# ------------------------------------------------------------------ hostile knobs
+
+
+async def test_raw_fields_are_spliced_in_as_raw_json(session, fake_pixabay):
+    fake = fake_pixabay
+    body = await search(session, fake, q="circle", per_page=3)
+    target = body["hits"][1]["id"]
+    fake.raw_hit_fields[target] = {"imageWidth": "1e400", "id": "100000000000000000000"}
+    fake.raw_response_fields = {"totalHits": "1e400"}
+    _, _, text = await call(session, fake, q="circle", per_page=3)
+    assert '"totalHits": 1e400' in text and '"imageWidth": 1e400' in text
+    hits = json.loads(text)["hits"]
+    assert hits[1]["id"] == 10**20 and hits[0]["id"] == body["hits"][0]["id"]
+
+
+async def test_extra_headers_override_the_rate_headers_also_on_429(session, fake_pixabay):
+    fake = fake_pixabay
+    fake.extra_headers = {"X-RateLimit-Reset": "inf", "Retry-After": "1e12"}
+    _, headers, _ = await call(session, fake, q="circle")
+    assert headers["X-RateLimit-Reset"] == "inf"
+    fake.rate_limit = 0
+    status, headers, _ = await call(session, fake, q="circle")
+    assert status == 429 and headers["Retry-After"] == "1e12"
+
+
+async def test_reject_next_echoes_the_whole_query_key_included(session, fake_pixabay):
+    fake = fake_pixabay
+    fake.reject_next()
+    status, _, text = await call(session, fake, q="circle")
+    assert status == 400 and text == f"[ERROR 400] Invalid request: key={fake.key}&q=circle"
+    assert (await call(session, fake, q="circle"))[0] == 200
+
+
+async def test_raw_body_next_sends_exactly_those_bytes(session, fake_pixabay):
+    fake = fake_pixabay
+    fake.raw_body_next(b'{"hits": "\xff"}')
+    async with session.get(fake.api_url, params={"key": fake.key}) as r:
+        assert r.status == 200 and await r.read() == b'{"hits": "\xff"}'
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_huge_next_pads_the_real_answer_to_the_size(session, fake_pixabay, chunked):
+    fake = fake_pixabay
+    fake.huge_next(3_000_000, chunked=chunked)
+    async with session.get(fake.api_url, params={"key": fake.key, "q": "circle"}) as r:
+        assert (r.content_length is None) == chunked
+        data = await r.read()
+    assert len(data) == 3_000_000 and json.loads(data)["total"] == 240
+
+
+async def test_big_and_near_cap_png_faults(session, fake_pixabay):
+    fake = fake_pixabay
+    fake.set_image_fault(first_id(fake), "big")
+    fake.set_image_fault(first_id(fake, 1), "near_cap_png")
+    status, headers, data = await fetch(session, fake.image_url(first_id(fake)))
+    assert status == 200 and headers["Content-Type"] == "image/jpeg"
+    assert 4_500_000 < len(data) < 4_800_000
+    assert Image.open(io.BytesIO(data)).size == (2304, 1728)
+    status, headers, data = await fetch(session, fake.image_url(first_id(fake, 1)))
+    assert status == 200 and headers["Content-Type"] == "image/png" and len(data) < 100_000
+    assert Image.open(io.BytesIO(data)).size == (5472, 3648)
+
+
+async def test_slow_fault_dribbles_one_byte_per_interval(session, fake_pixabay):
+    fake = fake_pixabay
+    fake.slow_interval = 0.2
+    image_id = first_id(fake)
+    fake.set_image_fault(image_id, "slow")
+    async with session.get(fake.image_url(image_id, 180)) as r:
+        assert r.status == 200 and r.content_length == len(fake.entry(image_id).jpeg(180))
+        jpeg = fake.entry(image_id).jpeg(180)
+        got = b""
+        while len(got) < 3:
+            chunk = await asyncio.wait_for(r.content.readany(), 5)
+            assert 1 <= len(chunk) <= 2  # a byte at a time (two if we were late)
+            got += chunk
+        assert got == jpeg[:3] and not r.content.at_eof()

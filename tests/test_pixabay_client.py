@@ -87,10 +87,15 @@ async def test_invalid_key_is_typed_with_pixabays_text(fake_pixabay):
     assert str(info.value) == "Pixabay rejected the API key; check PIXABAY_API_KEY."
 
 
-async def test_other_400_carries_pixabays_text(client, fake_pixabay, monkeypatch):
+async def test_other_400_logs_pixabays_text_and_says_our_own_sentence(client, fake_pixabay,
+                                                                      monkeypatch, caplog):
     monkeypatch.setattr("search.pixabay.PER_PAGE", 201)
-    with pytest.raises(PixabayRejected, match='"per_page" is out of valid range'):
+    with pytest.raises(PixabayRejected) as info:
         await client.candidates("circle")
+    assert '"per_page" is out of valid range' in info.value.detail
+    assert str(info.value) == ("Pixabay refused the search (HTTP 400); try another tag or "
+                               "filters, or ask the admins to read the log.")
+    assert '"per_page" is out of valid range' in caplog.text
 
 
 async def test_5xx_is_retried_then_answers(client, fake_pixabay):

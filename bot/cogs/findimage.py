@@ -82,12 +82,13 @@ class FindImage(commands.Cog):
         filters = Filters(image_type=image_type.value if image_type else "all",
                           orientation=orientation.value if orientation else "all",
                           colors=(colors.value,) if colors else (), safesearch=safe)
-        await interaction.response.defer(thinking=True)
-        interaction.extras["deferred_public"] = True
-        started = time.perf_counter()
+        # The slot is taken before the first await: commands arriving together all see it.
         self.pending += 1
         metrics.QUEUE_DEPTH.inc()
         try:
+            await interaction.response.defer(thinking=True)
+            interaction.extras["deferred_public"] = True
+            started = time.perf_counter()
             async with self.slots:
                 result = await self.bot.service.find(tag, phrase, top=count, filters=filters)
         finally:
@@ -102,7 +103,8 @@ class FindImage(commands.Cog):
         message = await interaction.followup.send(
             content=summary_line(tag=state.tag, phrase=state.phrase,
                                  candidates=result.candidates, seconds=seconds, page=0,
-                                 pages=state.pages),
+                                 pages=state.pages, note=left_out_note(result.left_out,
+                                                                       self.bot.settings)),
             embeds=results_embeds(result.hits), wait=True,
             allowed_mentions=discord.AllowedMentions.none())
         interaction.extras["answered"] = True
@@ -193,6 +195,13 @@ class FindImage(commands.Cog):
             self.cannot_remove.add(payload.channel_id)
         except discord.HTTPException as e:
             log.info("could not remove a reaction: %s", e)
+
+
+def left_out_note(left_out: int, settings) -> str:
+    if not left_out:
+        return ""
+    return (f"{left_out} image{'s were' if left_out != 1 else ' was'} still downloading after "
+            f"{settings.search_deadline_seconds:.0f} s and left out.")
 
 
 def _age_restricted(channel: object) -> bool:

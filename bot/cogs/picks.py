@@ -13,6 +13,7 @@ from discord.ext import commands
 from search import metrics
 from search.errors import ImageSkipped
 
+from ..discord_text import inline
 from ..embeds import number_index, pick_embed, picks_list_embed
 from ..errors import reply_error
 
@@ -104,11 +105,11 @@ class Picks(commands.Cog):
         rows = await self.bot.state.latest_picks(interaction.guild_id,
                                                  member.id if member else None)
         lines = [
-            f"• [{p.phrase[:80]}](https://discord.com/channels/{p.guild_id}/{p.channel_id}/"
+            f"• [{inline(p.phrase, 80)}](https://discord.com/channels/{p.guild_id}/{p.channel_id}/"
             f"{p.message_id}) · <@{p.member_id}> · <t:{int(p.created_at)}:R>"
             for p in rows
         ]
-        title = f"Latest picks by {member.display_name}" if member else "Latest picks"
+        title = f"Latest picks by {inline(member.display_name, 200)}" if member else "Latest picks"
         await interaction.response.send_message(embed=picks_list_embed(lines, title=title),
                                                 ephemeral=True)
 

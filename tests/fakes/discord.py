@@ -71,7 +71,7 @@ Errors follow Discord: {"message", "code"} with 401/0, 403/50013 Missing Permiss
 403/50005 editing another user's message, 404/10008 Unknown Message (also for ephemeral
 messages via the channel API), 404/10062 Unknown interaction, 404/10015 Unknown Webhook,
 400/40060 already acknowledged, 400/50035 Invalid Form Body (command validation, content over
-2000, embed limits), 413/40005 file over 10 MiB.  Gateway dispatches obey the IDENTIFY intents
+2000, embed limits incl. footer/author/fields, non-http(s) embed URLs), 413/40005 file over 10 MiB.  Gateway dispatches obey the IDENTIFY intents
 (GUILD_MESSAGES 1<<9 for MESSAGE_*, GUILD_MESSAGE_REACTIONS 1<<10 for reactions).
 """
 
@@ -972,6 +972,16 @@ class FakeDiscord:
         for e in embeds:
             if len(e.get("title") or "") > 256 or len(e.get("description") or "") > 4096 or len(e.get("fields") or []) > 25:
                 raise invalid("embeds", "Embed title/description/fields over Discord's limits.")
+            if (len((e.get("footer") or {}).get("text") or "") > 2048
+                    or len((e.get("author") or {}).get("name") or "") > 256
+                    or any(len(f.get("name") or "") > 256 or len(f.get("value") or "") > 1024
+                           for f in e.get("fields") or [])):
+                raise invalid("embeds", "Embed footer/author/field over Discord's limits.")
+            for key in ("url", "image", "thumbnail"):
+                url = e.get(key) if key == "url" else (e.get(key) or {}).get("url")
+                if url and not re.match(r"(https?|attachment)://", url):
+                    raise invalid("embeds", f"Scheme \"{url.split(':')[0]}\" is not supported. "
+                                  "Scheme must be one of ('http', 'https').")
         if sum(_embed_chars(e) for e in embeds) > 6000:
             raise invalid("embeds", "Embed size exceeds maximum size of 6000")
         if len(files) > 10:

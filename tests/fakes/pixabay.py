@@ -82,10 +82,30 @@ bytes), ``bomb`` (a ~50 KB greyscale PNG declaring ``fake.bomb_size`` = 8000x625
 JPEG), ``foreign_host`` (the hit's image URLs use host ``localhost``, same port; they
 are still served, so a test can show the client refused them by
 ``fake.requests_for_image(id) == 0``).
+Hostile kinds (a broken or malicious CDN): ``big`` (200 image/jpeg, a 2304x1728 JPEG
+of random noise, about 4.65 MB, under the pixel cap; ``big_jpeg()``), ``slow``
+(slowloris: honest headers, then one byte of the real JPEG every ``fake.slow_interval``
+seconds, default 1.0), ``near_cap_png`` (200 image/png, a ~70 kB 5472x3648 gradient PNG,
+just under 20 megapixels; ``near_cap_png()``).
 ``fake.extra_hit_fields`` / ``fake.extra_response_fields`` (dicts merged into each
 hit / the response body, last, so they can also override a field, e.g. with a wrong
 type), ``fake.omit_hit_fields`` (set of hit keys to drop, e.g.
 ``{"userImageURL", "likes", "previewURL"}``).
+
+Hostile API answers
+-------------------
+``fake.raw_hit_fields[id] = {"imageWidth": "1e400"}`` / ``fake.raw_response_fields =
+{"totalHits": "1e400"}``: raw JSON text put in as that field's value, for numbers that
+``json.dumps`` cannot write (``1e400``, ``100000000000000000000``) and other raw tokens.
+``fake.extra_headers`` (dict): headers set on every API answer last, overriding the
+rate-limit headers, e.g. ``{"X-RateLimit-Reset": "inf"}`` or ``{"Retry-After": "inf"}``.
+``fake.reject_next(n=1)``: the next n API requests answer 400 text/plain
+``[ERROR 400] Invalid request: <the request's whole query string, key included>``.
+``fake.raw_body_next(body, n=1, content_type="application/json")``: the next n API
+answers are 200 with exactly these bytes (e.g. a body that is not UTF-8).
+``fake.huge_next(size, n=1, chunked=False)``: the next n API answers are the real search
+answer padded with JSON whitespace to ``size`` bytes; ``chunked=True`` sends it in
+chunks without a Content-Length. ``fake.api_bytes_sent`` counts API body bytes written.
 
 Counters and ground truth
 -------------------------
@@ -135,7 +155,7 @@ SIZES = (150, 180, 340, 640, 960, 1280)
 MAX_TOTAL_HITS = 500
 MAX_Q = 100
 IMAGE_FAULTS = ("missing", "truncated", "html", "garbage", "bomb", "rgba", "gif", "cmyk",
-                "foreign_host")
+                "foreign_host", "big", "slow", "near_cap_png")
 
 COLOUR_OF = {"red": "red", "blue": "blue", "yellow": "yellow", "green": "green",
              "purple": "lilac", "orange": "orange"}
@@ -209,6 +229,31 @@ def bomb_png(width: int = 8000, height: int = 6250) -> bytes:
             + chunk(b"IEND", b""))
 
 
+@functools.lru_cache(maxsize=2)
+def big_jpeg(width: int = 2304, height: int = 1728) -> bytes:
+    """Random noise at quality 95: about 4.65 MB for 2304x1728 (4 megapixels)."""
+    import numpy as np
+
+    noise = np.random.default_rng(4650).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise, "RGB").save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+@functools.lru_cache(maxsize=2)
+def near_cap_png(width: int = 5472, height: int = 3648) -> bytes:
+    """A smooth RGB gradient just under 20 megapixels: tiny in bytes, costly to decode."""
+    import numpy as np
+
+    pixels = np.empty((height, width, 3), np.uint8)
+    pixels[..., 0] = np.linspace(0, 255, width, dtype=np.float32)[None, :]
+    pixels[..., 1] = np.linspace(0, 255, height, dtype=np.float32)[:, None]
+    pixels[..., 2] = 128
+    buf = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buf, "PNG", compress_level=9)
+    return buf.getvalue()
+
+
 _HTML = (b"<!DOCTYPE html>\n<html><head><title>Pixabay</title></head>"
          b"<body><h1>Just a moment...</h1><p>Checking your browser.</p></body></html>\n")
 
@@ -217,6 +262,10 @@ def _render(entry: CatalogueEntry, size: int, kind: str | None,
             bomb_size: tuple[int, int]) -> tuple[bytes, str]:
     if kind == "bomb":
         return bomb_png(*bomb_size), "image/png"
+    if kind == "big":
+        return big_jpeg(), "image/jpeg"
+    if kind == "near_cap_png":
+        return near_cap_png(), "image/png"
     if kind == "html":
         return _HTML, "text/html"
     if kind == "garbage":
@@ -327,6 +376,14 @@ class FakePixabay:
         self.extra_hit_fields: dict[str, Any] = {}
         self.extra_response_fields: dict[str, Any] = {}
         self.omit_hit_fields: set[str] = set()
+        self.raw_hit_fields: dict[int, dict[str, str]] = {}
+        self.raw_response_fields: dict[str, str] = {}
+        self.extra_headers: dict[str, str] = {}
+        self.slow_interval = 1.0
+        self._reject_pending = 0
+        self._raw_bodies: deque[tuple[bytes, str]] = deque()
+        self._huge: deque[tuple[int, bool]] = deque()
+        self.api_bytes_sent = 0
         self._fail: deque[int] = deque()
         self._hang_pending = 0
         self._malformed_pending = 0
@@ -390,6 +447,16 @@ class FakePixabay:
     def malformed_next(self, n: int = 1) -> None:
         self._malformed_pending += n
 
+    def reject_next(self, n: int = 1) -> None:
+        self._reject_pending += n
+
+    def raw_body_next(self, body: bytes, n: int = 1,
+                      content_type: str = "application/json") -> None:
+        self._raw_bodies.extend([(body, content_type)] * n)
+
+    def huge_next(self, size: int, n: int = 1, chunked: bool = False) -> None:
+        self._huge.extend([(size, chunked)] * n)
+
     def release_hung(self) -> None:
         """Let every request hanging now go on and answer normally."""
         self._release.set()
@@ -412,6 +479,7 @@ class FakePixabay:
     def reset_counters(self) -> None:
         self.hits_by_path.clear()
         self.api_requests = self.image_requests = self.render_count = 0
+        self.api_bytes_sent = 0
         self.peak_image_requests = self.images_in_flight
         self.queries.clear()
 
@@ -499,6 +567,7 @@ class FakePixabay:
             "X-RateLimit-Remaining": str(max(0, self.rate_limit - int(bucket[1]))),
             "X-RateLimit-Reset": str(max(0, math.ceil(bucket[0] + self.window - now))),
         }
+        headers.update(self.extra_headers)
         return bucket[1] <= self.rate_limit, headers
 
     async def _api(self, request: web.Request) -> web.Response:
@@ -511,7 +580,8 @@ class FakePixabay:
         key = query.get("key", "")
         allowed, headers = self._rate_headers(key)
         if not allowed:
-            return web.Response(status=429, text=RATE_ERROR, headers=headers)
+            return web.Response(status=429, text=RATE_ERROR,
+                                headers={**headers, **self.extra_headers})
         if self._hang_pending > 0:
             self._hang_pending -= 1
             release = self._release
@@ -533,14 +603,76 @@ class FakePixabay:
             self._malformed_pending -= 1
             return web.Response(status=200, content_type="application/json", headers=headers,
                                 text='{"total": 3, "totalHits": 3, "hits": [{"id": 1, "pageURL": ')
+        elif self._reject_pending > 0:
+            self._reject_pending -= 1
+            return web.Response(status=400, headers=headers,
+                                text=f"[ERROR 400] Invalid request: {request.query_string}")
+        elif self._raw_bodies:
+            raw, content_type = self._raw_bodies.popleft()
+            self.api_bytes_sent += len(raw)
+            return web.Response(status=200, body=raw, headers=headers,
+                                content_type=content_type)
         if key != self.key:
             return web.Response(status=400, text=KEY_ERROR, headers=headers)
         try:
             body = self._search(query)
         except _BadRequest as e:
             return web.Response(status=400, text=str(e), headers=headers)
-        return web.Response(text=json.dumps(body), content_type="application/json",
-                            headers=headers)
+        text = self._dumps(body)
+        if self._huge:
+            size, chunked = self._huge.popleft()
+            return await self._send_huge(request, text, size, chunked, headers)
+        self.api_bytes_sent += len(text)
+        return web.Response(text=text, content_type="application/json", headers=headers)
+
+    def _dumps(self, body: dict[str, Any]) -> str:
+        """JSON text, with ``raw_*_fields`` spliced in as raw tokens."""
+        raws: list[str] = []
+
+        def mark(value: str) -> str:
+            raws.append(value)
+            return f"\x00raw{len(raws) - 1}\x00"
+
+        body = dict(body)
+        for name, value in self.raw_response_fields.items():
+            body[name] = mark(value)
+        hits = []
+        for hit in body.get("hits", []):
+            extra = self.raw_hit_fields.get(hit.get("id")) if isinstance(hit, dict) else None
+            if extra:
+                hit = {**hit, **{name: mark(value) for name, value in extra.items()}}
+            hits.append(hit)
+        if "hits" in body:
+            body["hits"] = hits
+        text = json.dumps(body)
+        for i, value in enumerate(raws):
+            text = text.replace(json.dumps(f"\x00raw{i}\x00"), value)
+        return text
+
+    async def _send_huge(self, request: web.Request, text: str, size: int, chunked: bool,
+                         headers: dict[str, str]) -> web.StreamResponse:
+        """``text`` padded with whitespace inside the object to ``size`` bytes."""
+        head = text.encode()[:-1]  # without the closing brace
+        pad = max(0, size - len(head) - 1)
+        resp = web.StreamResponse(status=200, headers=headers)
+        resp.content_type = "application/json"
+        if not chunked:
+            resp.content_length = len(head) + pad + 1
+        await resp.prepare(request)
+        block = b" " * (1 << 20)
+        try:
+            await resp.write(head)
+            self.api_bytes_sent += len(head)
+            while pad > 0 and not self._closing.is_set():
+                piece = block[:min(pad, len(block))]
+                await resp.write(piece)
+                self.api_bytes_sent += len(piece)
+                pad -= len(piece)
+            await resp.write(b"}")
+            await resp.write_eof()
+        except (ConnectionError, RuntimeError):
+            pass  # the client hung up, as it should on a body it refuses
+        return resp
 
     def _search(self, query) -> dict[str, Any]:
         q = query.get("q", "")
@@ -636,8 +768,28 @@ class FakePixabay:
             return web.Response(status=404, text="404 Not Found")
         if kind == "foreign_host":
             kind = None
+        if kind == "slow":
+            body, _ = await self._bytes(self._by_id[image_id], size, None)
+            return await self._dribble(request, body)
         body, content_type = await self._bytes(self._by_id[image_id], size, kind)
         return web.Response(body=body, content_type=content_type)
+
+    async def _dribble(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        """Slowloris: honest headers, then one byte every ``slow_interval`` seconds."""
+        resp = web.StreamResponse(status=200)
+        resp.content_type = "image/jpeg"
+        resp.content_length = len(body)
+        await resp.prepare(request)
+        try:
+            for i in range(len(body)):
+                await resp.write(body[i:i + 1])
+                if not await self._pause(self.slow_interval):
+                    break
+            else:
+                await resp.write_eof()
+        except (ConnectionError, RuntimeError):
+            pass  # the client gave up on it
+        return resp
 
     async def _bytes(self, entry: CatalogueEntry, size: int, kind: str | None
                      ) -> tuple[bytes, str]:
