@@ -89,7 +89,7 @@ class SearchRecord:
             fields["api_cached"] = result.api_cached
             fields["vectors_cached"] = result.embeddings_cached
             fields["downloaded"] = result.downloaded
-            fields["left_out"] = getattr(result, "left_out", 0)  # past the deadline
+            fields["left_out"] = result.left_out  # still downloading at the deadline
         fields["skipped"] = dict(sorted(self.skipped.items()))
         if result is not None:
             for stage in _STAGES:
