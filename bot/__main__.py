@@ -1,4 +1,9 @@
-"""Start the bot: python -m bot [--check] [--env-file PATH] (or make run)."""
+"""Start the bot: python -m bot [--check] [--env-file PATH] (or make run).
+
+Start-up order, cheapest check first, so a mistake is named in seconds: settings (no
+torch import), DATA_DIR usable and the state file sound, Discord login over REST (the
+token), what a crash left behind, and only then the model (imports torch, may download).
+"""
 
 from __future__ import annotations
 
@@ -16,9 +21,10 @@ import discord
 from search import logs, metrics, settings_doc
 from search.config import Settings
 from search.errors import ConfigError, ModelLoadError
-from search.service import SearchService
+from search.sqlite import check_data_dir
 
 from .app import FindImageBot, point_at
+from .recovery import answer_pending, reconcile_picks
 from .state import State
 
 log = logging.getLogger("bot")
@@ -41,25 +47,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def run(settings: Settings, *, bot_options: dict | None = None,
               started: asyncio.Future | None = None, handle_signals: bool = False) -> None:
-    """Open the resources, warm the model, then go online until closed or signalled."""
+    """Open the resources in start-up order, then go online until closed or signalled."""
     point_at(settings)
     async with AsyncExitStack() as stack:
-        metrics_url = None
         if settings.metrics_port is not None:
             metrics_url = stack.enter_context(
                 metrics.serve(settings.metrics_host, settings.metrics_port))
-        service = await stack.enter_async_context(SearchService.open(settings))
-        state = await stack.enter_async_context(State(settings.data_dir / "bot.sqlite3"))
-        bot = FindImageBot(settings, service, state, **(bot_options or {}))
+        else:
+            metrics_url = None
+        state = await stack.enter_async_context(
+            State(settings.data_dir / "bot.sqlite3", keep_days=settings.results_keep_days))
+        bot = FindImageBot(settings, None, state, **(bot_options or {}))
         bot.metrics_url = metrics_url
         await stack.enter_async_context(bot)
+        await bot.login(settings.discord_token or "")  # REST: a wrong token fails here
+        await answer_pending(bot)
+        await reconcile_picks(bot)
+        from search.service import SearchService  # imports torch: last
+
+        bot.service = await stack.enter_async_context(SearchService.open(settings))
         if handle_signals:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, lambda: asyncio.ensure_future(bot.close()))
         if started is not None:
             started.set_result(bot)
-        await bot.start(settings.discord_token or "")
+        await bot.connect()
     log.info("closed cleanly")
 
 
@@ -72,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.for_entry_point(args.env_file)
         settings.require("DISCORD_TOKEN", "PIXABAY_API_KEY")
+        check_data_dir(settings.data_dir)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -134,6 +134,13 @@ def begin(interaction: discord.Interaction, tag: str, phrase: str) -> SearchReco
     return record
 
 
+def answered(interaction: discord.Interaction) -> None:
+    """Finish the search's record: its results are posted."""
+    record = interaction.extras.get(_KEY)
+    if record is not None:
+        record.finish("results")
+
+
 def failed(interaction: discord.Interaction, error: BaseException) -> None:
     """Finish the search's record with the outcome ``error`` stands for."""
     ns = interaction.namespace

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import discord
 import discord.gateway
@@ -11,9 +12,11 @@ import yarl
 from discord.ext import commands
 
 from search.config import Settings
-from search.service import SearchService
 
 from .state import State
+
+if TYPE_CHECKING:  # the service imports torch, which loads last (see bot/__main__.py)
+    from search.service import SearchService
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,7 @@ def intents() -> discord.Intents:
 
 
 class FindImageBot(commands.Bot):
-    def __init__(self, settings: Settings, service: SearchService, state: State,
+    def __init__(self, settings: Settings, service: SearchService | None, state: State,
                  **options) -> None:
         # Nothing the bot sends pings anyone unless that message says otherwise: tags,
         # phrases and Pixabay's text can carry @everyone, role or user mentions.
@@ -47,7 +50,7 @@ class FindImageBot(commands.Bot):
         super().__init__(command_prefix=commands.when_mentioned, intents=intents(),
                          help_command=None, **options)
         self.settings = settings
-        self.service = service
+        self.service = service  # set once the model has loaded, before the gateway connects
         self.state = state
         self.synced: list[discord.app_commands.AppCommand] = []
         self.metrics_url: str | None = None  # where /metrics is served, when it is

@@ -8,11 +8,9 @@ budget, its answer cached for searches), the model is loaded and encodes one ima
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -22,7 +20,14 @@ import discord
 
 from search import logs
 from search.config import Settings
-from search.errors import ConfigError, InvalidApiKey, PixabayError, PixabayUnavailable
+from search.errors import (
+    ConfigError,
+    DataDirError,
+    InvalidApiKey,
+    PixabayError,
+    PixabayUnavailable,
+    PixabayUnreachable,
+)
 
 from .app import INVITE_PERMISSIONS, intents, point_at
 
@@ -53,25 +58,43 @@ def load_settings(env_file: Path | None) -> tuple[Row, Settings | None]:
     return Row("settings", True, f"valid, read from {read}"), settings
 
 
-def data_dir(settings: Settings) -> Row:
-    path = settings.data_dir.absolute()
+async def data_dir(settings: Settings) -> Row:
+    """The start-up's own DATA_DIR check, and the state file sound and not too new."""
+    from search.sqlite import Corrupt, Database, StorageError, check_data_dir
+    from search.store import MIGRATIONS as CACHE_MIGRATIONS
+
+    from .state import MIGRATIONS as STATE_MIGRATIONS
+
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".check-{uuid.uuid4().hex}"
-        try:
-            with open(probe, "wb") as f:
-                f.write(b"findimage")
-                f.flush()
-                os.fsync(f.fileno())
-        finally:
-            probe.unlink(missing_ok=True)
+        path = check_data_dir(settings.data_dir).absolute()
         free = shutil.disk_usage(path).free
-    except OSError as e:
-        return Row("data dir", False,
-                   f"cannot write to {path} ({e.strerror or e}); create it and let the bot's "
-                   "user write there, or set DATA_DIR to a folder it may write.")
-    held = ", ".join(f"{p.name} {_size(p.stat().st_size)}"
-                     for p in sorted(path.glob("*.sqlite3"))) or "no databases yet"
+    except (DataDirError, OSError) as e:
+        said = str(e)  # start-up's own sentence; give it a remedy where it has none
+        if ";" not in said:
+            said = (f"{said.rstrip('.')}; create it or point DATA_DIR at a folder this user "
+                    "may write.")
+        return Row("data dir", False, said)
+    notes = []
+    for name, migrations, what in (("bot.sqlite3", STATE_MIGRATIONS, "the bot's state"),
+                                   ("search.sqlite3", CACHE_MIGRATIONS, "the search cache")):
+        file = path / name
+        if not file.exists():
+            continue
+        db = Database(file, migrations, what=what)
+        try:
+            await db.open_async()  # connects, runs quick_check, reads the schema version
+        except Corrupt as e:
+            if name == "search.sqlite3":  # a cache: start-up moves it aside and rebuilds it
+                notes.append(f"{name} is corrupt and will be rebuilt")
+                continue
+            return Row("data dir", False, f"DATA_DIR file {file} is corrupt ({e}); restore it "
+                                          "from a backup (see the README) or move it aside.")
+        except StorageError as e:
+            return Row("data dir", False, str(e))
+        finally:
+            await db.aclose()
+    held = ", ".join([f"{p.name} {_size(p.stat().st_size)}"
+                      for p in sorted(path.glob("*.sqlite3"))] + notes) or "no databases yet"
     return Row("data dir", True, f"{path} is writable, {_size(free)} free ({held})")
 
 
@@ -133,6 +156,8 @@ async def pixabay_key(settings: Settings, *, cache: bool) -> Row:
     except InvalidApiKey:
         return Row("pixabay", False, "Pixabay rejected PIXABAY_API_KEY; copy your key again "
                                      "from https://pixabay.com/api/docs/ (logged in).")
+    except PixabayUnreachable as e:
+        return Row("pixabay", False, str(e))
     except (PixabayUnavailable, asyncio.TimeoutError) as e:
         why = e.why if isinstance(e, PixabayUnavailable) else "no answer in time"
         return Row("pixabay", False, f"cannot reach Pixabay at {settings.pixabay_api_url} "
@@ -141,16 +166,22 @@ async def pixabay_key(settings: Settings, *, cache: bool) -> Row:
         return Row("pixabay", False, str(e))
     finally:
         if store is not None:
-            store.close()
+            await asyncio.to_thread(store.close)
 
 
 async def model(settings: Settings):
     """The model row, and the loaded encoder (None when it failed); the caller closes it."""
     from search.clip import ClipEncoder
+    from search.hub import check_weights_reachable
 
     t0 = time.perf_counter()
     encoder = None
     try:
+        # The start-up's own steps: the model's name, then the weights cached or the hub
+        # reachable (one line in seconds instead of a download's retries), then the load.
+        await asyncio.to_thread(settings.check_model)
+        await asyncio.to_thread(check_weights_reachable, settings.clip_model,
+                                settings.clip_pretrained)
         encoder = ClipEncoder(settings.clip_model, settings.clip_pretrained,
                               settings.clip_device)
         await asyncio.wait_for(encoder.start(), MODEL_TIMEOUT)
@@ -218,7 +249,7 @@ async def run(env_file: Path | None, out: TextIO = sys.stdout, *, setup_logs: bo
     if setup_logs:
         logs.setup("DEBUG" if settings.log_level == "DEBUG" else "WARNING", settings.log_format,
                    secrets=(settings.discord_token or "", settings.pixabay_api_key or ""))
-    show(data_dir(settings))
+    show(await data_dir(settings))
     writable = bool(rows[-1].ok)
     show(await discord_login(settings))
     show(await pixabay_key(settings, cache=writable))  # no cache where DATA_DIR fails

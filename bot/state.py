@@ -1,60 +1,69 @@
-"""SQLite: results messages, picks, and per-server settings.
+"""SQLite: results messages, picks, pending searches and per-server settings (DATA_DIR/bot.sqlite3).
 
 Everything a reaction needs lives here, so paging and sharing work on old messages
-after a restart. All calls run on one dedicated thread: the event loop never waits
-on the disk, and the connection is never shared between threads.
+after a restart. The file is opened through ``search.sqlite.Database``: WAL, a busy
+timeout, ``quick_check`` at open, versioned migrations, one thread for every call.
+
+A crash (``kill -9``) at any point leaves something the next start or the next press
+can finish: searches still "thinking" are answered at start-up, a pick claimed by a
+process that died no longer blocks the image, and a page is recorded before the message
+is edited. A write that fails (a full disk) keeps the results in memory for their message
+and writes them when it can; the member is not told of a failure that did not touch them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
+import logging
 import sqlite3
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.pixabay import Filters
+from search.models import Filters
 from search.ranking import Ranking
+from search.sqlite import Corrupt, Database, StorageError, write
 
-SCHEMA_VERSION = 1
+log = logging.getLogger(__name__)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS results (
-    message_id INTEGER PRIMARY KEY,
-    channel_id INTEGER NOT NULL,
-    guild_id INTEGER,
-    requester_id INTEGER NOT NULL,
-    tag TEXT NOT NULL,
-    phrase TEXT NOT NULL,
-    filters TEXT NOT NULL,
-    per_page INTEGER NOT NULL,
-    page INTEGER NOT NULL,
-    seconds REAL NOT NULL,
-    ranking TEXT NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS picks (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    guild_id INTEGER NOT NULL,
-    image_id INTEGER NOT NULL,
-    member_id INTEGER NOT NULL,
-    phrase TEXT NOT NULL,
-    page_url TEXT NOT NULL,
-    source_message_id INTEGER NOT NULL,
-    channel_id INTEGER,
-    message_id INTEGER,
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS picks_recent ON picks (guild_id, created_at);
-CREATE TABLE IF NOT EXISTS guild_settings (
-    guild_id INTEGER PRIMARY KEY,
-    picks_channel_id INTEGER
-);
-"""
+DAY = 86400.0
+INTERACTION_TTL = 15 * 60.0  # Discord: an interaction token works for 15 minutes
+EXPIRED_NOTE_DAYS = 365  # an expired message keeps a ~100-byte row this long, to say so
+UNSAVED_LIMIT = 256  # results kept in memory while the disk refuses them
+PRUNE_EVERY = 3600.0
+
+MIGRATIONS = (
+    # 1: the first release.
+    """
+    CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS results (
+        message_id INTEGER PRIMARY KEY, channel_id INTEGER NOT NULL, guild_id INTEGER,
+        requester_id INTEGER NOT NULL, tag TEXT NOT NULL, phrase TEXT NOT NULL,
+        filters TEXT NOT NULL, per_page INTEGER NOT NULL, page INTEGER NOT NULL,
+        seconds REAL NOT NULL, ranking TEXT NOT NULL, created_at REAL NOT NULL);
+    CREATE TABLE IF NOT EXISTS picks (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, guild_id INTEGER NOT NULL,
+        image_id INTEGER NOT NULL, member_id INTEGER NOT NULL, phrase TEXT NOT NULL,
+        page_url TEXT NOT NULL, source_message_id INTEGER NOT NULL, channel_id INTEGER,
+        message_id INTEGER, created_at REAL NOT NULL);
+    CREATE INDEX IF NOT EXISTS picks_recent ON picks (guild_id, created_at);
+    CREATE TABLE IF NOT EXISTS guild_settings (
+        guild_id INTEGER PRIMARY KEY, picks_channel_id INTEGER);
+    """,
+    # 2: crash safety and pruning.
+    """
+    DROP TABLE IF EXISTS meta;
+    ALTER TABLE results ADD COLUMN turning INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX results_age ON results (created_at);
+    ALTER TABLE picks ADD COLUMN run_id INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, started_at REAL NOT NULL);
+    CREATE TABLE pending_interactions (
+        interaction_id INTEGER PRIMARY KEY, application_id INTEGER NOT NULL,
+        token TEXT NOT NULL, created_at REAL NOT NULL);
+    """,
+)
 
 
 @dataclass
@@ -70,6 +79,9 @@ class ResultsState:
     page: int  # 0-based
     seconds: float
     ranking: Ranking
+    turning: bool = False  # a page was recorded but its edit may not have reached Discord
+    expired: bool = False  # older than RESULTS_KEEP_DAYS: the ranking is gone
+    created_at: float = 0.0
 
     @property
     def pages(self) -> int:
@@ -89,36 +101,50 @@ class Pick:
     created_at: float
 
 
-class State:
-    def __init__(self, path: Path | str, *, clock=time.time) -> None:
-        self.path = str(path)
-        self.clock = clock
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state")
-        self._conn: sqlite3.Connection | None = None
+@dataclass
+class PendingInteraction:
+    interaction_id: int
+    application_id: int
+    token: str
+    created_at: float
 
-    async def _call(self, fn, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+class State:
+    def __init__(self, path: Path | str, *, clock=time.time, keep_days: int = 30) -> None:
+        self.path = Path(path)
+        self.clock = clock
+        self.keep = keep_days * DAY
+        self.db = Database(self.path, MIGRATIONS, what="the bot's state")
+        self.run_id = 0
+        self._unsaved: OrderedDict[int, ResultsState] = OrderedDict()
+        self._pruned_at = 0.0
 
     async def open(self) -> State:
-        await self._call(self._open)
+        try:
+            await self.db.open_async()
+        except Corrupt as e:
+            from search.errors import DataDirError
+
+            await self.db.aclose()
+            raise DataDirError(
+                f"DATA_DIR file {self.path} is corrupt ({e}); restore it from a backup "
+                "(see the README) or move it aside to start with no saved results.") from None
+
+        def start(conn: sqlite3.Connection) -> int:
+            with write(conn):
+                return conn.execute("INSERT INTO runs (started_at) VALUES (?)",
+                                    (self.clock(),)).lastrowid
+
+        self.run_id = await self.db.run(start)
+        await self.prune()
         return self
 
-    def _open(self) -> None:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.executescript(_SCHEMA)
-        row = conn.execute("SELECT value FROM meta WHERE key='version'").fetchone()
-        if row is None:
-            conn.execute("INSERT INTO meta VALUES ('version', ?)", (str(SCHEMA_VERSION),))
-        self._conn = conn
-
     async def close(self) -> None:
-        if self._conn is not None:
-            await self._call(self._conn.close)
-            self._conn = None
-        self._pool.shutdown(wait=False)
+        if self._unsaved:
+            await self._flush()
+        if self._unsaved:
+            log.warning("%d results could not be written before shutdown", len(self._unsaved))
+        await self.db.aclose()
 
     async def __aenter__(self) -> State:
         return await self.open()
@@ -127,78 +153,221 @@ class State:
         await self.close()
 
     # -- results --------------------------------------------------------------
-    async def save_results(self, s: ResultsState) -> None:
-        row = (s.message_id, s.channel_id, s.guild_id, s.requester_id, s.tag, s.phrase,
-               json.dumps(s.filters.to_dict()), s.per_page, s.page, s.seconds,
-               json.dumps(s.ranking.to_dict(), separators=(",", ":")), self.clock())
+    @staticmethod
+    def _row(s: ResultsState, now: float) -> tuple:
+        return (s.message_id, s.channel_id, s.guild_id, s.requester_id, s.tag, s.phrase,
+                json.dumps(s.filters.to_dict()), s.per_page, s.page, s.seconds,
+                json.dumps(s.ranking.to_dict(), separators=(",", ":")),
+                s.created_at or now, int(s.turning))
 
-        def q():
-            self._conn.execute("INSERT OR REPLACE INTO results VALUES "
-                               "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+    async def save_results(self, s: ResultsState) -> bool:
+        """Write the results; if the disk refuses, keep them in memory and say False."""
+        if not s.created_at:
+            s.created_at = self.clock()
+        self._unsaved.pop(s.message_id, None)
+        self._unsaved[s.message_id] = s
+        await self._flush()
+        if self.clock() - self._pruned_at > PRUNE_EVERY:
+            await self.prune()
+        return s.message_id not in self._unsaved
 
-        await self._call(q)
+    async def _flush(self) -> None:
+        """Write what the disk refused before, oldest first; stop at the first refusal."""
+        while self._unsaved:
+            message_id, s = next(iter(self._unsaved.items()))
+            row = self._row(s, self.clock())
+
+            def q(conn: sqlite3.Connection, row=row) -> None:
+                with write(conn):
+                    conn.execute("INSERT OR REPLACE INTO results (message_id, channel_id, "
+                                  "guild_id, requester_id, tag, phrase, filters, per_page, page, "
+                                  "seconds, ranking, created_at, turning) VALUES "
+                                  "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+
+            try:
+                await self.db.run(q)
+            except StorageError as e:
+                log.warning("results of message %s kept in memory; the state file refused them "
+                            "(%s: %s)", message_id, type(e).__name__, e)
+                while len(self._unsaved) > UNSAVED_LIMIT:
+                    dropped, _ = self._unsaved.popitem(last=False)
+                    log.warning("results of message %s dropped from memory", dropped)
+                return
+            if self._unsaved.get(message_id) is s:
+                del self._unsaved[message_id]
 
     async def get_results(self, message_id: int) -> ResultsState | None:
-        def q():
-            return self._conn.execute(
-                "SELECT message_id, channel_id, guild_id, requester_id, tag, phrase, filters, "
-                "per_page, page, seconds, ranking FROM results WHERE message_id=?",
-                (message_id,)).fetchone()
+        if message_id in self._unsaved:
+            return self._unsaved[message_id]
 
-        row = await self._call(q)
+        def q(conn: sqlite3.Connection):
+            return conn.execute(
+                "SELECT message_id, channel_id, guild_id, requester_id, tag, phrase, filters, "
+                "per_page, page, seconds, ranking, turning, created_at FROM results "
+                "WHERE message_id=?", (message_id,)).fetchone()
+
+        row = await self.db.run(q)
         if row is None:
             return None
+        expired = row[10] == ""
+        ranking = Ranking(()) if expired else Ranking.from_dict(json.loads(row[10]))
         return ResultsState(row[0], row[1], row[2], row[3], row[4], row[5],
                             Filters.from_dict(json.loads(row[6])), row[7], row[8], row[9],
-                            Ranking.from_dict(json.loads(row[10])))
+                            ranking, turning=bool(row[11]), expired=expired, created_at=row[12])
 
     async def is_results(self, message_id: int) -> bool:
-        def q():
-            return self._conn.execute("SELECT 1 FROM results WHERE message_id=?",
-                                      (message_id,)).fetchone() is not None
+        if message_id in self._unsaved:
+            return True
 
-        return await self._call(q)
+        def q(conn: sqlite3.Connection) -> bool:
+            return conn.execute("SELECT 1 FROM results WHERE message_id=?",
+                                (message_id,)).fetchone() is not None
 
-    async def set_page(self, message_id: int, page: int) -> None:
-        await self._call(lambda: self._conn.execute(
-            "UPDATE results SET page=? WHERE message_id=?", (page, message_id)))
+        return await self.db.run(q)
+
+    async def set_page(self, s: ResultsState, page: int, *, turning: bool) -> None:
+        """Record the page (``turning``: before the message edit; False once it is shown)."""
+        s.page, s.turning = page, turning
+        if s.message_id in self._unsaved:
+            await self._flush()
+            return
+
+        def q(conn: sqlite3.Connection) -> None:
+            with write(conn):
+                conn.execute("UPDATE results SET page=?, turning=? WHERE message_id=?",
+                             (page, int(turning), s.message_id))
+
+        try:
+            await self.db.run(q)
+        except StorageError as e:
+            log.warning("page of message %s kept in memory (%s)", s.message_id, e)
+            self._unsaved[s.message_id] = s
+
+    async def prune(self) -> int:
+        """Drop rankings older than RESULTS_KEEP_DAYS (a slim row says they expired)."""
+        now = self.clock()
+        self._pruned_at = now
+
+        def q(conn: sqlite3.Connection) -> int:
+            with write(conn):
+                n = conn.execute("UPDATE results SET ranking='' WHERE created_at < ? AND "
+                                 "ranking != ''", (now - self.keep,)).rowcount
+                conn.execute("DELETE FROM results WHERE created_at < ?",
+                             (now - self.keep - EXPIRED_NOTE_DAYS * DAY,))
+                conn.execute("DELETE FROM pending_interactions WHERE created_at < ?",
+                             (now - INTERACTION_TTL,))
+                return n
+
+        try:
+            pruned = await self.db.run(q)
+        except StorageError as e:
+            log.warning("could not prune old results (%s); will try again", e)
+            return 0
+        if pruned:
+            log.info("pruned the rankings of %d results older than %.0f days", pruned,
+                     self.keep / DAY)
+        return pruned
+
+    # -- searches in flight ---------------------------------------------------
+    async def add_pending(self, interaction_id: int, application_id: int, token: str) -> None:
+        now = self.clock()
+
+        def q(conn: sqlite3.Connection) -> None:
+            with write(conn):
+                conn.execute("INSERT OR REPLACE INTO pending_interactions VALUES (?, ?, ?, ?)",
+                             (interaction_id, application_id, token, now))
+
+        try:
+            await self.db.run(q)
+        except StorageError as e:
+            log.warning("could not note search %s as pending (%s)", interaction_id, e)
+
+    async def done_pending(self, interaction_id: int) -> None:
+        def q(conn: sqlite3.Connection) -> None:
+            with write(conn):
+                conn.execute("DELETE FROM pending_interactions WHERE interaction_id=?",
+                             (interaction_id,))
+
+        try:
+            await self.db.run(q)
+        except StorageError as e:
+            log.warning("could not clear pending search %s (%s)", interaction_id, e)
+
+    async def take_pending(self) -> list[PendingInteraction]:
+        """Searches a previous run deferred and never answered, still within 15 minutes."""
+        now = self.clock()
+
+        def q(conn: sqlite3.Connection) -> list[tuple]:
+            with write(conn):
+                rows = conn.execute("SELECT interaction_id, application_id, token, created_at "
+                                    "FROM pending_interactions WHERE created_at >= ?",
+                                    (now - INTERACTION_TTL,)).fetchall()
+                conn.execute("DELETE FROM pending_interactions")
+                return rows
+
+        return [PendingInteraction(*row) for row in await self.db.run(q)]
 
     # -- picks ----------------------------------------------------------------
     async def claim_pick(self, guild_id: int, image_id: int, member_id: int, phrase: str,
                          page_url: str, source_message_id: int, window: float = 60.0
                          ) -> int | None:
-        """Record a pick unless the same image was picked in this server within ``window``.
+        """Claim a pick unless the same image was shared here within ``window``.
 
-        Returns the new pick's id, or None for a duplicate. Runs on the state thread,
-        so two reactions at once cannot both claim it.
+        Returns the pick's id, or None for a duplicate. A claim left unposted by a run
+        that died blocks nothing: this run takes it over, so the press posts the image.
         """
         now = self.clock()
+        run_id = self.run_id
 
-        def q():
-            dup = self._conn.execute(
-                "SELECT 1 FROM picks WHERE guild_id=? AND image_id=? AND created_at>?",
-                (guild_id, image_id, now - window)).fetchone()
-            if dup:
-                return None
-            cur = self._conn.execute(
-                "INSERT INTO picks (guild_id, image_id, member_id, phrase, page_url, "
-                "source_message_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (guild_id, image_id, member_id, phrase, page_url, source_message_id, now))
-            return cur.lastrowid
+        def q(conn: sqlite3.Connection) -> int | None:
+            with write(conn):
+                dup = conn.execute(
+                    "SELECT 1 FROM picks WHERE guild_id=? AND image_id=? AND created_at>? "
+                    "AND (message_id IS NOT NULL OR run_id=?)",
+                    (guild_id, image_id, now - window, run_id)).fetchone()
+                if dup:
+                    return None
+                conn.execute("DELETE FROM picks WHERE guild_id=? AND image_id=? AND "
+                             "message_id IS NULL AND run_id!=?", (guild_id, image_id, run_id))
+                return conn.execute(
+                    "INSERT INTO picks (guild_id, image_id, member_id, phrase, page_url, "
+                    "source_message_id, created_at, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (guild_id, image_id, member_id, phrase, page_url, source_message_id, now,
+                     run_id)).lastrowid
 
-        return await self._call(q)
+        return await self.db.run(q)
+
+    async def posting_pick(self, pick_id: int, channel_id: int) -> None:
+        """Note where the pick is about to be posted, so a crash can be reconciled there."""
+        await self._update_pick("UPDATE picks SET channel_id=? WHERE id=?", channel_id, pick_id)
 
     async def posted_pick(self, pick_id: int, channel_id: int, message_id: int) -> None:
-        await self._call(lambda: self._conn.execute(
-            "UPDATE picks SET channel_id=?, message_id=? WHERE id=?",
-            (channel_id, message_id, pick_id)))
+        await self._update_pick("UPDATE picks SET channel_id=?, message_id=? WHERE id=?",
+                                channel_id, message_id, pick_id)
 
     async def drop_pick(self, pick_id: int) -> None:
-        await self._call(lambda: self._conn.execute("DELETE FROM picks WHERE id=?", (pick_id,)))
+        await self._update_pick("DELETE FROM picks WHERE id=?", pick_id)
+
+    async def _update_pick(self, sql: str, *args: Any) -> None:
+        def q(conn: sqlite3.Connection) -> None:
+            with write(conn):
+                conn.execute(sql, args)
+
+        await self.db.run(q)
+
+    async def unfinished_picks(self) -> list[Pick]:
+        """Picks claimed by runs that died before recording the posted message."""
+        def q(conn: sqlite3.Connection) -> list[tuple]:
+            return conn.execute(
+                "SELECT id, guild_id, image_id, member_id, phrase, page_url, channel_id, "
+                "message_id, created_at FROM picks WHERE message_id IS NULL AND run_id!=?",
+                (self.run_id,)).fetchall()
+
+        return [Pick(*row) for row in await self.db.run(q)]
 
     async def latest_picks(self, guild_id: int, member_id: int | None = None, limit: int = 10
                            ) -> list[Pick]:
-        def q():
+        def q(conn: sqlite3.Connection) -> list[tuple]:
             sql = ("SELECT id, guild_id, image_id, member_id, phrase, page_url, channel_id, "
                    "message_id, created_at FROM picks WHERE guild_id=? AND message_id IS NOT NULL")
             args: list[Any] = [guild_id]
@@ -207,20 +376,26 @@ class State:
                 args.append(member_id)
             sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
             args.append(limit)
-            return self._conn.execute(sql, args).fetchall()
+            return conn.execute(sql, args).fetchall()
 
-        return [Pick(*row) for row in await self._call(q)]
+        return [Pick(*row) for row in await self.db.run(q)]
 
     # -- server settings ----------------------------------------------------------
     async def set_picks_channel(self, guild_id: int, channel_id: int | None) -> None:
-        await self._call(lambda: self._conn.execute(
-            "INSERT INTO guild_settings VALUES (?, ?) ON CONFLICT(guild_id) "
-            "DO UPDATE SET picks_channel_id=excluded.picks_channel_id", (guild_id, channel_id)))
+        def q(conn: sqlite3.Connection) -> None:
+            with write(conn):
+                conn.execute("INSERT INTO guild_settings VALUES (?, ?) ON CONFLICT(guild_id) "
+                             "DO UPDATE SET picks_channel_id=excluded.picks_channel_id",
+                             (guild_id, channel_id))
+
+        await self.db.run(q)
 
     async def picks_channel(self, guild_id: int) -> int | None:
-        def q():
-            row = self._conn.execute("SELECT picks_channel_id FROM guild_settings "
-                                     "WHERE guild_id=?", (guild_id,)).fetchone()
+        def q(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute("SELECT picks_channel_id FROM guild_settings "
+                               "WHERE guild_id=?", (guild_id,)).fetchone()
             return row[0] if row else None
 
-        return await self._call(q)
+        return await self.db.run(q)
+
+

@@ -1,7 +1,10 @@
 """The CLI: python -m search TAG PHRASE [--top N] [--offset K] [--candidates M] [--json] [--grid FILE]
 
-Exit codes: 0 found; 2 bad input or settings; 3 Pixabay refused or failed;
-4 rate limited; 5 nothing found (no hits, or no image readable); 1 anything else.
+Exit codes: 0 found; 2 bad input or settings (DATA_DIR included); 3 Pixabay refused or
+failed; 4 rate limited; 5 nothing found (no hits, or no image readable); 1 anything else.
+
+Start-up order: arguments, settings and the query are checked, then DATA_DIR, and only
+then are torch and the model imported, so a mistake is reported in well under a second.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import asyncio
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import logs
 from .config import Settings
@@ -25,9 +29,20 @@ from .errors import (
     RateLimited,
     SearchError,
 )
-from .grid import contact_sheet
-from .pixabay import COLORS, IMAGE_TYPES, ORDERS, ORIENTATIONS, Filters
-from .service import SearchResult, SearchService
+from .models import (
+    COLORS,
+    IMAGE_TYPES,
+    MAX_CANDIDATES,
+    MAX_TOP,
+    ORDERS,
+    ORIENTATIONS,
+    Filters,
+    Query,
+)
+from .sqlite import check_data_dir
+
+if TYPE_CHECKING:  # the service imports torch: only once every cheap check has passed
+    from .service import SearchResult, SearchService
 
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (InvalidQuery, 2), (ConfigError, 2), (ModelLoadError, 2), (RateLimited, 4),
@@ -40,10 +55,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 description="Rank Pixabay images for TAG by similarity to PHRASE.")
     p.add_argument("tag", help="the Pixabay tag that fetches candidates, e.g. tiger")
     p.add_argument("phrase", help='what the picture shows, e.g. "tiger playing in the snow"')
-    p.add_argument("--top", type=int, default=5, help="hits to show (1-50, default 5)")
+    p.add_argument("--top", type=int, default=5, help=f"hits to show (1-{MAX_TOP}, default 5)")
     p.add_argument("--offset", type=int, default=0, help="skip this many ranks (paging)")
     p.add_argument("--candidates", type=int, default=None,
-                   help="Pixabay candidates to rank (1-500, default SEARCH_CANDIDATES)")
+                   help=f"Pixabay candidates to rank (1-{MAX_CANDIDATES}, default "
+                   "SEARCH_CANDIDATES)")
     p.add_argument("--image-type", choices=IMAGE_TYPES, default="all")
     p.add_argument("--orientation", choices=ORIENTATIONS, default="all")
     p.add_argument("--colors", default="", help=f"comma list of: {', '.join(COLORS)}")
@@ -104,6 +120,8 @@ def _reasons(skipped: dict[str, int]) -> str:
 
 
 async def write_grid(service: SearchService, result: SearchResult, path: Path) -> int:
+    from .grid import contact_sheet
+
     async def load(url: str):
         try:
             return await service.fetcher.decode(await service.fetcher.fetch(url))
@@ -117,10 +135,21 @@ async def write_grid(service: SearchService, result: SearchResult, path: Path) -
     return len(labels)
 
 
-async def run(args: argparse.Namespace, settings: Settings) -> SearchResult:
+def build_query(args: argparse.Namespace, settings: Settings) -> Query:
+    """The request, checked before anything heavy loads (InvalidQuery on bad input)."""
     colors = tuple(c.strip() for c in args.colors.split(",") if c.strip())
     filters = Filters(image_type=args.image_type, orientation=args.orientation, colors=colors,
                       order=args.order, safesearch=not args.no_safesearch)
+    if not 1 <= args.top <= MAX_TOP:
+        raise InvalidQuery(f"top must be from 1 to {MAX_TOP}.")
+    if args.offset < 0:
+        raise InvalidQuery("offset must be 0 or more.")
+    return Query(args.tag, args.phrase, args.candidates or settings.search_candidates, filters)
+
+
+async def run(args: argparse.Namespace, settings: Settings, query: Query) -> SearchResult:
+    from .service import SearchService
+
     bar = None
     progress = None
     if sys.stdout.isatty() and not args.json:
@@ -134,9 +163,8 @@ async def run(args: argparse.Namespace, settings: Settings) -> SearchResult:
 
     async with SearchService.open(settings) as service:
         try:
-            result = await service.find(args.tag, args.phrase, top=args.top, offset=args.offset,
-                                        candidates=args.candidates, filters=filters,
-                                        progress=progress)
+            result = await service.find_query(query, top=args.top, offset=args.offset,
+                                              progress=progress)
         finally:
             if bar is not None:
                 bar.close()
@@ -155,7 +183,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.for_entry_point(args.env_file)
         logs.setup("INFO" if args.verbose else "ERROR", settings.log_format,
                    secrets=(settings.pixabay_api_key or "",))
-        result = asyncio.run(run(args, settings))
+        query = build_query(args, settings)
+        settings.require("PIXABAY_API_KEY")
+        check_data_dir(settings.data_dir)
+        result = asyncio.run(run(args, settings, query))
     except SearchError as e:
         print(f"error: {e}", file=sys.stderr)
         return next(code for kind, code in EXIT_CODES if isinstance(e, kind))

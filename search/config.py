@@ -16,6 +16,7 @@ from dotenv import dotenv_values
 from yarl import URL
 
 from .errors import ConfigError
+from .models import MAX_CANDIDATES
 
 DEFAULT_MODEL = "ViT-B-32-256"
 DEFAULT_PRETRAINED = "datacomp_s34b_b86k"
@@ -44,6 +45,7 @@ class Settings:
     search_candidates: int = 200
     max_concurrent_searches: int = 4
     user_cooldown_seconds: float = 10.0
+    results_keep_days: int = 30
     log_level: str = "INFO"
     log_format: str = "text"
     metrics_port: int | None = None  # None: no metrics endpoint; 0: any free port
@@ -116,11 +118,13 @@ class Settings:
         if (raw := get("DATA_DIR")) is not None:
             kw["data_dir"] = Path(raw)
         if (raw := get("SEARCH_CANDIDATES")) is not None:
-            kw["search_candidates"] = _int("SEARCH_CANDIDATES", raw, 1, 500)
+            kw["search_candidates"] = _int("SEARCH_CANDIDATES", raw, 1, MAX_CANDIDATES)
         if (raw := get("MAX_CONCURRENT_SEARCHES")) is not None:
             kw["max_concurrent_searches"] = _int("MAX_CONCURRENT_SEARCHES", raw, 1, 64)
         if (raw := get("USER_COOLDOWN_SECONDS")) is not None:
             kw["user_cooldown_seconds"] = float(_int("USER_COOLDOWN_SECONDS", raw, 0, 3600))
+        if (raw := get("RESULTS_KEEP_DAYS")) is not None:
+            kw["results_keep_days"] = _int("RESULTS_KEEP_DAYS", raw, 1, 3650)
         if (raw := get("LOG_LEVEL")) is not None:
             kw["log_level"] = _choice("LOG_LEVEL", raw.upper(), LOG_LEVELS)
         if (raw := get("LOG_FORMAT")) is not None:
@@ -135,7 +139,7 @@ class Settings:
         if (raw := get("SEARCH_DEADLINE_SECONDS")) is not None:
             kw["search_deadline_seconds"] = float(_int("SEARCH_DEADLINE_SECONDS", raw, 1, 600))
         settings = cls(**kw)  # type: ignore[arg-type]
-        settings.check_model()
+        settings.check_model_reference()
         return settings
 
     def replace(self, **changes: object) -> Settings:
@@ -143,9 +147,13 @@ class Settings:
         data.update(changes)
         return type(self)(**data)  # type: ignore[arg-type]
 
-    def check_model(self) -> None:
-        """Check CLIP_MODEL / CLIP_PRETRAINED without loading any weights."""
-        model, pretrained = self.clip_model, self.clip_pretrained
+    def check_model_reference(self) -> bool:
+        """Check CLIP_MODEL's form without importing torch; True if nothing is left to check.
+
+        A zoo name needs open_clip's list, which imports torch (seconds): ``check_model``
+        does that just before the model loads, after every cheaper check has passed.
+        """
+        model = self.clip_model
         if model.startswith("local-dir:"):
             path = Path(model[len("local-dir:"):])
             if not (path / "open_clip_config.json").is_file():
@@ -153,12 +161,19 @@ class Settings:
                     f"CLIP_MODEL points at '{path}', which has no open_clip_config.json; "
                     "use a folder saved by open_clip."
                 )
-            return
+            return True
         if model.startswith("hf-hub:"):
             repo = model[len("hf-hub:"):]
             if repo.count("/") != 1 or not all(repo.split("/")):
                 raise ConfigError(f"CLIP_MODEL must be hf-hub:org/repo, not '{model}'.")
+            return True
+        return False
+
+    def check_model(self) -> None:
+        """Check CLIP_MODEL / CLIP_PRETRAINED without loading any weights (imports open_clip)."""
+        if self.check_model_reference():
             return
+        model, pretrained = self.clip_model, self.clip_pretrained
         import open_clip  # deferred: importing torch is slow and only needed here
 
         if model not in open_clip.list_models():

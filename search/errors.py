@@ -13,6 +13,10 @@ class ConfigError(SearchError):
     """A setting is missing or invalid; the sentence names the variable and what is allowed."""
 
 
+class DataDirError(ConfigError):
+    """DATA_DIR, or a database in it, cannot be used; the sentence names the folder and why."""
+
+
 class InvalidQuery(SearchError):
     """The tag or the phrase cannot be searched (empty, too long)."""
 
@@ -51,6 +55,16 @@ class PixabayUnavailable(PixabayError):
     def __init__(self, why: str) -> None:
         self.why = why
         super().__init__(f"Pixabay is not answering right now ({why}); try again in a minute.")
+
+
+class PixabayUnreachable(PixabayUnavailable):
+    """No connection at all: the sentence names the URL and the setting, never the key."""
+
+    def __init__(self, url: str, why: str) -> None:
+        self.url = url
+        PixabayError.__init__(self, f"Cannot reach Pixabay at {url} ({why}); check the network "
+                              "or PIXABAY_API_URL.")
+        self.why = why
 
 
 class MalformedResponse(PixabayError):

@@ -17,15 +17,29 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 
 import aiohttp
+from yarl import URL
 
 from . import metrics
 from .errors import (
     InvalidApiKey,
-    InvalidQuery,
     MalformedResponse,
     PixabayRejected,
     PixabayUnavailable,
+    PixabayUnreachable,
     RateLimited,
+)
+from .models import (  # noqa: F401  (re-exported: the vocabularies' old home)
+    CATEGORIES,
+    COLORS,
+    IMAGE_TYPES,
+    LANGS,
+    MAX_CANDIDATES,
+    ORDERS,
+    ORIENTATIONS,
+    Filters,
+    Source,
+    check_tag,
+    key_fingerprint,
 )
 from .store import Store
 from .upstream import (
@@ -48,8 +62,7 @@ log = logging.getLogger(__name__)
 
 PROVIDER = "pixabay"
 PER_PAGE = 200
-MAX_REACHABLE = 500  # Pixabay returns at most 500 hits per query
-MAX_QUERY_CHARS = 100
+MAX_REACHABLE = MAX_CANDIDATES
 # Pixabay's answers are under 1 MB at 200 hits; anything past this is refused unread.
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_ERROR_BYTES = 16 * 1024  # of an error's text, for the log
@@ -57,80 +70,6 @@ MAX_TAGS_CHARS = 1000
 MAX_USER_CHARS = 100
 MAX_SIDE = 1_000_000  # pixels: no photo is wider
 MAX_FILE_BYTES = 10**12
-
-IMAGE_TYPES = ("all", "photo", "illustration", "vector")
-ORIENTATIONS = ("all", "horizontal", "vertical")
-CATEGORIES = ("backgrounds", "fashion", "nature", "science", "education", "feelings", "health",
-              "people", "religion", "places", "animals", "industry", "computer", "food",
-              "sports", "transportation", "travel", "buildings", "business", "music")
-COLORS = ("grayscale", "transparent", "red", "orange", "yellow", "green", "turquoise", "blue",
-          "lilac", "pink", "white", "gray", "black", "brown")
-ORDERS = ("popular", "latest")
-LANGS = ("cs", "da", "de", "en", "es", "fr", "id", "it", "hu", "nl", "no", "pl", "pt", "ro",
-         "sk", "fi", "sv", "tr", "vi", "th", "bg", "ru", "el", "ja", "ko", "zh")
-
-
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise InvalidQuery(f"{name} must be one of {', '.join(allowed)}, not '{value}'.")
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Pixabay's documented filters, typed and checked before any call."""
-
-    image_type: str = "all"
-    orientation: str = "all"
-    category: str | None = None
-    colors: tuple[str, ...] = ()
-    min_width: int = 0
-    min_height: int = 0
-    editors_choice: bool = False
-    order: str = "popular"
-    lang: str = "en"
-    safesearch: bool = True
-
-    def __post_init__(self) -> None:
-        _choice("image_type", self.image_type, IMAGE_TYPES)
-        _choice("orientation", self.orientation, ORIENTATIONS)
-        if self.category is not None:
-            _choice("category", self.category, CATEGORIES)
-        for colour in self.colors:
-            _choice("colors", colour, COLORS)
-        _choice("order", self.order, ORDERS)
-        _choice("lang", self.lang, LANGS)
-        for name in ("min_width", "min_height"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or not 0 <= value <= 100_000:
-                raise InvalidQuery(f"{name} must be a whole number of pixels from 0 to 100000.")
-
-    def params(self) -> dict[str, str]:
-        p = {
-            "image_type": self.image_type,
-            "orientation": self.orientation,
-            "min_width": str(self.min_width),
-            "min_height": str(self.min_height),
-            "editors_choice": "true" if self.editors_choice else "false",
-            "order": self.order,
-            "lang": self.lang,
-            "safesearch": "true" if self.safesearch else "false",
-        }
-        if self.category:
-            p["category"] = self.category
-        if self.colors:
-            p["colors"] = ",".join(sorted(set(self.colors)))
-        return p
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["colors"] = list(self.colors)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> Filters:
-        d = dict(d)
-        d["colors"] = tuple(d.get("colors") or ())
-        return cls(**d)
 
 
 @dataclass(frozen=True)
@@ -284,6 +223,7 @@ class PixabayClient:
         self.api_url = api_url
         self._key = key
         self.store = store
+        self.source = Source(PROVIDER, api_url, key_fingerprint(key))
         self.budget = RateBudget(limit=rate_limit, window=window, clock=clock)
         metrics.watch_budget(PROVIDER, self.budget)
         self.timeout = aiohttp.ClientTimeout(total=timeout)
@@ -295,12 +235,7 @@ class PixabayClient:
     async def candidates(self, tag: str, filters: Filters | None = None, limit: int = 200
                          ) -> Candidates:
         """Up to ``limit`` hits for ``tag``, paging with per_page=200."""
-        q = normalise_tag(tag)
-        if not q:
-            raise InvalidQuery("The tag is empty; give one word such as 'tiger'.")
-        if len(q) > MAX_QUERY_CHARS:
-            raise InvalidQuery(f"The tag is {len(q)} characters; Pixabay allows at most "
-                               f"{MAX_QUERY_CHARS}.")
+        q = normalise_tag(check_tag(tag))
         limit = max(1, min(int(limit), MAX_REACHABLE))
         filters = filters or Filters()
         hits: list[Hit] = []
@@ -348,9 +283,10 @@ class PixabayClient:
     async def _page(self, q: str, filters: Filters, page: int, *, fresh: bool = False
                     ) -> tuple[dict, bool]:
         params = {"q": q, **filters.params(), "page": str(page), "per_page": str(PER_PAGE)}
+        # The request alone; the store keys it by endpoint and key fingerprint as well.
         cache_key = json.dumps(sorted(params.items()), separators=(",", ":"))
         if self.store is not None and not fresh:
-            cached = await asyncio.to_thread(self.store.get_response, cache_key)
+            cached = await self.store.get_response(self.source, cache_key)
             if cached is not None:
                 return cached, True
         # Two searches for the same page at once share one request.
@@ -361,7 +297,7 @@ class PixabayClient:
         try:
             body = await self._request(params)
             if self.store is not None:
-                await asyncio.to_thread(self.store.put_response, cache_key, body)
+                await self.store.put_response(self.source, cache_key, body)
             future.set_result(body)
             return body, False
         except BaseException as e:
@@ -373,6 +309,7 @@ class PixabayClient:
 
     async def _request(self, params: dict[str, str]) -> dict:
         last = "no answer"
+        unreachable = False
         for attempt in range(self.retries + 1):
             if attempt:
                 await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
@@ -397,8 +334,10 @@ class PixabayClient:
             except aiohttp.ClientError as e:
                 metrics.UPSTREAM_REQUESTS.labels(PROVIDER, "error").inc()
                 last = type(e).__name__
+                unreachable = isinstance(e, aiohttp.ClientConnectorError)
                 log.warning("pixabay: %s (attempt %d)", last, attempt + 1)
                 continue
+            unreachable = False
             metrics.UPSTREAM_REQUESTS.labels(PROVIDER, str(status)).inc()
             if status == 200:
                 return await self._body(data)
@@ -421,6 +360,9 @@ class PixabayClient:
             if status in (401, 403) or "invalid or missing api key" in detail.lower():
                 raise InvalidApiKey(detail)
             raise PixabayRejected(detail, status)
+        if unreachable:
+            shown = URL(self.api_url).with_query(None).with_user(None)  # no secrets in it
+            raise PixabayUnreachable(str(shown), last)
         raise PixabayUnavailable(last)
 
     async def _body(self, data: bytes) -> dict:

@@ -21,14 +21,15 @@ import numpy as np
 from .clip import ClipEncoder
 from .config import Settings
 from .errors import AllImagesFailed, ImageSkipped, InvalidQuery, NoResults
+from .hub import check_weights_reachable
 from .images import ImageFetcher
-from .pixabay import PROVIDER, Filters, Hit, PixabayClient
+from .models import MAX_TOP, Filters, Query
+from .pixabay import Hit, PixabayClient
 from .ranking import Ranking, ScoredHit, rank
 from .store import Store
 
 log = logging.getLogger(__name__)
 
-MAX_PHRASE_CHARS = 300
 # Image downloads in flight at once, across all queries, on keep-alive connections to
 # the image CDN. Measured on 2 cores with 30 ms a request (bench --fetch-concurrency):
 # 16 took 480 ms for 200 thumbnails; 32 takes ~260 ms with the worst event-loop stall
@@ -62,22 +63,6 @@ class SearchResult:
         return self.api_cached and self.downloaded == 0
 
 
-def check_query(tag: str, phrase: str) -> tuple[str, str]:
-    tag = " ".join(tag.split())
-    phrase = " ".join(phrase.split())
-    if not tag:
-        raise InvalidQuery("The tag is empty; give one word such as 'tiger'.")
-    if len(tag) > 100:
-        raise InvalidQuery(f"The tag is {len(tag)} characters; Pixabay allows at most 100.")
-    if not phrase:
-        raise InvalidQuery("The phrase is empty; describe the picture you want, "
-                           "such as 'tiger playing in the snow'.")
-    if len(phrase) > MAX_PHRASE_CHARS:
-        raise InvalidQuery(f"The phrase is {len(phrase)} characters; keep it under "
-                           f"{MAX_PHRASE_CHARS}.")
-    return tag, phrase
-
-
 class SearchService:
     def __init__(self, settings: Settings, *, pixabay: PixabayClient, fetcher: ImageFetcher,
                  encoder: ClipEncoder, store: Store) -> None:
@@ -102,8 +87,12 @@ class SearchService:
                 session = await stack.enter_async_context(
                     aiohttp.ClientSession(connector=connector))
             store = await asyncio.to_thread(Store, settings.db_path)
-            stack.callback(store.close)
+            stack.push_async_callback(asyncio.to_thread, store.close)
             if encoder is None:
+                # The model comes last: every cheaper check has passed by now.
+                await asyncio.to_thread(settings.check_model)
+                await asyncio.to_thread(check_weights_reachable, settings.clip_model,
+                                        settings.clip_pretrained)
                 encoder = ClipEncoder(settings.clip_model, settings.clip_pretrained,
                                       settings.clip_device)
                 await stack.enter_async_context(encoder)
@@ -122,14 +111,19 @@ class SearchService:
     async def find(self, tag: str, phrase: str, *, top: int = 5, offset: int = 0,
                    candidates: int | None = None, filters: Filters | None = None,
                    progress: Progress | None = None) -> SearchResult:
-        tag, phrase = check_query(tag, phrase)
-        if not 1 <= top <= 50:
-            raise InvalidQuery("top must be from 1 to 50.")
+        query = Query(tag, phrase, candidates or self.settings.search_candidates,
+                      filters or Filters())
+        return await self.find_query(query, top=top, offset=offset, progress=progress)
+
+    async def find_query(self, query: Query, *, top: int = 5, offset: int = 0,
+                         progress: Progress | None = None) -> SearchResult:
+        # A Query checks itself when built; a caller's own (a subclass, a copy) is re-checked.
+        query = Query(query.tag, query.phrase, query.candidates, query.filters, query.source)
+        if not 1 <= top <= MAX_TOP:
+            raise InvalidQuery(f"top must be from 1 to {MAX_TOP}.")
         if offset < 0:
             raise InvalidQuery("offset must be 0 or more.")
-        limit = candidates or self.settings.search_candidates
-        if not 1 <= limit <= 500:
-            raise InvalidQuery("candidates must be from 1 to 500; Pixabay serves at most 500.")
+        tag, phrase, limit, filters = query.tag, query.phrase, query.candidates, query.filters
         timings: dict[str, float] = {}
         started = time.perf_counter()
 
@@ -142,8 +136,9 @@ class SearchService:
             if not found.hits:
                 raise NoResults(tag)
             hits = found.hits
-            cached = await asyncio.to_thread(self.store.get_embeddings, PROVIDER,
-                                             self.model_key, [h.id for h in hits])
+            source = self.pixabay.source
+            cached = await self.store.get_embeddings(source, self.model_key,
+                                                     [h.id for h in hits])
             missing = [h for h in hits if h.id not in cached]
             deadline = started + self.settings.search_deadline_seconds
             fresh, skipped, stage = await self._embed(missing, progress, deadline)
@@ -151,8 +146,7 @@ class SearchService:
             timings.update(stage)
             vectors = {**cached, **fresh}
             if fresh:
-                await asyncio.to_thread(self.store.put_embeddings, PROVIDER, self.model_key,
-                                        fresh.items())
+                await self.store.put_embeddings(source, self.model_key, fresh.items())
             ranked_hits = [h for h in hits if h.id in vectors]
             if not ranked_hits:
                 raise AllImagesFailed(len(hits), skipped + Counter({TOO_SLOW: left_out}))

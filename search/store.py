@@ -1,8 +1,13 @@
-"""SQLite: the Pixabay response cache and the embedding cache.
+"""SQLite: the API response cache and the embedding cache (DATA_DIR/search.sqlite3).
 
-One file in DATA_DIR, WAL mode, a versioned schema. A file that is corrupt, or
-locked past the busy timeout, is moved aside and rebuilt: the caches are only
-caches, and a query must still answer.
+Responses are keyed by the source's endpoint and a fingerprint of its key, so another
+PIXABAY_API_URL or another key never reads them; vectors by the source's endpoint, the
+model and the image id, so ids from two catalogues never meet.
+
+These are caches: a query must still answer when they cannot be used. A busy file
+(another process writing) is waited for, then the write is skipped; a full disk skips
+the write and the cache is used again once space returns. Only a file that fails
+``quick_check`` or is not a database is moved aside, once, with a loud log line.
 """
 
 from __future__ import annotations
@@ -10,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -18,149 +22,131 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from .models import Source
+from .sqlite import BUSY_TIMEOUT, BUSY_TRIES, Corrupt, Database, StorageError, write
+
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 API_CACHE_TTL = 24 * 3600.0  # Pixabay's terms: cache responses for 24 hours.
 
 FeatureVector = NDArray[np.float32]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS api_cache (
-    key TEXT PRIMARY KEY,
-    fetched_at REAL NOT NULL,
-    body TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS embeddings (
-    provider TEXT NOT NULL,
-    image_id INTEGER NOT NULL,
-    model TEXT NOT NULL,
-    dim INTEGER NOT NULL,
-    vector BLOB NOT NULL,
-    PRIMARY KEY (provider, image_id, model)
-);
-"""
+MIGRATIONS = (
+    # 1: the first release (kept so its files upgrade through 2).
+    """
+    CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS api_cache (
+        key TEXT PRIMARY KEY, fetched_at REAL NOT NULL, body TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS embeddings (
+        provider TEXT NOT NULL, image_id INTEGER NOT NULL, model TEXT NOT NULL,
+        dim INTEGER NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (provider, image_id, model));
+    """,
+    # 2: responses keyed by endpoint + key fingerprint, vectors by endpoint. Release 1's
+    # rows cannot say which endpoint they came from, so they are dropped, not guessed.
+    """
+    DROP TABLE IF EXISTS api_cache;
+    DROP TABLE IF EXISTS embeddings;
+    DROP TABLE IF EXISTS meta;
+    CREATE TABLE api_cache (
+        scope TEXT NOT NULL, request TEXT NOT NULL, fetched_at REAL NOT NULL,
+        body TEXT NOT NULL, PRIMARY KEY (scope, request));
+    CREATE INDEX api_cache_age ON api_cache (fetched_at);
+    CREATE TABLE embeddings (
+        source TEXT NOT NULL, image_id INTEGER NOT NULL, model TEXT NOT NULL,
+        dim INTEGER NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (source, image_id, model));
+    """,
+)
 
 
 class Store:
-    """Thread-safe wrapper round one sqlite3 connection; every call is short."""
+    """The caches. Reads that fail are misses; writes that fail are skipped and logged."""
 
-    def __init__(self, path: Path | str, *, busy_timeout: float = 1.0,
-                 clock=time.time) -> None:
-        self.path = Path(path) if str(path) != ":memory:" else None
-        self.busy_timeout = busy_timeout
+    def __init__(self, path: Path | str, *, busy_timeout: float = BUSY_TIMEOUT,
+                 busy_tries: int = BUSY_TRIES, clock=time.time) -> None:
+        self.path = Path(path)
         self.clock = clock
         self.rebuilt = 0
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-        self._open()
-
-    # -- life cycle -------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
-        target = ":memory:" if self.path is None else str(self.path)
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(target, timeout=self.busy_timeout, check_same_thread=False,
-                               isolation_level=None)
+        self.skipped_writes = 0
+        self.db = Database(self.path, MIGRATIONS, what="the search cache",
+                           busy_timeout=busy_timeout, busy_tries=busy_tries)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(_SCHEMA)
-            row = conn.execute("SELECT value FROM meta WHERE key='version'").fetchone()
-            if row is None:
-                conn.execute("INSERT INTO meta VALUES ('version', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) != SCHEMA_VERSION:
-                self._migrate(conn, int(row[0]))
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _migrate(self, conn: sqlite3.Connection, found: int) -> None:
-        # Only one version exists so far; anything else is from the future or broken,
-        # and the caches can always be refilled.
-        raise sqlite3.DatabaseError(f"unknown schema version {found}")
-
-    def _open(self) -> None:
-        try:
-            self._conn = self._connect()
-        except sqlite3.DatabaseError as e:
-            self._rebuild(e)
-
-    def _rebuild(self, error: Exception) -> None:
-        """Move the broken file aside and start an empty cache."""
-        self.rebuilt += 1
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except sqlite3.Error:
-                pass
-            self._conn = None
-        if self.path is not None:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            log.warning("cache %s is unusable (%s); moving it aside and rebuilding",
-                        self.path, error)
-            for suffix in ("", "-wal", "-shm"):
-                old = Path(str(self.path) + suffix)
-                if old.exists():
-                    old.replace(Path(f"{self.path}.broken-{stamp}{suffix}"))
-        try:
-            self._conn = self._connect()
-        except sqlite3.DatabaseError as e:  # the folder itself is unusable: keep working in memory
-            log.warning("cannot rebuild cache at %s (%s); using memory", self.path, e)
-            self.path = None
-            self._conn = self._connect()
+            self.db.open()
+        except Corrupt as e:
+            self.db.move_aside(str(e))
+            self.rebuilt += 1
+            self.db.open()
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self.db.close()
 
-    def _run(self, fn):
-        """Run ``fn(conn)``; on a corrupt or locked file rebuild once and retry."""
-        with self._lock:
-            if self._conn is None:
-                raise RuntimeError("store is closed")
-            try:
-                return fn(self._conn)
-            except sqlite3.DatabaseError as e:
-                self._rebuild(e)
-                return fn(self._conn)
+    async def _read(self, fn, *args, default=None):
+        try:
+            return await self.db.run(fn, *args)
+        except Corrupt as e:
+            self._corrupt(e)
+        except StorageError as e:
+            log.warning("the search cache could not be read (%s); searching without it", e)
+        return default
 
-    # -- Pixabay responses ------------------------------------------------------
-    def get_response(self, key: str, ttl: float = API_CACHE_TTL) -> dict | None:
-        now = self.clock()
+    async def _write(self, fn, *args) -> bool:
+        try:
+            await self.db.run(fn, *args)
+            return True
+        except Corrupt as e:
+            self._corrupt(e)
+        except StorageError as e:
+            self.skipped_writes += 1
+            log.warning("the search cache was not updated (%s: %s); results are unaffected",
+                        type(e).__name__, e)
+        return False
 
+    def _corrupt(self, error: Exception) -> None:
+        """Found broken while running: move it aside once and start an empty cache."""
+        def rebuild(conn: sqlite3.Connection) -> None:
+            conn.close()
+            self.db.conn = None
+            self.db.move_aside(str(error))
+            self.db.conn = self.db._connect()
+
+        self.rebuilt += 1
+        try:
+            self.db._pool.submit(rebuild, self.db.conn).result()
+        except (sqlite3.Error, OSError) as e:
+            log.error("cannot rebuild the search cache at %s (%s); searching without it",
+                      self.path, e)
+
+    # -- API responses ----------------------------------------------------------
+    async def get_response(self, source: Source, request: str, ttl: float = API_CACHE_TTL
+                           ) -> dict | None:
         def q(conn: sqlite3.Connection):
-            return conn.execute("SELECT fetched_at, body FROM api_cache WHERE key=?",
-                                (key,)).fetchone()
+            return conn.execute("SELECT fetched_at, body FROM api_cache WHERE scope=? AND "
+                                "request=?", (source.response_scope, request)).fetchone()
 
-        row = self._run(q)
-        if row is None or now - row[0] > ttl:
+        row = await self._read(q)
+        if row is None or self.clock() - row[0] > ttl:
             return None
         try:
             return json.loads(row[1])
         except ValueError:
             return None
 
-    def put_response(self, key: str, body: dict) -> None:
+    async def put_response(self, source: Source, request: str, body: dict) -> bool:
         text = json.dumps(body, separators=(",", ":"))
         now = self.clock()
 
-        def q(conn: sqlite3.Connection):
-            conn.execute("INSERT OR REPLACE INTO api_cache VALUES (?, ?, ?)", (key, now, text))
-            conn.execute("DELETE FROM api_cache WHERE fetched_at < ?", (now - API_CACHE_TTL,))
+        def q(conn: sqlite3.Connection) -> None:
+            with write(conn):
+                conn.execute("INSERT OR REPLACE INTO api_cache VALUES (?, ?, ?, ?)",
+                             (source.response_scope, request, now, text))
+                conn.execute("DELETE FROM api_cache WHERE fetched_at < ?", (now - API_CACHE_TTL,))
 
-        self._run(q)
+        return await self._write(q)
 
     # -- embeddings -------------------------------------------------------------
-    def get_embeddings(self, provider: str, model: str, ids: Sequence[int]
-                       ) -> dict[int, FeatureVector]:
+    async def get_embeddings(self, source: Source, model: str, ids: Sequence[int]
+                             ) -> dict[int, FeatureVector]:
         if not ids:
             return {}
-        out: dict[int, FeatureVector] = {}
 
         def q(conn: sqlite3.Connection):
             rows = []
@@ -168,30 +154,30 @@ class Store:
                 chunk = list(ids[start:start + 500])
                 marks = ",".join("?" * len(chunk))
                 rows += conn.execute(
-                    f"SELECT image_id, dim, vector FROM embeddings WHERE provider=? AND model=?"
-                    f" AND image_id IN ({marks})", (provider, model, *chunk)).fetchall()
+                    f"SELECT image_id, dim, vector FROM embeddings WHERE source=? AND model=?"
+                    f" AND image_id IN ({marks})", (source.id, model, *chunk)).fetchall()
             return rows
 
-        for image_id, dim, blob in self._run(q):
+        out: dict[int, FeatureVector] = {}
+        for image_id, dim, blob in await self._read(q, default=[]):
             vec = np.frombuffer(blob, dtype=np.float32)
             if vec.shape == (dim,):
                 out[int(image_id)] = vec
         return out
 
-    def put_embeddings(self, provider: str, model: str,
-                       items: Iterable[tuple[int, FeatureVector]]) -> None:
-        rows = [(provider, int(i), model, int(v.shape[0]),
+    async def put_embeddings(self, source: Source, model: str,
+                             items: Iterable[tuple[int, FeatureVector]]) -> bool:
+        rows = [(source.id, int(i), model, int(v.shape[0]),
                  np.ascontiguousarray(v, dtype=np.float32).tobytes()) for i, v in items]
         if not rows:
-            return
+            return True
 
-        def q(conn: sqlite3.Connection):
-            conn.execute("BEGIN")
-            try:
+        def q(conn: sqlite3.Connection) -> None:
+            with write(conn):
                 conn.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?, ?)", rows)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
 
-        self._run(q)
+        return await self._write(q)
+
+    async def count_embeddings(self) -> int:
+        return await self._read(
+            lambda conn: conn.execute("SELECT count(*) FROM embeddings").fetchone()[0], default=0)

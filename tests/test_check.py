@@ -3,6 +3,7 @@ entry point in a child process, against the fake Discord, the fake Pixabay and t
 
 import asyncio
 import shutil
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -94,8 +95,10 @@ WRONG = [
     ("invalid setting", {"CLIP_DEVICE": "tpu"}, "settings",
      "CLIP_DEVICE must be auto, cpu, cuda or cuda:N, not 'tpu'."),
     ("data dir is under a file", {"DATA_DIR": "{tmp}/a-file/data"}, "data dir",
-     "cannot write to {tmp}/a-file/data (Not a directory); create it and let the bot's user "
-     "write there, or set DATA_DIR to a folder it may write."),
+     "DATA_DIR '{tmp}/a-file/data' cannot be created (not a directory); create it or point "
+     "DATA_DIR at a folder this user may write."),
+    ("state file from a newer release", {"DATA_DIR": "{tmp}/newer"}, "data dir",
+     "{tmp}/newer/bot.sqlite3 was written by a newer findimage (schema 99; "),
     ("token refused", {"DISCORD_TOKEN": "not-the-token"}, "discord",
      "Discord refused DISCORD_TOKEN; copy the token again from the Developer Portal "
      "(Bot → Reset Token)."),
@@ -109,7 +112,7 @@ WRONG = [
      "Pixabay rejected PIXABAY_API_KEY; copy your key again from https://pixabay.com/api/docs/"
      " (logged in)."),
     ("pixabay unreachable", {"PIXABAY_API_URL": "http://127.0.0.1:9/api/"}, "pixabay",
-     "cannot reach Pixabay at http://127.0.0.1:9/api/ (ClientConnectorError); check the "
+     "Cannot reach Pixabay at http://127.0.0.1:9/api/ (ClientConnectorError); check the "
      "network or PIXABAY_API_URL."),
     ("model without weights", {"CLIP_MODEL": "local-dir:{tmp}/config-only"}, "model",
      "The CLIP model 'local-dir:{tmp}/config-only' could not be loaded: Required pretrained "
@@ -126,6 +129,9 @@ async def test_check_fails_the_wrong_item_and_says_what_to_do(env, fake_discord,
     (tmp_path / "a-file").write_text("")
     _config_only(tmp_path / "config-only")
     _weights_without_vision(tmp_path / "nan-vision")
+    (tmp_path / "newer").mkdir()
+    with sqlite3.connect(tmp_path / "newer" / "bot.sqlite3") as db:
+        db.execute("PRAGMA user_version = 99")
     for name, value in change.items():
         if value is None:
             env.pop(name)

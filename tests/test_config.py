@@ -59,10 +59,11 @@ def test_local_dir_model_is_accepted_and_pretrained_ignored(tmp_path):
     ({"IMAGE_HOSTS": "https://pixabay.com/x"}, "IMAGE_HOSTS", "host names"),
     ({"IMAGE_VARIANT": "500"}, "IMAGE_VARIANT", "180, 340, 640, 960"),
     ({"SEARCH_CANDIDATES": "900"}, "SEARCH_CANDIDATES", "1 to 500"),
+    ({"RESULTS_KEEP_DAYS": "0"}, "RESULTS_KEEP_DAYS", "1 to 3650"),
 ])
 def test_invalid_value_is_one_sentence_naming_the_variable(tmp_path, env, names, allowed):
     with pytest.raises(ConfigError) as info:
-        load(env, tmp_path)
+        load(env, tmp_path).check_model()  # zoo names are checked just before the model loads
     text = str(info.value)
     assert names in text and allowed in text
     assert "\n" not in text and text.endswith(".")
@@ -81,8 +82,8 @@ def test_env_example_lists_every_setting():
              "PIXABAY_API_KEY", "PIXABAY_API_URL", "PIXABAY_RATE_LIMIT", "IMAGE_HOSTS",
              "IMAGE_VARIANT", "CLIP_MODEL", "CLIP_PRETRAINED", "CLIP_DEVICE", "DATA_DIR",
              "SEARCH_CANDIDATES", "MAX_CONCURRENT_SEARCHES", "USER_COOLDOWN_SECONDS",
-             "SEARCH_DEADLINE_SECONDS", "LOG_LEVEL", "LOG_FORMAT", "METRICS_PORT",
-             "METRICS_HOST"]
+             "RESULTS_KEEP_DAYS", "SEARCH_DEADLINE_SECONDS", "LOG_LEVEL", "LOG_FORMAT",
+             "METRICS_PORT", "METRICS_HOST"]
     for name in names:
         assert f"\n{name}=" in example, name
         assert f"`{name}`" in readme, name

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
+import weakref
 from typing import TYPE_CHECKING
 
 import discord
@@ -12,7 +14,14 @@ from discord import app_commands
 from discord.ext import commands
 
 from search import metrics
-from search.pixabay import Filters
+from search.models import (
+    COLORS,
+    IMAGE_TYPES,
+    MAX_PHRASE_CHARS,
+    MAX_TAG_CHARS,
+    ORIENTATIONS,
+    Filters,
+)
 
 from .. import activity
 from ..embeds import NEXT, NUMBERS, PREV, results_embeds, summary_line
@@ -24,11 +33,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IMAGE_TYPES = [app_commands.Choice(name=n, value=n) for n in ("photo", "illustration", "vector")]
-ORIENTATIONS = [app_commands.Choice(name=n, value=n) for n in ("horizontal", "vertical")]
-COLOURS = [app_commands.Choice(name=n, value=n) for n in (
-    "red", "orange", "yellow", "green", "turquoise", "blue", "lilac", "pink", "white", "gray",
-    "black", "brown", "grayscale", "transparent")]
+
+def _choices(values: tuple[str, ...]) -> list[app_commands.Choice[str]]:
+    """Slash-command choices from search.models' vocabulary ("all" is the option left out)."""
+    return [app_commands.Choice(name=v, value=v) for v in values if v != "all"]
+
+
+IMAGE_TYPE_CHOICES = _choices(IMAGE_TYPES)
+ORIENTATION_CHOICES = _choices(ORIENTATIONS)
+COLOUR_CHOICES = _choices(COLORS)
+SHOWN_PAGE = re.compile(r"· page (\d+)/\d+")
 
 
 def _cooldown(interaction: discord.Interaction) -> app_commands.Cooldown | None:
@@ -43,7 +57,9 @@ class FindImage(commands.Cog):
         self.slots = asyncio.Semaphore(limit)
         self.queue_limit = limit * 2  # searches waiting for a slot before we say "busy"
         self.pending = 0
-        self._locks: dict[int, asyncio.Lock] = {}
+        # One lock per message being turned; a lock nobody holds or waits for goes away.
+        self._locks: weakref.WeakValueDictionary[int, asyncio.Lock] = \
+            weakref.WeakValueDictionary()
         self.cannot_remove: set[int] = set()  # channels where we may not remove reactions
 
     async def cog_app_command_error(self, interaction: discord.Interaction,
@@ -63,11 +79,12 @@ class FindImage(commands.Cog):
         colors="Only images with this colour",
         safe="Safe search (can be turned off only in age-restricted channels)",
     )
-    @app_commands.choices(image_type=IMAGE_TYPES, orientation=ORIENTATIONS, colors=COLOURS)
+    @app_commands.choices(image_type=IMAGE_TYPE_CHOICES, orientation=ORIENTATION_CHOICES,
+                          colors=COLOUR_CHOICES)
     @app_commands.checks.dynamic_cooldown(_cooldown)
     async def findimage(self, interaction: discord.Interaction,
-                        tag: app_commands.Range[str, 1, 100],
-                        phrase: app_commands.Range[str, 1, 300],
+                        tag: app_commands.Range[str, 1, MAX_TAG_CHARS],
+                        phrase: app_commands.Range[str, 1, MAX_PHRASE_CHARS],
                         count: app_commands.Range[int, 1, 10] = 5,
                         image_type: app_commands.Choice[str] | None = None,
                         orientation: app_commands.Choice[str] | None = None,
@@ -88,14 +105,31 @@ class FindImage(commands.Cog):
         try:
             await interaction.response.defer(thinking=True)
             interaction.extras["deferred_public"] = True
+            # Noted until answered: if the process dies now, the next start answers it.
+            await self.bot.state.add_pending(interaction.id, interaction.application_id,
+                                             interaction.token)
+            interaction.extras["pending_noted"] = True
             started = time.perf_counter()
             async with self.slots:
                 result = await self.bot.service.find(tag, phrase, top=count, filters=filters)
+        except BaseException:
+            await self._done_pending(interaction)
+            raise
         finally:
             self.pending -= 1
             metrics.QUEUE_DEPTH.dec()
         record.took(result)
-        seconds = time.perf_counter() - started
+        try:
+            await self._answer(interaction, result, filters, count, time.perf_counter() - started)
+        finally:
+            await self._done_pending(interaction)
+
+    async def _done_pending(self, interaction: discord.Interaction) -> None:
+        if interaction.extras.pop("pending_noted", False):
+            await self.bot.state.done_pending(interaction.id)
+
+    async def _answer(self, interaction: discord.Interaction, result, filters: Filters,
+                      count: int, seconds: float) -> None:
         state = ResultsState(
             message_id=0, channel_id=interaction.channel_id or 0, guild_id=interaction.guild_id,
             requester_id=interaction.user.id, tag=result.tag, phrase=result.phrase,
@@ -108,9 +142,10 @@ class FindImage(commands.Cog):
             embeds=results_embeds(result.hits), wait=True,
             allowed_mentions=discord.AllowedMentions.none())
         interaction.extras["answered"] = True
-        record.finish("results")
+        activity.answered(interaction)
         state.message_id = message.id
         state.channel_id = message.channel.id if message.channel else state.channel_id
+        # A refused write keeps the results in memory for this message: paging still works.
         await self.bot.state.save_results(state)
         if result.truncated:
             await interaction.followup.send(
@@ -145,34 +180,65 @@ class FindImage(commands.Cog):
 
     async def turn(self, payload: discord.RawReactionActionEvent) -> None:
         step = 1 if str(payload.emoji) == NEXT else -1
-        lock = self._locks.setdefault(payload.message_id, asyncio.Lock())
+        lock = self._locks.get(payload.message_id)
+        if lock is None:
+            lock = self._locks[payload.message_id] = asyncio.Lock()
         async with lock:
             state = await self.bot.state.get_results(payload.message_id)
             if state is None:
                 return
-            page = state.page + step
+            message = (self.bot.get_partial_messageable(payload.channel_id)
+                       .get_partial_message(payload.message_id))
+            if state.expired:
+                await self._say_expired(message, state)
+                return
+            current = state.page
+            if state.turning:  # the last turn may or may not have reached Discord: look
+                current = await self._shown_page(message, state)
+            page = current + step
             note = ""
             if page >= state.pages:
-                page, note = state.page, (f"That was the last page: all {len(state.ranking)} "
-                                          "candidates are shown.")
+                page, note = current, (f"That was the last page: all {len(state.ranking)} "
+                                       "candidates are shown.")
             elif page < 0:
                 page, note = 0, "This is the first page."
             hits = state.ranking.page(page * state.per_page, state.per_page)
             content = summary_line(tag=state.tag, phrase=state.phrase,
                                    candidates=len(state.ranking), seconds=state.seconds,
                                    page=page, pages=state.pages, note=note)
-            message = (self.bot.get_partial_messageable(payload.channel_id)
-                       .get_partial_message(payload.message_id))
+            # Recorded before the edit, so a crash in between is noticed on the next press.
+            await self.bot.state.set_page(state, page, turning=True)
             try:
                 await message.edit(content=content, embeds=results_embeds(hits),
                                    allowed_mentions=discord.AllowedMentions.none())
             except discord.HTTPException as e:
                 log.warning("could not turn page of %s: %s", payload.message_id, e)
+                await self.bot.state.set_page(state, current, turning=False)
                 return
-            if page != state.page:
-                await self.bot.state.set_page(payload.message_id, page)
+            await self.bot.state.set_page(state, page, turning=False)
             log.debug("page turn message=%s member=%s page=%d/%d", payload.message_id,
                       payload.user_id, page + 1, state.pages)
+
+    async def _shown_page(self, message: discord.PartialMessage, state: ResultsState) -> int:
+        """The page the message shows (its summary line says "page N/M"), else the record."""
+        try:
+            shown = await message.fetch()
+        except discord.HTTPException as e:
+            log.info("could not read message %s back: %s", message.id, e)
+            return state.page
+        found = SHOWN_PAGE.search(shown.content or "")
+        if found is None:
+            return state.page
+        return min(max(int(found.group(1)) - 1, 0), state.pages - 1)
+
+    async def _say_expired(self, message: discord.PartialMessage, state: ResultsState) -> None:
+        days = self.bot.settings.results_keep_days
+        content = (f"**{state.phrase}** · tag `{state.tag}`\n"
+                   f"These results expired after {days} days; search again with /findimage.")
+        try:
+            await message.edit(content=content, allowed_mentions=discord.AllowedMentions.none())
+        except discord.HTTPException as e:
+            log.info("could not mark %s as expired: %s", message.id, e)
 
     def _may_remove(self, payload: discord.RawReactionActionEvent) -> bool:
         """Whether we may take a member's reaction off (Manage Messages in that channel)."""

@@ -66,6 +66,8 @@ class Picks(commands.Cog):
         picks_channel = await self.bot.state.picks_channel(payload.guild_id)
         targets = [c for c in (picks_channel, payload.channel_id) if c]
         for channel_id in dict.fromkeys(targets):
+            # Noted before posting: a crash after the post is found there at the next start.
+            await self.bot.state.posting_pick(pick_id, channel_id)
             try:
                 if file is not None:
                     file.reset()

@@ -53,6 +53,7 @@ Driving the bot:
   set_pause_before(method, pattern) -> RouteGate
       Hold REST requests whose path (below /api/v10) fnmatches ``pattern`` ("/webhooks/*")
       until gate.release(); await gate.wait_reached(); gate.hits counts held requests.
+      gate.drop() lets them go unhandled (503), as if they never reached Discord.
   await wait_for(predicate, timeout=10, what="")   TimeoutError naming ``what`` + recent traffic
 
 FakeInteraction: id, token, type, name, user_id, channel_id, payload, callbacks (list of
@@ -66,6 +67,12 @@ FakeMessage: id, channel_id, author_id, content, embeds (as sent: "attachment://
 rewritten), attachments (FakeAttachment: id, filename, content_type guessed from the name as
 Discord does, data bytes, size), components, flags, type (20 for command replies), edited,
 ephemeral, loading, interaction_id.  Attachment URLs are served by the fake at /attachments/...
+
+GET /channels/{id}/messages honours limit (1-100), before and after as Discord does
+(newest first; with after, the messages just after it).  An interaction's webhook routes
+(followups, PATCH/GET/DELETE .../messages/@original) need no bot token, only the
+interaction token, and work until expire_interaction() (Discord: 15 minutes), also from a
+process other than the one that received the interaction.
 
 Errors follow Discord: {"message", "code"} with 401/0, 403/50013 Missing Permissions,
 403/50005 editing another user's message, 404/10008 Unknown Message (also for ephemeral
@@ -304,6 +311,7 @@ class RouteGate:
     def __init__(self, fake: FakeDiscord, method: str, pattern: str):
         self.fake, self.method, self.pattern = fake, method.upper(), pattern
         self.hits = 0
+        self.dropped = False
         self._released = asyncio.Event()
 
     def matches(self, method: str, path: str) -> bool:
@@ -313,6 +321,12 @@ class RouteGate:
         await self.fake.wait_for(lambda: self.hits > 0, timeout, what=f"a request to {self.method} {self.pattern}")
 
     def release(self) -> None:
+        self._released.set()
+
+    def drop(self) -> None:
+        """Let the held requests go without handling them (503), as if they never reached
+        Discord: the connection died first. The client (if still alive) sees the 503."""
+        self.dropped = True
         self._released.set()
 
 
@@ -734,6 +748,10 @@ class FakeDiscord:
                 gate.hits += 1
                 self._notify()
                 await gate._released.wait()
+                if gate.dropped:
+                    rec.status = 503
+                    self._notify()
+                    return self._json({"message": "upstream connect error", "code": 0}, 503)
         try:
             needs_auth = route is not None and not route.split(" ")[1].startswith(("/webhooks/", "/interactions/"))
             if needs_auth and request.headers.get("Authorization") != f"Bot {self.token}":
@@ -1283,10 +1301,25 @@ class FakeDiscord:
 
     async def _list_messages(self, request: web.Request) -> web.Response:
         ch = self._channel(request, VIEW_CHANNEL | READ_MESSAGE_HISTORY)
-        limit = int(request.query.get("limit", 50))
-        msgs = sorted((m for m in self.messages.values() if m.channel_id == ch.id and not m.ephemeral),
-                      key=lambda m: m.id, reverse=True)
-        return self._json([self.message_json(m) for m in msgs[:limit]])
+        # Discord: limit 1-100 (default 50); before/after are message ids (snowflakes);
+        # the page is always newest first, and with ``after`` it is the messages just after it.
+        try:
+            limit = int(request.query.get("limit", 50))
+            before = int(request.query["before"]) if "before" in request.query else None
+            after = int(request.query["after"]) if "after" in request.query else None
+        except ValueError:
+            raise FakeHTTPError(400, "Invalid Form Body", 50035) from None
+        if not 1 <= limit <= 100:
+            raise FakeHTTPError(400, "Invalid Form Body", 50035,
+                                {"limit": {"_errors": [{"code": "NUMBER_TYPE_MAX",
+                                                        "message": "int value should be <= 100."}]}})
+        msgs = [m for m in self.messages.values() if m.channel_id == ch.id and not m.ephemeral
+                and (before is None or m.id < before)]
+        if after is not None:
+            msgs = sorted((m for m in msgs if m.id > after), key=lambda m: m.id)[:limit][::-1]
+        else:
+            msgs = sorted(msgs, key=lambda m: m.id, reverse=True)[:limit]
+        return self._json([self.message_json(m) for m in msgs])
 
     async def _create_channel_message(self, request: web.Request) -> web.Response:
         ch = self._channel(request, VIEW_CHANNEL | SEND_MESSAGES)

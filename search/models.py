@@ -1,0 +1,167 @@
+"""Pure data: a search request (Query, Filters) with its limits, and where results come from.
+
+Every limit a member or a CLI user can meet lives here once; the CLI's arguments, the
+service's checks and the bot's slash-command options are all built from these names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+
+from .errors import InvalidQuery
+
+MAX_TAG_CHARS = 100  # Pixabay's limit on q
+MAX_PHRASE_CHARS = 300
+MAX_CANDIDATES = 500  # Pixabay returns at most 500 hits per query
+MAX_TOP = 50
+
+IMAGE_TYPES = ("all", "photo", "illustration", "vector")
+ORIENTATIONS = ("all", "horizontal", "vertical")
+CATEGORIES = ("backgrounds", "fashion", "nature", "science", "education", "feelings", "health",
+              "people", "religion", "places", "animals", "industry", "computer", "food",
+              "sports", "transportation", "travel", "buildings", "business", "music")
+COLORS = ("grayscale", "transparent", "red", "orange", "yellow", "green", "turquoise", "blue",
+          "lilac", "pink", "white", "gray", "black", "brown")
+ORDERS = ("popular", "latest")
+LANGS = ("cs", "da", "de", "en", "es", "fr", "id", "it", "hu", "nl", "no", "pl", "pt", "ro",
+         "sk", "fi", "sv", "tr", "vi", "th", "bg", "ru", "el", "ja", "ko", "zh")
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise InvalidQuery(f"{name} must be one of {', '.join(allowed)}, not '{value}'.")
+
+
+def check_tag(tag: str) -> str:
+    """The tag with its whitespace collapsed, or InvalidQuery with the one sentence."""
+    tag = " ".join(str(tag).split())
+    if not tag:
+        raise InvalidQuery("The tag is empty; give one word such as 'tiger'.")
+    if len(tag) > MAX_TAG_CHARS:
+        raise InvalidQuery(f"The tag is {len(tag)} characters; Pixabay allows at most "
+                           f"{MAX_TAG_CHARS}.")
+    return tag
+
+
+def check_phrase(phrase: str) -> str:
+    phrase = " ".join(str(phrase).split())
+    if not phrase:
+        raise InvalidQuery("The phrase is empty; describe the picture you want, "
+                           "such as 'tiger playing in the snow'.")
+    if len(phrase) > MAX_PHRASE_CHARS:
+        raise InvalidQuery(f"The phrase is {len(phrase)} characters; keep it under "
+                           f"{MAX_PHRASE_CHARS}.")
+    return phrase
+
+
+def check_candidates(candidates: int) -> int:
+    if isinstance(candidates, bool) or not isinstance(candidates, int) \
+            or not 1 <= candidates <= MAX_CANDIDATES:
+        raise InvalidQuery(f"candidates must be from 1 to {MAX_CANDIDATES}; Pixabay serves at "
+                           f"most {MAX_CANDIDATES}.")
+    return candidates
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Pixabay's documented filters, typed and checked before any call."""
+
+    image_type: str = "all"
+    orientation: str = "all"
+    category: str | None = None
+    colors: tuple[str, ...] = ()
+    min_width: int = 0
+    min_height: int = 0
+    editors_choice: bool = False
+    order: str = "popular"
+    lang: str = "en"
+    safesearch: bool = True
+
+    def __post_init__(self) -> None:
+        _choice("image_type", self.image_type, IMAGE_TYPES)
+        _choice("orientation", self.orientation, ORIENTATIONS)
+        if self.category is not None:
+            _choice("category", self.category, CATEGORIES)
+        for colour in self.colors:
+            _choice("colors", colour, COLORS)
+        _choice("order", self.order, ORDERS)
+        _choice("lang", self.lang, LANGS)
+        for name in ("min_width", "min_height"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 0 <= value <= 100_000:
+                raise InvalidQuery(f"{name} must be a whole number of pixels from 0 to 100000.")
+
+    def params(self) -> dict[str, str]:
+        p = {
+            "image_type": self.image_type,
+            "orientation": self.orientation,
+            "min_width": str(self.min_width),
+            "min_height": str(self.min_height),
+            "editors_choice": "true" if self.editors_choice else "false",
+            "order": self.order,
+            "lang": self.lang,
+            "safesearch": "true" if self.safesearch else "false",
+        }
+        if self.category:
+            p["category"] = self.category
+        if self.colors:
+            p["colors"] = ",".join(sorted(set(self.colors)))
+        return p
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["colors"] = list(self.colors)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Filters:
+        d = dict(d)
+        d["colors"] = tuple(d.get("colors") or ())
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Query:
+    """One search request, checked once at the edge (CLI, cog) and trusted inside.
+
+    ``source`` names the catalogue the candidates come from (only "pixabay" so far).
+    """
+
+    tag: str
+    phrase: str
+    candidates: int = 200
+    filters: Filters = field(default_factory=Filters)
+    source: str = "pixabay"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tag", check_tag(self.tag))
+        object.__setattr__(self, "phrase", check_phrase(self.phrase))
+        check_candidates(self.candidates)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where responses and image ids come from: a catalogue name and its API endpoint.
+
+    Cached responses are keyed by ``response_scope`` (endpoint and a fingerprint of the
+    key, never the key); cached vectors by ``id`` (ids from two catalogues never meet).
+    """
+
+    name: str
+    endpoint: str
+    key_fingerprint: str = ""
+
+    @property
+    def id(self) -> str:
+        return f"{self.name} {self.endpoint}"
+
+    @property
+    def response_scope(self) -> str:
+        return f"{self.id} key:{self.key_fingerprint}"
+
+
+def key_fingerprint(key: str) -> str:
+    """A short one-way digest of an API key: tells keys apart without storing one."""
+    return hashlib.sha256(b"findimage-key\0" + key.encode()).hexdigest()[:16]
