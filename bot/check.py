@@ -89,7 +89,7 @@ async def data_dir(settings: Settings) -> Row:
                 continue
             return Row("data dir", False, f"DATA_DIR file {file} is corrupt ({e}); restore it "
                                           "from a backup (see the README) or move it aside.")
-        except StorageError as e:
+        except (StorageError, DataDirError) as e:  # busy, unreadable, or from a newer release
             return Row("data dir", False, str(e))
         finally:
             await db.aclose()

@@ -27,6 +27,7 @@ SETTINGS: tuple[tuple[str, str], ...] = (
     ("USER_COOLDOWN_SECONDS", "seconds a member waits between searches (0: off)"),
     ("SEARCH_DEADLINE_SECONDS", "seconds a search may take (1-600); then it ranks what "
                                 "arrived"),
+    ("RESULTS_KEEP_DAYS", "days a results message keeps its ranking for paging"),
     ("LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR; other libraries log at WARNING unless DEBUG"),
     ("LOG_FORMAT", "text, or json (one object per line, for log shippers)"),
     ("METRICS_PORT", "serve Prometheus metrics at /metrics on this port; empty: off"),
