@@ -13,6 +13,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
@@ -20,9 +21,11 @@ from discord import app_commands
 from search import metrics
 from search.errors import AllImagesFailed, InvalidQuery, NoResults, SearchError
 from search.pixabay import PROVIDER
-from search.service import SearchResult
 
 from .errors import Busy, Refusal
+
+if TYPE_CHECKING:  # search.service imports torch, which loads last at start-up
+    from search.service import SearchResult
 
 log = logging.getLogger("bot.searches")
 
