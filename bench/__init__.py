@@ -27,9 +27,15 @@ Scenarios (each on empty caches unless said otherwise):
   ``encoder`` (the encoder alone on a batch of 200 preprocessed images already on its
   device), is P6.
 
+* ``cold-torch`` (CPU): the cold query with torch fp32 serving, beside the default
+  backend (ONNX Runtime); ``fresh-cold`` / ``fresh-warm``: one query in a new process
+  (``bench.fresh``), timed from its start to its exit (P2's first query, P8, P7 on CPU).
+
 It prints a table of medians per stage with the worst event-loop stall (a 5 ms
-ticker's lateness) and the ratio to the baseline, the memory peaks, and the goals
-P1-P7 with pass / fail / "needs GPU"; everything goes to a JSON file
+ticker's lateness), the time to the first provisional page and the ratio to the
+baseline, the memory peaks, and the goals P1-P8 with pass / fail / "needs GPU";
+``python -m bench.backends`` compares torch, ONNX fp32 and int8 alone. Everything goes
+to a JSON file
 (``bench/results/`` by default, git-ignored). ``--fetch-concurrency N`` is a what-if:
 N downloads in flight per query instead of the product's defaults.
 """

@@ -64,8 +64,11 @@ async def run(settings: Settings, *, bot_options: dict | None = None,
         await answer_pending(bot)
         await reconcile_picks(bot)
         from search.service import SearchService  # imports torch: last
+        from search.tuning import freeze_heap, tune_process  # the process is ours: tune it
 
+        tune_process()
         bot.service = await stack.enter_async_context(SearchService.open(settings))
+        freeze_heap()
         if handle_signals:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):

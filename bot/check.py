@@ -169,7 +169,7 @@ async def pixabay_key(settings: Settings, *, cache: bool) -> Row:
             await asyncio.to_thread(store.close)
 
 
-async def model(settings: Settings):
+async def model(settings: Settings, *, cache: bool):
     """The model row, and the loaded encoder (None when it failed); the caller closes it."""
     from search.clip import ClipEncoder
     from search.hub import check_weights_reachable
@@ -183,7 +183,9 @@ async def model(settings: Settings):
         await asyncio.to_thread(check_weights_reachable, settings.clip_model,
                                 settings.clip_pretrained)
         encoder = ClipEncoder(settings.clip_model, settings.clip_pretrained,
-                              settings.clip_device)
+                              settings.clip_device, backend=settings.clip_backend,
+                              precision=settings.clip_precision,
+                              cache_dir=settings.data_dir / "models" if cache else None)
         await asyncio.wait_for(encoder.start(), MODEL_TIMEOUT)
     except Exception as e:  # every way a model fails to load is this row's ✘
         if encoder is not None:
@@ -198,12 +200,11 @@ async def model(settings: Settings):
     weights = (f"weights {settings.clip_pretrained}" if encoder.pretrained
                else "weights from the folder" if name.startswith("local-dir:")
                else "weights from the hub")
-    backend = getattr(encoder, "backend", "torch")
-    dtype = str(encoder.dtype).removeprefix("torch.")
+    backend, precision = encoder.backend.name, encoder.backend.precision
     n = encoder.threads
     threads = f", {n} thread{'s' if n != 1 else ''}" if n else ""
     return Row("model", True, f"{name} with {weights}, on {encoder.device} ({backend}, "
-                              f"{dtype}{threads}), loaded in {time.perf_counter() - t0:.1f} s"
+                              f"{precision}{threads}), loaded in {time.perf_counter() - t0:.1f} s"
                ), encoder
 
 
@@ -253,7 +254,7 @@ async def run(env_file: Path | None, out: TextIO = sys.stdout, *, setup_logs: bo
     writable = bool(rows[-1].ok)
     show(await discord_login(settings))
     show(await pixabay_key(settings, cache=writable))  # no cache where DATA_DIR fails
-    row, encoder = await model(settings)
+    row, encoder = await model(settings, cache=writable)
     show(row)
     if encoder is not None:
         try:

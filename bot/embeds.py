@@ -77,3 +77,10 @@ def _link_target(url: str) -> str:
 def picks_list_embed(lines: Sequence[str], *, title: str) -> discord.Embed:
     return fit_embeds([discord.Embed(title=title, description="\n".join(lines) or "No picks yet.",
                                      colour=PIXABAY_GREEN)])[0]
+
+
+def provisional_line(*, tag: str, phrase: str, ranked: int, total: int) -> str:
+    """The first line of a results message while the ranking is still growing."""
+    tail = (f" · tag {escape(tag)} · ranked {ranked} of {total}… · the order may still "
+            "change\n-# images from [Pixabay](https://pixabay.com)")
+    return f"**{clip(escape(phrase), CONTENT - len(tail) - 4)}**{tail}"

@@ -161,7 +161,11 @@ async def run(args: argparse.Namespace, settings: Settings, query: Query) -> Sea
                 bar = tqdm(total=total, desc="download + encode", unit="img", leave=False)
             bar.update(done - bar.n)
 
+    from .tuning import freeze_heap, tune_process  # the process is ours: tune it
+
+    tune_process()
     async with SearchService.open(settings) as service:
+        freeze_heap()
         try:
             result = await service.find_query(query, top=args.top, offset=args.offset,
                                               progress=progress)

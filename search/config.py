@@ -23,6 +23,8 @@ DEFAULT_PRETRAINED = "datacomp_s34b_b86k"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 IMAGE_VARIANTS = (180, 340, 640, 960)
 DEVICES = ("auto", "cpu", "cuda")
+CLIP_BACKENDS = ("auto", "torch", "onnx")
+CLIP_PRECISIONS = ("auto", "fp32", "fp16", "int8")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 
@@ -41,6 +43,8 @@ class Settings:
     clip_model: str = DEFAULT_MODEL
     clip_pretrained: str | None = DEFAULT_PRETRAINED
     clip_device: str = "auto"
+    clip_backend: str = "auto"
+    clip_precision: str = "auto"
     data_dir: Path = Path("./data")
     search_candidates: int = 200
     max_concurrent_searches: int = 4
@@ -108,6 +112,15 @@ class Settings:
             if raw not in DEVICES and not (raw.startswith("cuda:") and raw[5:].isdigit()):
                 raise ConfigError(f"CLIP_DEVICE must be auto, cpu, cuda or cuda:N, not '{raw}'.")
             kw["clip_device"] = raw
+        for name, allowed in (("CLIP_BACKEND", CLIP_BACKENDS),
+                              ("CLIP_PRECISION", CLIP_PRECISIONS)):
+            if (raw := get(name)) is not None:
+                if raw.lower() not in allowed:
+                    raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not '{raw}'.")
+                kw[name.lower()] = raw.lower()
+        if kw.get("clip_backend") == "torch" and kw.get("clip_precision") == "int8":
+            raise ConfigError("CLIP_PRECISION=int8 runs on ONNX Runtime; set CLIP_BACKEND to "
+                              "auto or onnx, or CLIP_PRECISION to fp32.")
         model = get("CLIP_MODEL")
         pretrained = get("CLIP_PRETRAINED")
         if model is not None:

@@ -21,6 +21,8 @@ SETTINGS: tuple[tuple[str, str], ...] = (
     ("CLIP_MODEL", "an open_clip model name, hf-hub:org/repo or local-dir:/path"),
     ("CLIP_PRETRAINED", "a pretrained tag of that model or a weights file"),
     ("CLIP_DEVICE", "auto (CUDA when present), cpu, cuda or cuda:N"),
+    ("CLIP_BACKEND", "auto (ONNX Runtime on CPU, torch on CUDA), torch or onnx"),
+    ("CLIP_PRECISION", "auto (int8 on CPU, fp16 on CUDA), fp32, fp16 or int8"),
     ("DATA_DIR", "where the SQLite caches and the bot's state live"),
     ("SEARCH_CANDIDATES", "Pixabay candidates ranked per search (1-500)"),
     ("MAX_CONCURRENT_SEARCHES", "searches running at once; twice as many more may wait"),

@@ -26,6 +26,9 @@ from pathlib import Path  # noqa: E402
 
 from search.clip import ClipEncoder  # noqa: E402
 from search.config import Settings  # noqa: E402
+from search.tuning import tune_process  # noqa: E402
+
+tune_process()  # as the entry points do: the tests run the product as its programs run it
 
 TINY_CLIP = Path(__file__).parent / "fixtures" / "tiny-clip"
 
@@ -38,6 +41,9 @@ def engine_env(fake, data_dir: Path, **extra: str) -> dict[str, str]:
         "IMAGE_HOSTS": "127.0.0.1",
         "CLIP_MODEL": f"local-dir:{TINY_CLIP}",
         "CLIP_DEVICE": "cpu",
+        # torch: starts in a second and is exact; tests/test_backends.py proves ONNX
+        # Runtime (the CPU default) against it, and test_bot runs the default once.
+        "CLIP_BACKEND": "torch",
         "DATA_DIR": str(data_dir),
         "USER_COOLDOWN_SECONDS": "0",
     }
@@ -56,7 +62,7 @@ def tiny_encoder():
 
     Each job carries its own event loop, so one encoder serves every test's loop.
     """
-    encoder = ClipEncoder(f"local-dir:{TINY_CLIP}", None, "cpu")
+    encoder = ClipEncoder(f"local-dir:{TINY_CLIP}", None, "cpu", backend="torch")
     asyncio.run(encoder.start())
     yield encoder
     asyncio.run(encoder.close())

@@ -32,5 +32,5 @@ def test_quick_bench_writes_every_scenario_and_every_goal(tmp_path):
         assert stage in report["scenarios"]["cold"]["median"]
     assert "stall_ms" in report["scenarios"]["cold"]["median"]
     assert report["memory"]["peak_rss_serving_mb"] > 0
-    for line in ("P1", "P7", "baseline", "concurrent"):
+    for line in ("P1", "P7", "P8", "baseline", "concurrent", "fresh-cold", "cold-torch"):
         assert line in done.stdout

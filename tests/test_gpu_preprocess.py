@@ -4,6 +4,7 @@
 and every file the batched decoder should not take must come back for the PIL path.
 """
 
+import asyncio
 import io
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from search.clip import ClipEncoder
 from search.config import Settings
+from search.embed import Embedder
 from search.images import decode_image
 from search.preprocess import batch_decodable, jpeg_info, preprocess
 from search.service import SearchService
@@ -58,8 +60,14 @@ def tiny():
 
 @pytest.fixture
 async def encoder():
-    async with ClipEncoder(f"local-dir:{TINY_CLIP}", None, "cpu") as enc:
+    async with ClipEncoder(f"local-dir:{TINY_CLIP}", None, "cpu", backend="torch") as enc:
         yield enc
+
+
+@pytest.fixture
+def jpegs(encoder):
+    """The GPU strategy, run on CPU tensors."""
+    return Embedder(encoder, variant=340, on_device=True)
 
 
 def test_tensor_preprocessing_gives_the_embeddings_of_open_clips_pil_transform(tiny):
@@ -129,7 +137,8 @@ def test_the_header_screen_sends_odd_files_to_pil():
     assert jpeg_info(b"") is None
 
 
-async def test_encode_jpegs_gives_the_pil_paths_vectors_and_hands_back_what_it_refuses(encoder):
+async def test_encode_jpegs_gives_the_pil_paths_vectors_and_hands_back_what_it_refuses(
+        encoder, jpegs):
     img = scene(3, 200, 150)
     plain = [jpeg_bytes(scene(k, w, h), 85) for k, (w, h) in enumerate(SIZES[:3])]
     truncated = plain[0][:len(plain[0]) // 2]
@@ -139,7 +148,7 @@ async def test_encode_jpegs_gives_the_pil_paths_vectors_and_hands_back_what_it_r
     exif[0x0112] = 3
     batch = [plain[0], saved(img, "PNG"), truncated, plain[1], saved(img.convert("CMYK"), "JPEG"),
              saved(img, "JPEG", exif=exif), no_scan, b"\xff\xd8garbage", plain[2]]
-    result = await encoder.encode_jpegs(batch)
+    result = await jpegs.encode_jpegs(batch)
     assert result.encoded == [0, 3, 8]
     assert result.failed == [1, 2, 4, 5, 6, 7]
     assert result.vectors.shape[0] == 3
@@ -147,17 +156,17 @@ async def test_encode_jpegs_gives_the_pil_paths_vectors_and_hands_back_what_it_r
         pixels = encoder.preprocess(decode_image(batch[index], min_side=min(encoder.image_size)))
         alone, _ = await encoder.encode_images(pixels[None])
         assert float(alone[0] @ result.vectors[row]) >= 0.99
-    nothing = await encoder.encode_jpegs([truncated])
+    nothing = await jpegs.encode_jpegs([truncated])
     assert nothing.encoded == [] and nothing.failed == [0] and len(nothing.vectors) == 0
 
 
-async def test_jpegs_in_chunks_keep_their_indices(encoder, monkeypatch):
+async def test_jpegs_in_chunks_keep_their_indices(encoder, jpegs, monkeypatch):
     monkeypatch.setattr(encoder, "max_batch", 2)
     datas = scene_jpegs()[:5]
     datas.insert(3, b"not a jpeg")
-    result = await encoder.encode_jpegs(datas)
+    result = await jpegs.encode_jpegs(datas)
     assert result.encoded == [0, 1, 2, 4, 5] and result.failed == [3]
-    whole = await encoder.encode_jpegs([datas[i] for i in result.encoded])
+    whole = await jpegs.encode_jpegs([datas[i] for i in result.encoded])
     np.testing.assert_allclose(result.vectors, whole.vectors, atol=1e-5)
 
 
@@ -174,22 +183,50 @@ async def test_the_service_on_the_jpeg_path_ranks_as_the_pil_path_does(
         "IMAGE_HOSTS": "127.0.0.1", "CLIP_MODEL": f"local-dir:{TINY_CLIP}",
         "CLIP_DEVICE": "cpu", "DATA_DIR": str(tmp_path / "pil")})
     phrase = "a red hexagon on snow"
-    async with ClipEncoder(settings.clip_model, None, "cpu") as encoder:
+    async with ClipEncoder(settings.clip_model, None, "cpu", backend="torch") as encoder:
         async with SearchService.open(settings, encoder=encoder) as svc:
             by_pil = await svc.find("hexagon red", phrase, candidates=len(ids))
         assert encoder.stats.jpegs_decoded == 0
-        # As on CUDA: the JPEGs go to the encoder as bytes, decoded there in batches.
-        monkeypatch.setattr(ClipEncoder, "decodes_jpegs", property(lambda self: True))
         async with SearchService.open(settings.replace(data_dir=tmp_path / "jpeg"),
                                       encoder=encoder) as svc:
-            svc.gpu_batch = 8
+            # As on CUDA: the JPEGs go to the encoder as bytes, decoded there in batches.
+            svc.embedder.on_device = True
+            svc.embedder.gpu_batch = 8
+            decoded = encoder.stats.jpegs_decoded
             by_jpeg = await svc.find("hexagon red", phrase, candidates=len(ids))
     assert by_jpeg.skipped == by_pil.skipped
     assert sum(by_pil.skipped.values()) == 2 and by_pil.skipped["truncated"] == 1
     assert set(by_jpeg.ranking.ids) == set(by_pil.ranking.ids)
     assert {i for i, k in faults.items() if k in ("rgba", "gif", "cmyk")} <= set(
         by_jpeg.ranking.ids)
-    assert encoder.stats.jpegs_decoded == len(ids) - len(faults)
+    assert encoder.stats.jpegs_decoded - decoded == len(ids) - len(faults)
     pil_scores = dict(zip(by_pil.ranking.ids, by_pil.ranking.scores, strict=True))
     for image_id, score in zip(by_jpeg.ranking.ids, by_jpeg.ranking.scores, strict=True):
         assert score == pytest.approx(pil_scores[image_id], abs=0.02)
+
+
+async def test_bytes_already_downloaded_are_decoded_in_one_call_and_trickling_ones_in_batches(
+        settings, fake_pixabay):
+    from bench.run import MemoryFetcher
+
+    # max_batch as on CUDA, where one call can take every candidate
+    async with ClipEncoder(settings.clip_model, None, "cpu", backend="torch",
+                           max_batch=256) as encoder:
+        async with SearchService.open(settings, encoder=encoder) as svc:
+            svc.embedder.on_device = True
+            hits = (await svc.pixabay.candidates("circle", None, 100)).hits
+            urls = [h.variant_url(settings.image_variant) for h in hits]
+            blobs = dict(zip(urls, await asyncio.gather(*map(svc.fetcher.fetch, urls)),
+                             strict=True))
+            memory = MemoryFetcher(blobs, svc.fetcher.session, settings.image_hosts)
+            calls = encoder.stats.stages
+            before = calls["decode:batched"]
+            at_once = await svc.embedder.embed(hits, memory)
+            assert calls["decode:batched"] - before == 1
+            fake_pixabay.latency = 0.05  # arrivals in waves of the downloads in flight
+            before = calls["decode:batched"]
+            trickled = await svc.embedder.embed(hits, svc.fetcher)
+            assert calls["decode:batched"] - before >= len(hits) // svc.embedder.gpu_batch
+    assert set(at_once.vectors) == set(trickled.vectors) == {h.id for h in hits}
+    for image_id, vector in at_once.vectors.items():
+        np.testing.assert_allclose(vector, trickled.vectors[image_id], atol=1e-5)

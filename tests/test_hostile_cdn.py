@@ -101,15 +101,13 @@ async def test_when_nothing_arrives_by_the_deadline_the_sentence_says_so(deadlin
 
 async def test_on_the_jpeg_path_big_files_are_handed_over_before_the_budget_runs_out(
         settings, tiny_encoder, fake_pixabay, monkeypatch):
-    from search.clip import ClipEncoder
-
     circles = [e.id for e in fake_pixabay.entries if e.scene.shape == "circle"]
     for image_id in circles:
         fake_pixabay.set_image_fault(image_id, "big")
     # As on CUDA: JPEGs wait as bytes for a batch of gpu_batch. 40 big files do not fit
     # the budget, so a batch must go as soon as half the budget is waiting.
-    monkeypatch.setattr(ClipEncoder, "decodes_jpegs", property(lambda self: True))
     async with SearchService.open(settings, encoder=tiny_encoder) as svc:
+        svc.embedder.on_device = True
         result = await asyncio.wait_for(svc.find("circle", "a red circle", candidates=40), 120)
         assert result.candidates == 40 and not result.skipped
         assert svc.fetcher.budget.peak <= svc.fetcher.budget.capacity

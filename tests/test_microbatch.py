@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from search.clip import ClipEncoder
+from search.embed import Embedder
 from search.images import decode_image
 from tests.scenes import ALL_SCENES, jpeg_bytes, render
 
@@ -27,7 +28,7 @@ MAX_BATCH = 4
 def encoder():
     """One tiny encoder with small batches; each job carries its own event loop."""
     enc = ClipEncoder(f"local-dir:{TINY_CLIP}", None, "cpu", max_batch=MAX_BATCH,
-                      batch_wait=0.02)
+                      batch_wait=0.02, backend="torch")
     asyncio.run(enc.start())
     yield enc
     asyncio.run(enc.close())
@@ -105,12 +106,13 @@ async def test_one_batch_equals_one_image_at_a_time(encoder):
 
 async def test_jpeg_and_pixel_callers_share_a_batch_and_keep_their_own_vectors(encoder):
     datas = jpegs(3)
-    ref_jpegs = await encoder.encode_jpegs(datas)
+    gpu_strategy = Embedder(encoder, variant=340, on_device=True)
+    ref_jpegs = await gpu_strategy.encode_jpegs(datas)
     batch = pixels(encoder, 3)[:1]
     ref_pixels, _ = await encoder.encode_images(batch)
     before = len(encoder.stats.sizes)
     with worker_held(encoder):
-        from_jpegs = asyncio.ensure_future(encoder.encode_jpegs(datas))
+        from_jpegs = asyncio.ensure_future(gpu_strategy.encode_jpegs(datas))
         from_pixels = asyncio.ensure_future(encoder.encode_images(batch))
         await until_queued(encoder, images=4)
     got_jpegs = await asyncio.wait_for(from_jpegs, 10)

@@ -24,7 +24,7 @@ from search.models import (
 )
 
 from .. import activity
-from ..embeds import NEXT, NUMBERS, PREV, results_embeds, summary_line
+from ..embeds import NEXT, NUMBERS, PREV, provisional_line, results_embeds, summary_line
 from ..errors import Busy, Refusal, reply_error
 from ..state import ResultsState
 
@@ -111,7 +111,8 @@ class FindImage(commands.Cog):
             interaction.extras["pending_noted"] = True
             started = time.perf_counter()
             async with self.slots:
-                result = await self.bot.service.find(tag, phrase, top=count, filters=filters)
+                result, provisional = await self._find_progressively(
+                    interaction, tag, phrase, count, filters)
         except BaseException:
             await self._done_pending(interaction)
             raise
@@ -120,7 +121,8 @@ class FindImage(commands.Cog):
             metrics.QUEUE_DEPTH.dec()
         record.took(result)
         try:
-            await self._answer(interaction, result, filters, count, time.perf_counter() - started)
+            await self._answer(interaction, result, filters, count, time.perf_counter() - started,
+                               provisional)
         finally:
             await self._done_pending(interaction)
 
@@ -129,18 +131,22 @@ class FindImage(commands.Cog):
             await self.bot.state.done_pending(interaction.id)
 
     async def _answer(self, interaction: discord.Interaction, result, filters: Filters,
-                      count: int, seconds: float) -> None:
+                      count: int, seconds: float,
+                      provisional: discord.WebhookMessage | None = None) -> None:
         state = ResultsState(
             message_id=0, channel_id=interaction.channel_id or 0, guild_id=interaction.guild_id,
             requester_id=interaction.user.id, tag=result.tag, phrase=result.phrase,
             filters=filters, per_page=count, page=0, seconds=seconds, ranking=result.ranking)
-        message = await interaction.followup.send(
-            content=summary_line(tag=state.tag, phrase=state.phrase,
-                                 candidates=result.candidates, seconds=seconds, page=0,
-                                 pages=state.pages, note=left_out_note(result.left_out,
-                                                                       self.bot.settings)),
-            embeds=results_embeds(result.hits), wait=True,
-            allowed_mentions=discord.AllowedMentions.none())
+        final = dict(content=summary_line(tag=state.tag, phrase=state.phrase,
+                                          candidates=result.candidates, seconds=seconds,
+                                          page=0, pages=state.pages,
+                                          note=left_out_note(result.left_out,
+                                                             self.bot.settings)),
+                     embeds=results_embeds(result.hits),
+                     allowed_mentions=discord.AllowedMentions.none())
+        message = await self._replace(provisional, final) if provisional else None
+        if message is None:
+            message = await interaction.followup.send(**final, wait=True)
         interaction.extras["answered"] = True
         activity.answered(interaction)
         state.message_id = message.id
@@ -154,6 +160,84 @@ class FindImage(commands.Cog):
         target = self.bot.get_partial_messageable(state.channel_id).get_partial_message(message.id)
         for emoji in (PREV, NEXT, *NUMBERS[:len(result.hits)]):
             await target.add_reaction(emoji)
+
+    # -- the provisional page ---------------------------------------------------
+    # A cold query on a small CPU takes seconds: past ``provisional_after`` the member
+    # sees the first page of what is ranked so far, edited at most once every
+    # ``edit_interval`` (Discord allows about five edits in five seconds per channel);
+    # the final ranking replaces it, and only then come the reactions.
+    provisional_after = 1.5
+    edit_interval = 2.0
+
+    async def _find_progressively(self, interaction: discord.Interaction, tag: str,
+                                  phrase: str, count: int, filters: Filters):
+        """``(result, provisional message or None)``; the provisional page as it goes."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        latest = None
+        fresh = asyncio.Event()
+        finished = asyncio.Event()
+
+        def on_partial(partial) -> None:
+            nonlocal latest
+            latest = partial
+            fresh.set()
+
+        async def pause(seconds: float) -> bool:
+            """Wait up to ``seconds``; False when the search has finished meanwhile."""
+            try:
+                await asyncio.wait_for(finished.wait(), max(0.0, seconds))
+            except TimeoutError:
+                return True
+            return False
+
+        async def show() -> discord.WebhookMessage | None:
+            message, last = None, 0.0
+            while True:
+                await fresh.wait()
+                wait = (started + self.provisional_after if message is None
+                        else last + self.edit_interval) - loop.time()
+                if finished.is_set() or not await pause(wait):
+                    return message
+                fresh.clear()
+                partial = latest
+                if partial is None or partial.ranked < min(count, partial.total):
+                    continue
+                page = dict(content=provisional_line(tag=tag, phrase=phrase,
+                                                     ranked=partial.ranked, total=partial.total),
+                            embeds=results_embeds(partial.ranking.page(0, count)),
+                            allowed_mentions=discord.AllowedMentions.none())
+                try:
+                    if message is None:
+                        message = await interaction.followup.send(**page, wait=True)
+                    else:
+                        await message.edit(**page)
+                except discord.HTTPException as e:  # the final answer still comes
+                    log.info("could not show a provisional page: %s", e)
+                    return message
+                last = loop.time()
+
+        shower = asyncio.ensure_future(show())
+        try:
+            result = await self.bot.service.find(tag, phrase, top=count, filters=filters,
+                                                 partial=on_partial,
+                                                 partial_interval=self.edit_interval / 4)
+        except BaseException:
+            shower.cancel()
+            raise
+        finally:
+            finished.set()
+            fresh.set()
+        return result, await shower
+
+    async def _replace(self, message: discord.WebhookMessage, final: dict
+                       ) -> discord.WebhookMessage | None:
+        """The provisional message with the final ranking; None if it cannot be edited."""
+        try:
+            return await message.edit(**final)
+        except discord.HTTPException as e:
+            log.warning("could not replace the provisional page %s: %s", message.id, e)
+            return None
 
     # -- paging ---------------------------------------------------------------
     @commands.Cog.listener()

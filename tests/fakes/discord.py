@@ -21,7 +21,8 @@ CHANNEL_UPDATE.  Privileged intents not in ``privileged_intents`` close the gate
 Recorded state (every change wakes ``wait_for``):
   requests: list[RecordedRequest]     every REST call: method, path (below /api/v10, no query),
                                       route ("POST /webhooks/{app_id}/{token}"), query, json
-                                      (payload_json for multipart), files, status
+                                      (payload_json for multipart), files, status, at
+                                      (time.monotonic() on arrival)
   unknown_routes: list[RecordedRequest]  calls with no route here (answered 404, code 0)
   server_errors: list[str]            bugs in the fake (answered 400 so the client fails fast)
   identify_payloads / resume_payloads: list[dict]   the "d" of every IDENTIFY / RESUME
@@ -297,6 +298,7 @@ class RecordedRequest:
     files: list[FakeAttachment] = field(default_factory=list)
     route: str | None = None  # e.g. "POST /webhooks/{app_id}/{token}"
     status: int | None = None
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
     def __repr__(self) -> str:
         return f"<{self.method} {self.path} -> {self.status}>"

@@ -1,0 +1,460 @@
+"""The reader's scheduler: one worker thread, a queue, micro-batches and futures.
+
+The model loads once on the worker and stays resident; every forward pass runs
+there, never on the event loop. Concurrent callers are coalesced into micro-batches
+(bounded size, a wait of a few milliseconds), and text requests are served before
+the next image batch, so a warm query never waits behind a cold query's images.
+
+An image job carries pixels, or a ``prepare`` callable that the worker runs first
+(the GPU strategy decodes JPEGs on the device that way, see ``search.embed``).
+What runs the towers is a backend (``search.clip.backends``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import threading
+import time
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import metrics
+from ..store import FeatureVector
+from .backends import Backend, choose, from_cache, open_backend
+from .model import LoadedModel, default_threads, from_levels, load_model, resolve_device
+from .text import is_truncated
+
+log = logging.getLogger(__name__)
+
+# Process-wide hooks, set by the entry points (``search.tuning``), not by this library:
+# run first on the worker thread, and after each CPU batch.
+THREAD_SETUP: list[Callable[[], None]] = []
+AFTER_CPU_BATCH: list[Callable[[], None]] = []
+
+Prepare = Callable[[], tuple[torch.Tensor | None, object]]
+
+
+@dataclass
+class _Job:
+    kind: str  # "image" | "text"
+    payload: object  # a (n, 3, H, W) tensor, a Prepare callable, or a list of phrases
+    n: int
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(frozen=True)
+class TextVector:
+    vector: FeatureVector
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a ``prepare`` job gave: vectors for its pixels, and what ``prepare`` returned."""
+
+    vectors: np.ndarray
+    extra: object
+    prepare_seconds: float
+    encode_seconds: float
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0
+    images: int = 0
+    texts: int = 0
+    largest_batch: int = 0
+    sizes: list[int] = field(default_factory=list)  # images per forward pass, in order
+    order: list[str] = field(default_factory=list)  # "image" / "text" per pass, in order
+    jpegs_decoded: int = 0
+    jpegs_refused: int = 0
+    stages: Counter = field(default_factory=Counter)  # calls of each stage a query can run
+
+
+class ClipEncoder:
+    def __init__(self, model_name: str, pretrained: str | None = None, device: str = "auto", *,
+                 max_batch: int | None = None, batch_wait: float = 0.003,
+                 text_cache_size: int = 1024, threads: int | None = None,
+                 backend: str = "auto", precision: str = "auto",
+                 cache_dir: Path | None = None, random_weights: bool = False) -> None:
+        self.model_name = model_name
+        self.pretrained = None if model_name.startswith(("local-dir:", "hf-hub:")) else pretrained
+        self.device = resolve_device(device)
+        # On CPU, throughput is flat from 8 to 32 images a batch, while the activations'
+        # memory and a text's wait behind the batch in progress grow with it; 16 keeps
+        # both small (bench/reference/cpu-2core.json).
+        self.max_batch = max_batch or (256 if self.device.startswith("cuda") else 16)
+        self.batch_wait = batch_wait
+        self.threads = threads if threads is not None else default_threads(self.device)
+        self.backend_choice = backend
+        self.precision_choice = precision
+        self.cache_dir = cache_dir
+        self.random_weights = random_weights
+        self.loaded: LoadedModel | None = None
+        self.backend: Backend | None = None
+        self.stats = BatchStats()
+        self._text_cache: OrderedDict[str, TextVector] = OrderedDict()
+        self._text_cache_size = text_cache_size
+        self._cv = threading.Condition()
+        self._texts: deque[_Job] = deque()
+        self._images: deque[_Job] = deque()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    # -- what the model is ------------------------------------------------------
+    def _need(self) -> LoadedModel:
+        if self.loaded is None:
+            raise RuntimeError("the CLIP encoder is not started")
+        return self.loaded
+
+    @property
+    def identity(self) -> str:
+        """Keys the embedding cache: the weights, and int8 apart (its vectors differ)."""
+        if self.loaded is None:
+            return ""
+        suffix = "+int8" if self.backend is not None and self.backend.precision == "int8" else ""
+        return self.loaded.identity + suffix
+
+    @property
+    def model(self) -> torch.nn.Module | None:
+        """The torch model, or None once ONNX Runtime serves and it was freed."""
+        return self._need().model
+
+    @property
+    def preprocess(self):
+        return self._need().preprocess
+
+    @property
+    def preprocess_levels(self):
+        return self._need().preprocess_levels
+
+    @property
+    def tokenizer(self):
+        return self._need().tokenizer
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self._need().image_size if self.loaded else (224, 224)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.backend.input_dtype if self.backend else torch.float32
+
+    @property
+    def short_text(self) -> bool:
+        return bool(self.backend and self.backend.short_text)
+
+    # -- life cycle -------------------------------------------------------------
+    async def start(self) -> None:
+        """Load and warm the model on the worker thread; returns when it is ready.
+
+        A failed load raises here and leaves the encoder unstarted, so a later
+        ``start()`` tries again instead of handing back a dead worker.
+        """
+        if self._thread is not None:
+            return
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        self._closed = False
+        thread = threading.Thread(target=self._run, args=(loop, ready), name="clip-worker",
+                                  daemon=True)
+        self._thread = thread
+        thread.start()
+        try:
+            await ready
+        except BaseException:
+            self._thread = None
+            await asyncio.to_thread(thread.join, 30)
+            raise
+
+    async def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 30)
+            self._thread = None
+
+    async def __aenter__(self) -> ClipEncoder:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _load(self) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        self.backend, self.loaded = None, None
+        name, precision = choose(self.device, self.backend_choice, self.precision_choice)
+        if name == "onnx" and self.cache_dir is not None:
+            # Files checked at an earlier start: no torch weights to load at all.
+            skeleton = load_model(self.model_name, self.pretrained, self.device,
+                                  random_weights=self.random_weights, weights=False)
+            served = from_cache(skeleton, self.cache_dir, precision, self.threads)
+            if served is not None:
+                self.backend, self.loaded = served, skeleton
+        if self.backend is None:
+            loaded = load_model(self.model_name, self.pretrained, self.device,
+                                random_weights=self.random_weights)
+            self.backend, self.loaded = open_backend(
+                loaded, backend=name, precision=precision, cache_dir=self.cache_dir,
+                threads=self.threads)
+            if self.loaded.model is None:  # ONNX Runtime serves: torch's copy is gone
+                del loaded
+                gc.collect()
+                for hook in AFTER_CPU_BATCH:
+                    hook()
+        # The first forward pass allocates and picks kernels.
+        self._encode(torch.zeros((1, 3, *self.loaded.image_size), dtype=self.dtype))
+        self.backend.encode_text(self.loaded.tokenizer(["warm up"]).to(self.device))
+        log.info("CLIP %s loaded on %s with %s %s (%s, %s threads)", self.model_name,
+                 self.device, self.backend.name, self.backend.precision, self.identity,
+                 self.threads or torch.get_num_threads())
+
+    # -- worker thread ----------------------------------------------------------
+    def _run(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future) -> None:
+        for hook in THREAD_SETUP:
+            hook()  # before torch starts its own threads, which inherit what it sets
+        try:
+            self._load()
+        except BaseException as e:  # handed to start()'s caller
+            _deliver(loop, ready, None, e)
+            return
+        _deliver(loop, ready, None, None)
+        while True:
+            jobs = self._next_jobs()
+            if jobs is None:
+                return
+            try:
+                if jobs[0].kind == "text":
+                    results = self._forward_texts(jobs)
+                else:
+                    results = self._forward_images(jobs)
+                error = None
+            except BaseException as e:  # one bad batch fails its callers, not the worker
+                log.exception("CLIP batch failed")
+                results, error = [None] * len(jobs), e
+            for job, result in zip(jobs, results, strict=True):
+                _deliver(job.loop, job.future, result, error)
+
+    def _next_jobs(self) -> list[_Job] | None:
+        with self._cv:
+            while not (self._texts or self._images or self._closed):
+                self._cv.wait()
+            if self._closed:
+                for job in (*self._texts, *self._images):
+                    _deliver(job.loop, job.future, None,
+                             RuntimeError("the CLIP encoder is closed"))
+                self._texts.clear()
+                self._images.clear()
+                return None
+            if self._texts:
+                jobs = list(self._texts)
+                self._texts.clear()
+                return jobs
+            # Coalesce: give concurrent callers a few milliseconds to join this batch.
+            if self.batch_wait > 0 and sum(j.n for j in self._images) < self.max_batch:
+                deadline = time.perf_counter() + self.batch_wait
+                while (not self._texts and not self._closed
+                       and sum(j.n for j in self._images) < self.max_batch):
+                    left = deadline - time.perf_counter()
+                    if left <= 0:
+                        break
+                    self._cv.wait(left)
+                if self._texts:
+                    jobs = list(self._texts)
+                    self._texts.clear()
+                    return jobs
+                if self._closed:  # settled on the next call
+                    return self._next_jobs()
+            jobs = [self._images.popleft()]  # at least one, whatever its size
+            count = jobs[0].n
+            while self._images and count + self._images[0].n <= self.max_batch:
+                job = self._images.popleft()
+                jobs.append(job)
+                count += job.n
+            return jobs
+
+    def _on_device(self, pixels: torch.Tensor) -> torch.Tensor:
+        pixels = pixels.to(self.device, non_blocking=True)
+        if pixels.dtype == torch.uint8:
+            self.stats.stages["normalise:levels"] += 1
+            pixels = from_levels(pixels, self.loaded.mean, self.loaded.std)
+        return pixels.to(self.dtype)
+
+    def _encode(self, batch: torch.Tensor) -> np.ndarray:
+        vectors = self.backend.encode_image(batch)
+        if not self.device.startswith("cuda"):
+            for hook in AFTER_CPU_BATCH:
+                hook()
+        return vectors
+
+    def _forward_images(self, jobs: list[_Job]) -> list[object]:
+        parts: list[torch.Tensor] = []
+        rows: list[int] = []
+        prepared: dict[int, tuple[object, Callable[[], float]]] = {}
+        for k, job in enumerate(jobs):
+            if callable(job.payload):
+                (pixels, extra), seconds = _timed(job.payload, self.device)
+                prepared[k] = (extra, seconds)
+            else:
+                pixels = job.payload  # type: ignore[assignment]
+            if pixels is not None and len(pixels):
+                parts.append(pixels)
+            rows.append(0 if pixels is None else len(pixels))
+        started = time.perf_counter()
+        total = sum(rows)
+        if total:
+            # prepared jobs arrive on the device, pixel jobs on the host: one place first
+            batch = torch.cat([self._on_device(p) for p in parts])
+            del parts
+            feats = self._encode(batch)
+            del batch
+            self.stats.stages["encode:image"] += 1
+            self.stats.batches += 1
+            self.stats.images += total
+            self.stats.largest_batch = max(self.stats.largest_batch, total)
+            self.stats.sizes.append(total)
+            metrics.ENCODER_BATCH_SIZE.observe(total)
+            self.stats.order.append("image")
+        else:
+            feats = np.zeros((0, 0), np.float32)
+        elapsed = time.perf_counter() - started
+        out: list[object] = []
+        start = 0
+        for k, n in enumerate(rows):
+            vectors = feats[start:start + n]
+            start += n
+            share = elapsed * n / max(total, 1)
+            if k in prepared:
+                extra, seconds = prepared[k]
+                out.append(Prepared(vectors, extra, seconds(), share))
+            else:
+                out.append((vectors, share))
+        return out
+
+    def _forward_texts(self, jobs: list[_Job]) -> list[object]:
+        started = time.perf_counter()
+        phrases = [p for j in jobs for p in j.payload]
+        tokens = self.loaded.tokenizer(phrases).to(self.device)
+        feats = self.backend.encode_text(tokens)
+        self.stats.stages["encode:text"] += 1
+        self.stats.texts += len(phrases)
+        self.stats.order.append("text")
+        elapsed = time.perf_counter() - started
+        out, start = [], 0
+        for job in jobs:
+            out.append((feats[start:start + job.n], elapsed * job.n / len(phrases)))
+            start += job.n
+        return out
+
+    def _submit(self, kind: str, payload: object, n: int) -> asyncio.Future:
+        if self._thread is None or self.loaded is None:
+            raise RuntimeError("the CLIP encoder is not started")
+        loop = asyncio.get_running_loop()
+        job = _Job(kind, payload, n, loop, loop.create_future())
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("the CLIP encoder is closed")
+            (self._texts if kind == "text" else self._images).append(job)
+            self._cv.notify_all()
+        return job.future
+
+    # -- public API (event loop side) ---------------------------------------------
+    async def encode_images(self, pixels: torch.Tensor | Sequence[torch.Tensor]
+                            ) -> tuple[np.ndarray, float]:
+        """Normalised embeddings (n, d) for preprocessed images, and the encode seconds.
+
+        ``pixels``: (n, 3, H, W) from ``preprocess`` (normalised floats) or from
+        ``preprocess_levels`` (uint8 levels, normalised on the worker).
+        """
+        batch = pixels if isinstance(pixels, torch.Tensor) else torch.stack(list(pixels))
+        if len(batch) == 0:
+            return np.zeros((0, 0), np.float32), 0.0
+        futures = [self._submit("image", batch[i:i + self.max_batch],
+                                len(batch[i:i + self.max_batch]))
+                   for i in range(0, len(batch), self.max_batch)]
+        parts = await asyncio.gather(*futures)
+        return np.concatenate([p[0] for p in parts]), sum(p[1] for p in parts)
+
+    async def encode_prepared(self, prepare: Prepare, n: int) -> Prepared:
+        """Run ``prepare`` on the worker, then encode the pixels it returns with the batch.
+
+        ``n`` bounds the pixels ``prepare`` returns; it counts toward the batch size.
+        """
+        return await self._submit("image", prepare, n)
+
+    def is_truncated(self, phrase: str) -> bool:
+        loaded = self._need()
+        return is_truncated(loaded.tokenizer, loaded.context_length, phrase)
+
+    async def encode_text(self, phrase: str) -> TextVector:
+        """The normalised embedding of ``phrase`` (LRU-cached), and whether it was cut."""
+        cached = self._text_cache.get(phrase)
+        if cached is not None:
+            self._text_cache.move_to_end(phrase)
+            return cached
+        (vectors, _seconds) = await self._submit("text", [phrase], 1)
+        result = TextVector(vectors[0], self.is_truncated(phrase))
+        self._text_cache[phrase] = result
+        while len(self._text_cache) > self._text_cache_size:
+            self._text_cache.popitem(last=False)
+        return result
+
+    async def encode_texts_uncached(self, phrases: list[str]) -> np.ndarray:
+        """The text tower on ``phrases``, bypassing the cache (the warm-up's call)."""
+        (vectors, _seconds) = await self._submit("text", list(phrases), len(phrases))
+        return vectors
+
+
+def _timed(prepare: Prepare, device: str) -> tuple[tuple, Callable[[], float]]:
+    """Run ``prepare``: what it returned, and a callable giving the seconds it took.
+
+    On CUDA the time is read from two events after the batch's own synchronisation,
+    so timing adds no host sync between the decode and the encode.
+    """
+    if device.startswith("cuda"):
+        begin, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+        begin.record()
+        result = prepare()
+        end.record()
+
+        def seconds() -> float:
+            end.synchronize()  # done already when pixels were encoded
+            return begin.elapsed_time(end) / 1000.0
+    else:
+        t0 = time.perf_counter()
+        result = prepare()
+        spent = time.perf_counter() - t0
+
+        def seconds() -> float:
+            return spent
+    return result, seconds
+
+
+def _deliver(loop: asyncio.AbstractEventLoop, future: asyncio.Future, value: object,
+             error: BaseException | None) -> None:
+    """Hand a result to its caller's loop; a loop that has closed has no one to hand it to."""
+    try:
+        loop.call_soon_threadsafe(_settle, future, value, error)
+    except RuntimeError:  # "Event loop is closed": the caller left; the worker goes on
+        log.debug("dropped a result for a closed event loop")
+
+
+def _settle(future: asyncio.Future | None, value: object, error: BaseException | None) -> None:
+    if future is None or future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
