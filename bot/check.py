@@ -190,12 +190,15 @@ async def model(settings: Settings, *, cache: bool):
     except Exception as e:  # every way a model fails to load is this row's ✘
         if encoder is not None:
             await encoder.close()
-        reason = (" ".join(str(e).split())[:300].rstrip(". ")
-                  if not isinstance(e, asyncio.TimeoutError)
-                  else f"the model did not load within {MODEL_TIMEOUT:.0f} s")
-        return Row("model", False, f"{reason}; check CLIP_MODEL, CLIP_PRETRAINED and "
-                                   "CLIP_DEVICE (a first start downloads the weights: check the "
-                                   "network, or fetch them ahead as the README shows)."), None
+        if isinstance(e, asyncio.TimeoutError):
+            said = f"the model did not load within {MODEL_TIMEOUT:.0f} s"
+        else:
+            said = " ".join(str(e).split())
+        if ";" not in said:  # the loader's own sentences say what to do; others get a hint
+            said = (f"{said.rstrip('. ')}; check CLIP_MODEL, CLIP_PRETRAINED and CLIP_DEVICE "
+                    "(a first start downloads the weights: check the network, or fetch them "
+                    "ahead as the README shows).")
+        return Row("model", False, said), None
     name = settings.clip_model
     weights = (f"weights {settings.clip_pretrained}" if encoder.pretrained
                else "weights from the folder" if name.startswith("local-dir:")

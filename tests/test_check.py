@@ -115,8 +115,8 @@ WRONG = [
      "Cannot reach Pixabay at http://127.0.0.1:9/api/ (ClientConnectorError); check the "
      "network or PIXABAY_API_URL."),
     ("model without weights", {"CLIP_MODEL": "local-dir:{tmp}/config-only"}, "model",
-     "The CLIP model 'local-dir:{tmp}/config-only' could not be loaded: Required pretrained "
-     "weights"),
+     "The CLIP model 'local-dir:{tmp}/config-only' has no weights in the folder "
+     "{tmp}/config-only; "),
     ("broken weights", {"CLIP_MODEL": "local-dir:{tmp}/nan-vision"}, "encode",
      "the model's vector is not finite; the weights are broken: download them again."),
 ]

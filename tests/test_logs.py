@@ -295,5 +295,5 @@ async def test_search_cli_verbose_logs_through_the_same_set_up(fake_pixabay, tmp
     _, err = await asyncio.wait_for(proc.communicate(), 180)
     assert proc.returncode == 0
     text = err.decode()
-    assert " INFO search.clip: CLIP " in text  # our INFO lines: the model loaded
+    assert " INFO search.clip.worker: CLIP " in text  # our INFO lines: the model loaded
     assert " root: " not in text and " open_clip" not in text  # open_clip's INFO is dropped
