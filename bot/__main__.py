@@ -1,4 +1,4 @@
-"""Start the bot: python -m bot (or make run).
+"""Start the bot: python -m bot [--check] [--env-file PATH] (or make run).
 
 Start-up order, cheapest check first, so a mistake is named in seconds: settings (no
 torch import), DATA_DIR usable and the state file sound, Discord login over REST (the
@@ -7,33 +7,42 @@ token), what a crash left behind, and only then the model (imports torch, may do
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import signal
 import sys
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 import aiohttp
 import discord
-import discord.gateway
-import discord.http
-import yarl
 
+from search import logs, metrics, settings_doc
 from search.config import Settings
 from search.errors import ConfigError, ModelLoadError
 from search.sqlite import check_data_dir
 
-from .app import FindImageBot
+from .app import FindImageBot, point_at
 from .recovery import answer_pending, reconcile_picks
 from .state import State
 
 log = logging.getLogger("bot")
 
+__all__ = ["main", "point_at", "run"]
 
-def point_at(settings: Settings) -> None:
-    """Send REST and the gateway where the settings say (a proxy, or the tests' fake)."""
-    discord.http.Route.BASE = settings.discord_api_base
-    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bot", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="The /findimage Discord bot: loads the model, then serves until SIGINT or "
+                    "SIGTERM.", epilog=settings_doc.describe())
+    p.add_argument("--check", action="store_true",
+                   help="check the settings, DATA_DIR, the Discord token, the Pixabay key and "
+                        "the model, one row each, then exit (1 if any fails); never goes online")
+    p.add_argument("--env-file", type=Path, metavar="PATH",
+                   help="read settings from PATH instead of ./.env (the environment still wins)")
+    return p.parse_args(argv)
 
 
 async def run(settings: Settings, *, bot_options: dict | None = None,
@@ -41,9 +50,15 @@ async def run(settings: Settings, *, bot_options: dict | None = None,
     """Open the resources in start-up order, then go online until closed or signalled."""
     point_at(settings)
     async with AsyncExitStack() as stack:
+        if settings.metrics_port is not None:
+            metrics_url = stack.enter_context(
+                metrics.serve(settings.metrics_host, settings.metrics_port))
+        else:
+            metrics_url = None
         state = await stack.enter_async_context(
             State(settings.data_dir / "bot.sqlite3", keep_days=settings.results_keep_days))
         bot = FindImageBot(settings, None, state, **(bot_options or {}))
+        bot.metrics_url = metrics_url
         await stack.enter_async_context(bot)
         await bot.login(settings.discord_token or "")  # REST: a wrong token fails here
         await answer_pending(bot)
@@ -64,16 +79,22 @@ async def run(settings: Settings, *, bot_options: dict | None = None,
     log.info("closed cleanly")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.check:
+        from . import check
+
+        return asyncio.run(check.run(args.env_file, setup_logs=True))
     try:
-        settings = Settings.load()
+        settings = Settings.for_entry_point(args.env_file)
         settings.require("DISCORD_TOKEN")
         settings.require_source(settings.search_source)
         check_data_dir(settings.data_dir)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    discord.utils.setup_logging(level=logging.INFO)
+    logs.setup(settings.log_level, settings.log_format,
+               secrets=(settings.discord_token or "", settings.pixabay_api_key or ""))
     try:
         asyncio.run(run(settings, handle_signals=True))
     except discord.LoginFailure:
@@ -89,6 +110,9 @@ def main() -> int:
         return 1
     except KeyboardInterrupt:
         pass
+    except Exception:
+        log.exception("the bot stopped on an unexpected error")
+        return 1
     return 0
 
 

@@ -6,6 +6,9 @@ import logging
 from typing import TYPE_CHECKING
 
 import discord
+import discord.gateway
+import discord.http
+import yarl
 from discord.ext import commands
 
 from search.config import Settings
@@ -23,6 +26,12 @@ COGS = ("bot.cogs.findimage", "bot.cogs.picks", "bot.cogs.similar")
 INVITE_PERMISSIONS = discord.Permissions(
     view_channel=True, send_messages=True, embed_links=True, attach_files=True,
     add_reactions=True, read_message_history=True, manage_messages=True)
+
+
+def point_at(settings: Settings) -> None:
+    """Send REST and the gateway where the settings say (a proxy, or the tests' fake)."""
+    discord.http.Route.BASE = settings.discord_api_base
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
 
 
 def intents() -> discord.Intents:
@@ -44,6 +53,7 @@ class FindImageBot(commands.Bot):
         self.service = service  # set once the model has loaded, before the gateway connects
         self.state = state
         self.synced: list[discord.app_commands.AppCommand] = []
+        self.metrics_url: str | None = None  # where /metrics is served, when it is
 
     async def setup_hook(self) -> None:
         for name in COGS:

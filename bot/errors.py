@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import aiohttp
 import discord
 from discord import app_commands
 
@@ -18,6 +19,10 @@ APOLOGY = "Sorry, something went wrong on my side; it has been logged for the ad
 
 class Refusal(app_commands.AppCommandError):
     """A request refused on purpose; ``str()`` is the sentence the member sees."""
+
+
+class Busy(Refusal):
+    """Refused because the search queue is full."""
 
 
 def message_for(error: BaseException) -> str:
@@ -47,7 +52,8 @@ async def reply_error(interaction: discord.Interaction, error: BaseException) ->
     quiet = discord.AllowedMentions.none()
     if text == APOLOGY:
         original = getattr(error, "original", error)
-        log.error("command %s failed", getattr(interaction.command, "qualified_name", "?"),
+        log.error("command %s failed (interaction %s)",
+                  getattr(interaction.command, "qualified_name", "?"), interaction.id,
                   exc_info=(type(original), original, original.__traceback__))
     # Sentences may echo a member's tag or value: shown as typed, never pinging anyone,
     # even if it lands in the public "thinking…" message below.
@@ -64,5 +70,5 @@ async def reply_error(interaction: discord.Interaction, error: BaseException) ->
             except discord.HTTPException:
                 pass
         await interaction.followup.send(text, ephemeral=True, allowed_mentions=quiet)
-    except discord.HTTPException:
+    except (discord.HTTPException, aiohttp.ClientError):
         log.warning("could not deliver an error reply to %s", interaction.user.id)

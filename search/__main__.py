@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import logs
 from .config import Settings
 from .errors import (
     AllImagesFailed,
@@ -81,6 +81,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--grid", type=Path, metavar="FILE.png",
                    help="write a contact sheet of the hits (rank, score and id on each tile)")
     p.add_argument("-v", "--verbose", action="store_true", help="log skipped images and retries")
+    p.add_argument("--env-file", type=Path, metavar="PATH",
+                   help="read settings from PATH instead of ./.env (the environment still wins)")
     return p.parse_args(argv)
 
 
@@ -214,10 +216,10 @@ async def run(args: argparse.Namespace, settings: Settings, query: Query) -> Sea
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
-                        format="%(levelname)s %(name)s: %(message)s")
     try:
-        settings = Settings.load()
+        settings = Settings.for_entry_point(args.env_file)
+        logs.setup("INFO" if args.verbose else "ERROR", settings.log_format,
+                   secrets=(settings.pixabay_api_key or "",))
         query = build_query(args, settings)
         settings.require_source(query.source)
         check_data_dir(settings.data_dir)

@@ -26,6 +26,8 @@ DEVICES = ("auto", "cpu", "cuda")
 LAYOUTS = ("auto", "list", "grid")
 CLIP_BACKENDS = ("auto", "torch", "onnx")
 CLIP_PRECISIONS = ("auto", "fp32", "fp16", "int8")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,10 @@ class Settings:
     max_concurrent_searches: int = 4
     user_cooldown_seconds: float = 10.0
     results_keep_days: int = 30
+    log_level: str = "INFO"
+    log_format: str = "text"
+    metrics_port: int | None = None  # None: no metrics endpoint; 0: any free port
+    metrics_host: str = "127.0.0.1"
     search_deadline_seconds: float = 30.0
     search_source: str = "pixabay"
     openverse_api_url: str = "https://api.openverse.org/v1/"
@@ -65,6 +71,17 @@ class Settings:
             values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
         values.update(os.environ if environ is None else environ)
         return cls.from_mapping(values)
+
+    @classmethod
+    def for_entry_point(cls, env_file: str | Path | None) -> Settings:
+        """The environment, then ``--env-file PATH`` (which must be readable) or ./.env."""
+        if env_file is not None:
+            path = Path(env_file)
+            if not path.is_file() or not os.access(path, os.R_OK):
+                raise ConfigError(f"--env-file {path} is not a readable file; give the path "
+                                  "of a file of NAME=value lines.")
+            return cls.load(env_file=path)
+        return cls.load()
 
     @classmethod
     def from_mapping(cls, env: Mapping[str, str]) -> Settings:
@@ -127,6 +144,17 @@ class Settings:
             kw["user_cooldown_seconds"] = float(_int("USER_COOLDOWN_SECONDS", raw, 0, 3600))
         if (raw := get("RESULTS_KEEP_DAYS")) is not None:
             kw["results_keep_days"] = _int("RESULTS_KEEP_DAYS", raw, 1, 3650)
+        if (raw := get("LOG_LEVEL")) is not None:
+            kw["log_level"] = _choice("LOG_LEVEL", raw.upper(), LOG_LEVELS)
+        if (raw := get("LOG_FORMAT")) is not None:
+            kw["log_format"] = _choice("LOG_FORMAT", raw.lower(), LOG_FORMATS)
+        if (raw := get("METRICS_PORT")) is not None:
+            kw["metrics_port"] = _int("METRICS_PORT", raw, 0, 65535)
+        if (raw := get("METRICS_HOST")) is not None:
+            if any(c in raw for c in "/ @?#"):
+                raise ConfigError(f"METRICS_HOST must be an address such as 127.0.0.1, "
+                                  f"not '{raw}'.")
+            kw["metrics_host"] = raw
         if (raw := get("SEARCH_DEADLINE_SECONDS")) is not None:
             kw["search_deadline_seconds"] = float(_int("SEARCH_DEADLINE_SECONDS", raw, 1, 600))
         if (raw := get("SEARCH_SOURCE")) is not None:
@@ -240,6 +268,12 @@ def _int(name: str, raw: str, lo: int, hi: int) -> int:
     if value is None or not lo <= value <= hi:
         raise ConfigError(f"{name} must be a whole number from {lo} to {hi}, not '{raw}'.")
     return value
+
+
+def _choice(name: str, raw: str, allowed: tuple[str, ...]) -> str:
+    if raw not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not '{raw}'.")
+    return raw
 
 
 def _hosts(raw: str) -> tuple[str, ...]:

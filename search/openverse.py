@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 
 import aiohttp
 
+from . import metrics
 from .errors import (
     InvalidOpenverseCredentials,
     InvalidQuery,
@@ -173,6 +174,7 @@ class OpenverseClient:
                                else (REGISTERED_PER_MINUTE, REGISTERED_PER_DAY))
         self.minute = RateBudget(limit=per_minute, window=60.0, clock=clock, label=LABEL)
         self.day = RateBudget(limit=per_day, window=86400.0, clock=clock, label=LABEL)
+        metrics.watch_budget(PROVIDER, self.minute)
         self._token: str | None = None
         self._token_expires = 0.0
         self._token_lock = asyncio.Lock()
@@ -338,6 +340,7 @@ class OpenverseClient:
                                             headers=headers, timeout=self.timeout) as resp:
                     self._observe(resp.headers)
                     status = resp.status
+                    metrics.UPSTREAM_REQUESTS.labels(PROVIDER, str(status)).inc()
                     retry_after = resp.headers.get("Retry-After")
                     data = await read_body(resp, MAX_BODY_BYTES if status == 200
                                            else MAX_ERROR_BYTES, cut=status != 200)
@@ -345,11 +348,13 @@ class OpenverseClient:
                 log.warning("openverse: refused an answer %s", e)
                 raise MalformedResponse(LABEL) from None
             except TimeoutError:
+                metrics.UPSTREAM_REQUESTS.labels(PROVIDER, "timeout").inc()
                 last = "timed out"
                 log.warning("openverse: request timed out (attempt %d)", attempt + 1)
                 attempt += 1
                 continue
             except aiohttp.ClientError as e:
+                metrics.UPSTREAM_REQUESTS.labels(PROVIDER, "error").inc()
                 last = type(e).__name__
                 log.warning("openverse: %s (attempt %d)", last, attempt + 1)
                 attempt += 1

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 import aiohttp
 from yarl import URL
 
+from . import metrics
 from .errors import (
     InvalidApiKey,
     MalformedResponse,
@@ -192,6 +193,14 @@ class RateBudget:
         if self.server_remaining is not None:
             self.server_remaining -= 1
 
+    def remaining(self) -> int:
+        """Requests this budget would still allow now."""
+        now = self.clock()
+        ours = self.limit - sum(1 for t in self.sent if now - t < self.window)
+        if self.server_remaining is not None and now < self.server_reset_at:
+            return max(0, min(ours, self.server_remaining))
+        return max(0, ours)
+
     def observe(self, headers: Mapping[str, str]) -> float | None:
         """Read X-RateLimit-*; returns the reset delay in seconds when given.
 
@@ -229,6 +238,7 @@ class PixabayClient:
         self.store = store
         self.source = Source(PROVIDER, api_url, key_fingerprint(key))
         self.budget = RateBudget(limit=rate_limit, window=window, clock=clock)
+        metrics.watch_budget(PROVIDER, self.budget)
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.retries = retries
         self.backoff = backoff
@@ -274,11 +284,21 @@ class PixabayClient:
         return Candidates(hits=hits[:limit], total_hits=total_hits, requests=sent,
                           from_cache=sent == 0 and cached_pages > 0)
 
-    async def _page(self, q: str, filters: Filters, page: int) -> tuple[dict, bool]:
+    async def check_key(self, tag: str = "nature") -> int:
+        """Prove the key works with one request, sent even when the answer is cached (the
+        page is cached for searches, the request counted in the budget); totalHits."""
+        body, _ = await self._page(normalise_tag(tag), Filters(), 1, fresh=True)
+        try:
+            return int(body.get("totalHits") or 0)
+        except (TypeError, ValueError):
+            raise MalformedResponse() from None
+
+    async def _page(self, q: str, filters: Filters, page: int, *, fresh: bool = False
+                    ) -> tuple[dict, bool]:
         params = {"q": q, **filters.params(), "page": str(page), "per_page": str(PER_PAGE)}
         # The request alone; the store keys it by endpoint and key fingerprint as well.
         cache_key = json.dumps(sorted(params.items()), separators=(",", ":"))
-        if self.store is not None:
+        if self.store is not None and not fresh:
             cached = await self.store.get_response(self.source, cache_key)
             if cached is not None:
                 return cached, True
@@ -316,18 +336,22 @@ class PixabayClient:
                     data = await read_body(resp, self.max_body if status == 200
                                            else MAX_ERROR_BYTES, cut=status != 200)
             except TooLarge as e:
+                metrics.UPSTREAM_REQUESTS.labels(PROVIDER, str(status)).inc()
                 log.warning("pixabay: refused an answer %s", e)
                 raise MalformedResponse() from None
             except TimeoutError:
+                metrics.UPSTREAM_REQUESTS.labels(PROVIDER, "timeout").inc()
                 last = "timed out"
                 log.warning("pixabay: request timed out (attempt %d)", attempt + 1)
                 continue
             except aiohttp.ClientError as e:
+                metrics.UPSTREAM_REQUESTS.labels(PROVIDER, "error").inc()
                 last = type(e).__name__
                 unreachable = isinstance(e, aiohttp.ClientConnectorError)
                 log.warning("pixabay: %s (attempt %d)", last, attempt + 1)
                 continue
             unreachable = False
+            metrics.UPSTREAM_REQUESTS.labels(PROVIDER, str(status)).inc()
             if status == 200:
                 return await self._body(data)
             if status == 429:

@@ -120,3 +120,7 @@ def bot_env(fake_discord, fake_pixabay, data_dir: Path, **extra: str) -> dict[st
     })
     env.update(extra)
     return env
+
+
+# -- no secret in any captured log line of the suite ------------------------------------
+from tests.log_guard import pytest_runtest_makereport  # noqa: E402,F401

@@ -2,6 +2,7 @@
 and the tiny CLIP model, driven the way members drive it."""
 
 import asyncio
+import re
 import signal
 import sys
 from contextlib import asynccontextmanager
@@ -376,3 +377,12 @@ async def test_bot_process_serves_then_stops_cleanly_on_sigterm_without_logging_
     assert fake_discord.token not in log
     assert env["PIXABAY_API_KEY"] not in log
     assert "Traceback" not in log
+    # the operator's log: one "time LEVEL logger: message" line each, nothing under root,
+    # no library below WARNING, and the search's own line
+    lines = [re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (\w+) ([\w.]+): (.*)", line)
+             for line in log.splitlines()]
+    assert all(lines), log
+    assert not [m[0] for m in lines if m[2] == "root" or m[1] in ("DEBUG", "INFO")
+                and not m[2].startswith(("bot", "search"))]
+    assert [m[2] for m in lines if m[3].startswith("search outcome=results ")] == [
+        "bot.searches"]

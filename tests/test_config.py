@@ -82,9 +82,9 @@ def test_env_example_lists_every_setting():
              "PIXABAY_API_KEY", "PIXABAY_API_URL", "PIXABAY_RATE_LIMIT", "IMAGE_HOSTS",
              "IMAGE_VARIANT", "CLIP_MODEL", "CLIP_PRETRAINED", "CLIP_DEVICE", "DATA_DIR",
              "SEARCH_CANDIDATES", "MAX_CONCURRENT_SEARCHES", "USER_COOLDOWN_SECONDS",
-             "RESULTS_KEEP_DAYS", "SEARCH_DEADLINE_SECONDS", "SEARCH_SOURCE",
-             "OPENVERSE_API_URL", "OPENVERSE_CLIENT_ID", "OPENVERSE_CLIENT_SECRET",
-             "RESULTS_LAYOUT"]
+             "RESULTS_KEEP_DAYS", "SEARCH_DEADLINE_SECONDS", "LOG_LEVEL", "LOG_FORMAT",
+             "METRICS_PORT", "METRICS_HOST", "SEARCH_SOURCE", "OPENVERSE_API_URL",
+             "OPENVERSE_CLIENT_ID", "OPENVERSE_CLIENT_SECRET", "RESULTS_LAYOUT"]
     for name in names:
         assert f"\n{name}=" in example, name
         assert f"`{name}`" in readme, name
@@ -100,3 +100,27 @@ def test_search_deadline_defaults_to_30_s_and_is_bounded(tmp_path):
     with pytest.raises(ConfigError, match="SEARCH_DEADLINE_SECONDS must be a whole number "
                                           "from 1 to 600, not '0'"):
         load({"SEARCH_DEADLINE_SECONDS": "0"}, tmp_path)
+
+
+def test_operator_settings_default_to_info_text_and_no_metrics(tmp_path):
+    s = load({}, tmp_path)
+    assert (s.log_level, s.log_format, s.metrics_port, s.metrics_host) == (
+        "INFO", "text", None, "127.0.0.1")
+    s = load({"LOG_LEVEL": "debug", "LOG_FORMAT": "JSON", "METRICS_PORT": "9464",
+              "METRICS_HOST": "0.0.0.0"}, tmp_path)
+    assert (s.log_level, s.log_format, s.metrics_port, s.metrics_host) == (
+        "DEBUG", "json", 9464, "0.0.0.0")
+
+
+@pytest.mark.parametrize(("name", "value", "sentence"), [
+    ("LOG_LEVEL", "loud", "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, not 'LOUD'."),
+    ("LOG_FORMAT", "xml", "LOG_FORMAT must be one of text, json, not 'xml'."),
+    ("METRICS_PORT", "99999", "METRICS_PORT must be a whole number from 0 to 65535, not "
+                              "'99999'."),
+    ("METRICS_HOST", "http://x/", "METRICS_HOST must be an address such as 127.0.0.1, not "
+                                  "'http://x/'."),
+])
+def test_invalid_operator_settings_are_one_sentence(tmp_path, name, value, sentence):
+    with pytest.raises(ConfigError) as caught:
+        load({name: value}, tmp_path)
+    assert str(caught.value) == sentence

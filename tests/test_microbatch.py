@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from search.clip import ClipEncoder
+from search.clip.worker import STATS_HISTORY, BatchStats
 from search.embed import Embedder
 from search.images import decode_image
 from tests.scenes import ALL_SCENES, jpeg_bytes, render
@@ -62,12 +63,12 @@ async def until_queued(encoder: ClipEncoder, images: int = 0, texts: int = 0) ->
 
 async def test_concurrent_single_images_are_coalesced_into_bounded_batches(encoder):
     batch = pixels(encoder, 10)
-    before = len(encoder.stats.sizes)
+    before = encoder.stats.passes
     with worker_held(encoder):
         tasks = [asyncio.ensure_future(encoder.encode_images(p[None])) for p in batch]
         await until_queued(encoder, images=len(batch))
     together = await asyncio.wait_for(asyncio.gather(*tasks), 10)
-    sizes = encoder.stats.sizes[before:]
+    sizes = [n for kind, n in encoder.stats.since(before) if kind == "image"]
     assert sum(sizes) == len(batch)
     assert max(sizes) > 1
     assert all(1 <= s <= MAX_BATCH for s in sizes)
@@ -79,7 +80,7 @@ async def test_concurrent_single_images_are_coalesced_into_bounded_batches(encod
 
 async def test_a_text_queued_behind_many_image_batches_is_served_before_them(encoder):
     batch = pixels(encoder, 6 * MAX_BATCH)
-    served = len(encoder.stats.order)
+    served = encoder.stats.passes
     finished: list[str] = []
     with worker_held(encoder):
         images = [asyncio.ensure_future(encoder.encode_images(batch[i:i + MAX_BATCH]))
@@ -90,7 +91,7 @@ async def test_a_text_queued_behind_many_image_batches_is_served_before_them(enc
         text.add_done_callback(lambda _: finished.append("text"))
         await until_queued(encoder, images=len(batch), texts=1)
     await asyncio.wait_for(asyncio.gather(text, *images), 10)
-    assert encoder.stats.order[served:] == ["text"] + ["image"] * len(images)
+    assert [kind for kind, _ in encoder.stats.since(served)] == ["text"] + ["image"] * len(images)
     assert finished.index("text") < finished.index(f"image {len(images) - 1}")
 
 
@@ -110,14 +111,14 @@ async def test_jpeg_and_pixel_callers_share_a_batch_and_keep_their_own_vectors(e
     ref_jpegs = await gpu_strategy.encode_jpegs(datas)
     batch = pixels(encoder, 3)[:1]
     ref_pixels, _ = await encoder.encode_images(batch)
-    before = len(encoder.stats.sizes)
+    before = encoder.stats.passes
     with worker_held(encoder):
         from_jpegs = asyncio.ensure_future(gpu_strategy.encode_jpegs(datas))
         from_pixels = asyncio.ensure_future(encoder.encode_images(batch))
         await until_queued(encoder, images=4)
     got_jpegs = await asyncio.wait_for(from_jpegs, 10)
     got_pixels, _ = await asyncio.wait_for(from_pixels, 10)
-    assert encoder.stats.sizes[before:] == [4]
+    assert encoder.stats.since(before) == [("image", 4)]
     np.testing.assert_allclose(got_jpegs.vectors, ref_jpegs.vectors, atol=1e-5)
     np.testing.assert_allclose(got_pixels, ref_pixels, atol=1e-5)
 
@@ -151,3 +152,15 @@ async def test_eight_bit_levels_give_the_vectors_of_normalised_floats(encoder):
     from_levels, _ = await encoder.encode_images(levels)
     from_floats, _ = await encoder.encode_images(floats)
     np.testing.assert_array_equal(from_levels, from_floats)
+
+
+def test_batch_statistics_stay_bounded_however_many_passes_are_served():
+    stats = BatchStats()
+    for i in range(10 * STATS_HISTORY):
+        stats.record("image" if i % 2 else "text", i)
+    assert stats.passes == 10 * STATS_HISTORY
+    assert len(stats.history) == STATS_HISTORY
+    assert stats.since(stats.passes - 2) == [("text", 10 * STATS_HISTORY - 2),
+                                             ("image", 10 * STATS_HISTORY - 1)]
+    with pytest.raises(ValueError):
+        stats.since(0)

@@ -13,6 +13,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from search import metrics
 from search.config import LAYOUTS
 from search.imagequery import MAX_QUERY_IMAGE_BYTES
 from search.models import (
@@ -26,8 +27,9 @@ from search.models import (
 )
 from search.sources import label
 
+from .. import activity
 from ..embeds import NEXT, NUMBERS, PREV, provisional_line, results_embeds
-from ..errors import Refusal, reply_error
+from ..errors import Busy, Refusal, reply_error
 from ..pages import Page, render_page, resolve_layout
 from ..state import ResultsState, View
 
@@ -69,6 +71,8 @@ class FindImage(commands.Cog):
 
     async def cog_app_command_error(self, interaction: discord.Interaction,
                                     error: app_commands.AppCommandError) -> None:
+        if interaction.command is not None and interaction.command.name == "findimage":
+            activity.failed(interaction, error)
         await reply_error(interaction, error)
 
     @app_commands.command(name="findimage",
@@ -100,6 +104,7 @@ class FindImage(commands.Cog):
                         image: discord.Attachment | None = None,
                         source: app_commands.Choice[str] | None = None,
                         layout: app_commands.Choice[str] | None = None) -> None:
+        record = activity.begin(interaction, tag, phrase or "")
         if phrase is None and image is None:
             raise Refusal("Give a phrase, an image, or both: for example phrase:\"a tiger in "
                           "the snow\" or an image attachment.")
@@ -110,16 +115,18 @@ class FindImage(commands.Cog):
             raise Refusal("Safe search can be turned off only in age-restricted channels; "
                           "this channel is not marked age-restricted.")
         if self.pending >= self.bot.settings.max_concurrent_searches + self.queue_limit:
-            raise Refusal("I'm busy with other searches right now; try again in a few seconds.")
+            raise Busy("I'm busy with other searches right now; try again in a few seconds.")
         retriever = self.bot.service.source(source.value if source else None)
         view = View(layout=resolve_layout(layout.value if layout else
                                           self.bot.settings.results_layout, count),
                     source=retriever.name)
+        record.source = retriever.name
         filters = Filters(image_type=image_type.value if image_type else "all",
                           orientation=orientation.value if orientation else "all",
                           colors=(colors.value,) if colors else (), safesearch=safe)
         # The slot is taken before the first await: commands arriving together all see it.
         self.pending += 1
+        metrics.QUEUE_DEPTH.inc()
         try:
             await interaction.response.defer(thinking=True)
             interaction.extras["deferred_public"] = True
@@ -138,6 +145,8 @@ class FindImage(commands.Cog):
             raise
         finally:
             self.pending -= 1
+            metrics.QUEUE_DEPTH.dec()
+        record.took(result)
         try:
             await self._answer(interaction, result, filters, count,
                                time.perf_counter() - started, view,
@@ -164,6 +173,7 @@ class FindImage(commands.Cog):
                 page.file.reset()
             message = await interaction.followup.send(wait=True, **page.send())
         interaction.extras["answered"] = True
+        activity.answered(interaction)
         state.message_id = message.id
         state.channel_id = message.channel.id if message.channel else state.channel_id
         await self.bot.state.save_view(message.id, view)
@@ -317,6 +327,8 @@ class FindImage(commands.Cog):
                 await self.bot.state.set_page(state, current, turning=False)
                 return
             await self.bot.state.set_page(state, page, turning=False)
+            log.debug("page turn message=%s member=%s page=%d/%d", payload.message_id,
+                      payload.user_id, page + 1, state.pages)
 
     async def _shown_page(self, message: discord.PartialMessage, state: ResultsState) -> int:
         """The page the message shows (its summary line says "page N/M"), else the record."""

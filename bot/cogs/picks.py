@@ -10,6 +10,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from search import metrics
 from search.errors import ImageSkipped
 from search.sources import share_urls, tile_url
 
@@ -79,6 +80,10 @@ class Picks(commands.Cog):
                 log.warning("could not post pick in channel %s: %s", channel_id, e)
                 continue
             await self.bot.state.posted_pick(pick_id, channel_id, message.id)
+            metrics.SHARES.inc()
+            log.debug("share guild=%s channel=%s member=%s image=%s rank=%d attached=%s",
+                      payload.guild_id, channel_id, payload.user_id, item.hit.id, item.rank,
+                      file is not None)
             await self.bot.state.save_shared_pick(message.id, pick_id, payload.message_id,
                                                   item.hit)
             try:

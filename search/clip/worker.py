@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import metrics
 from ..store import FeatureVector
 from .backends import Backend, choose, from_cache, open_backend
 from .model import LoadedModel, default_threads, from_levels, load_model, resolve_device
@@ -66,17 +67,37 @@ class Prepared:
     encode_seconds: float
 
 
+# Forward passes the stats remember one by one; the counters cover the process's life.
+STATS_HISTORY = 256
+
+
 @dataclass
 class BatchStats:
+    """Counters for the life of the process, and the last STATS_HISTORY passes in order.
+
+    The history is bounded: a bot that runs for months serves millions of passes.
+    """
+
     batches: int = 0
     images: int = 0
     texts: int = 0
     largest_batch: int = 0
-    sizes: list[int] = field(default_factory=list)  # images per forward pass, in order
-    order: list[str] = field(default_factory=list)  # "image" / "text" per pass, in order
+    passes: int = 0  # forward passes served, image and text
+    history: deque = field(default_factory=lambda: deque(maxlen=STATS_HISTORY))  # (kind, n)
     jpegs_decoded: int = 0
     jpegs_refused: int = 0
     stages: Counter = field(default_factory=Counter)  # calls of each stage a query can run
+
+    def record(self, kind: str, n: int) -> None:
+        self.passes += 1
+        self.history.append((kind, n))
+
+    def since(self, passes: int) -> list[tuple[str, int]]:
+        """The (kind, n) of every pass after the first ``passes``, oldest first."""
+        count = self.passes - passes
+        if count > len(self.history):
+            raise ValueError(f"only the last {len(self.history)} passes are remembered")
+        return list(self.history)[len(self.history) - count:]
 
 
 class ClipEncoder:
@@ -323,8 +344,8 @@ class ClipEncoder:
             self.stats.batches += 1
             self.stats.images += total
             self.stats.largest_batch = max(self.stats.largest_batch, total)
-            self.stats.sizes.append(total)
-            self.stats.order.append("image")
+            self.stats.record("image", total)
+            metrics.ENCODER_BATCH_SIZE.observe(total)
         else:
             feats = np.zeros((0, 0), np.float32)
         elapsed = time.perf_counter() - started
@@ -348,7 +369,7 @@ class ClipEncoder:
         feats = self.backend.encode_text(tokens)
         self.stats.stages["encode:text"] += 1
         self.stats.texts += len(phrases)
-        self.stats.order.append("text")
+        self.stats.record("text", len(phrases))
         elapsed = time.perf_counter() - started
         out, start = [], 0
         for job in jobs:

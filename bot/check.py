@@ -1,0 +1,280 @@
+"""``python -m bot --check``: is everything right before going live?
+
+One row per item, ✔ or ✘ and one line of detail; every ✘ says what to do. Nothing
+goes online: Discord is asked over REST only, Pixabay gets one request (counted in the
+budget, its answer cached for searches), the model is loaded and encodes one image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import aiohttp
+import discord
+
+from search import logs
+from search.config import Settings
+from search.errors import (
+    ConfigError,
+    DataDirError,
+    InvalidApiKey,
+    PixabayError,
+    PixabayUnavailable,
+    PixabayUnreachable,
+)
+
+from .app import INVITE_PERMISSIONS, intents, point_at
+
+OK, FAIL, SKIP = "✔", "✘", "–"
+TIMEOUT = 60.0  # seconds any one remote item may take
+MODEL_TIMEOUT = 600.0  # a first start may download ~600 MB of weights
+
+
+@dataclass
+class Row:
+    item: str
+    ok: bool | None  # None: not checked, because an item it needs failed
+    detail: str
+
+    def __str__(self) -> str:
+        mark = SKIP if self.ok is None else OK if self.ok else FAIL
+        return f"{mark} {self.item:<9} {self.detail}"
+
+
+def load_settings(env_file: Path | None) -> tuple[Row, Settings | None]:
+    try:
+        settings = Settings.for_entry_point(env_file)
+    except ConfigError as e:
+        return Row("settings", False, str(e)), None
+    source = env_file if env_file is not None else Path(".env")
+    read = (f"the environment and {source.absolute()}" if source.is_file()
+            else "the environment (no .env here; --env-file PATH names one)")
+    return Row("settings", True, f"valid, read from {read}"), settings
+
+
+async def data_dir(settings: Settings) -> Row:
+    """The start-up's own DATA_DIR check, and the state file sound and not too new."""
+    from search.sqlite import Corrupt, Database, StorageError, check_data_dir
+    from search.store import MIGRATIONS as CACHE_MIGRATIONS
+
+    from .state import MIGRATIONS as STATE_MIGRATIONS
+
+    try:
+        path = check_data_dir(settings.data_dir).absolute()
+        free = shutil.disk_usage(path).free
+    except (DataDirError, OSError) as e:
+        said = str(e)  # start-up's own sentence; give it a remedy where it has none
+        if ";" not in said:
+            said = (f"{said.rstrip('.')}; create it or point DATA_DIR at a folder this user "
+                    "may write.")
+        return Row("data dir", False, said)
+    notes = []
+    for name, migrations, what in (("bot.sqlite3", STATE_MIGRATIONS, "the bot's state"),
+                                   ("search.sqlite3", CACHE_MIGRATIONS, "the search cache")):
+        file = path / name
+        if not file.exists():
+            continue
+        db = Database(file, migrations, what=what)
+        try:
+            await db.open_async()  # connects, runs quick_check, reads the schema version
+        except Corrupt as e:
+            if name == "search.sqlite3":  # a cache: start-up moves it aside and rebuilds it
+                notes.append(f"{name} is corrupt and will be rebuilt")
+                continue
+            return Row("data dir", False, f"DATA_DIR file {file} is corrupt ({e}); restore it "
+                                          "from a backup (see the README) or move it aside.")
+        except (StorageError, DataDirError) as e:  # busy, unreadable, or from a newer release
+            return Row("data dir", False, str(e))
+        finally:
+            await db.aclose()
+    held = ", ".join([f"{p.name} {_size(p.stat().st_size)}"
+                      for p in sorted(path.glob("*.sqlite3"))] + notes) or "no databases yet"
+    return Row("data dir", True, f"{path} is writable, {_size(free)} free ({held})")
+
+
+async def discord_login(settings: Settings) -> Row:
+    if not settings.discord_token:
+        return Row("discord", False, "DISCORD_TOKEN is not set; put it in the environment or "
+                                     "in the env file (Developer Portal → Bot → Reset Token).")
+    point_at(settings)
+    client = discord.Client(intents=intents())
+    try:
+        await asyncio.wait_for(client.login(settings.discord_token), TIMEOUT)
+        user, app_id = client.user, client.application_id
+        guild_id = settings.discord_guild_id
+        invite = discord.utils.oauth_url(
+            app_id or 0, permissions=INVITE_PERMISSIONS, scopes=("bot", "applications.commands"),
+            guild=discord.Object(guild_id) if guild_id else discord.utils.MISSING)
+        who = f"{user.name} (application {app_id})"
+        if guild_id is None:
+            return Row("discord", True, f"{who}; commands sync globally (DISCORD_GUILD_ID is "
+                                        f"empty); invite: {invite}")
+        try:
+            await asyncio.wait_for(client.http.get_member(guild_id, user.id), TIMEOUT)
+        except (discord.Forbidden, discord.NotFound):
+            return Row("discord", False, f"{who} is not in server {guild_id}; invite it with "
+                                         f"{invite}")
+        return Row("discord", True, f"{who}, in server {guild_id}")
+    except discord.LoginFailure:
+        return Row("discord", False, "Discord refused DISCORD_TOKEN; copy the token again from "
+                                     "the Developer Portal (Bot → Reset Token).")
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
+        return Row("discord", False, f"cannot reach Discord at {settings.discord_api_base} "
+                                     f"({type(e).__name__}); check the network or "
+                                     "DISCORD_API_BASE.")
+    except discord.HTTPException as e:
+        return Row("discord", False, f"Discord answered HTTP {e.status} ({e.text or 'no text'})"
+                                     "; try again in a minute.")
+    finally:
+        await client.close()
+
+
+async def pixabay_key(settings: Settings, *, cache: bool) -> Row:
+    from search.pixabay import PixabayClient
+    from search.store import Store
+
+    if not settings.pixabay_api_key and settings.search_source == "openverse":
+        return Row("pixabay", True, "PIXABAY_API_KEY is not set: only Openverse is offered "
+                                    "(SEARCH_SOURCE=openverse)")
+    if not settings.pixabay_api_key:
+        return Row("pixabay", False, "PIXABAY_API_KEY is not set; put it in the environment or "
+                                     "in the env file (https://pixabay.com/api/docs/).")
+    store = await asyncio.to_thread(Store, settings.db_path) if cache else None
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = PixabayClient(session, api_url=settings.pixabay_api_url,
+                                   key=settings.pixabay_api_key, store=store,
+                                   rate_limit=settings.pixabay_rate_limit, retries=0)
+            total = await asyncio.wait_for(client.check_key(), TIMEOUT)
+            budget = client.budget
+            return Row("pixabay", True, f"key accepted ({total} hits for 'nature'); "
+                                        f"{budget.remaining()} of {budget.limit} requests left "
+                                        f"in this {budget.window:.0f} s window")
+    except InvalidApiKey:
+        return Row("pixabay", False, "Pixabay rejected PIXABAY_API_KEY; copy your key again "
+                                     "from https://pixabay.com/api/docs/ (logged in).")
+    except PixabayUnreachable as e:
+        return Row("pixabay", False, str(e))
+    except (PixabayUnavailable, asyncio.TimeoutError) as e:
+        why = e.why if isinstance(e, PixabayUnavailable) else "no answer in time"
+        return Row("pixabay", False, f"cannot reach Pixabay at {settings.pixabay_api_url} "
+                                     f"({why}); check the network or PIXABAY_API_URL.")
+    except PixabayError as e:  # rate limited, refused, unreadable: each says what to do
+        return Row("pixabay", False, str(e))
+    finally:
+        if store is not None:
+            await asyncio.to_thread(store.close)
+
+
+async def model(settings: Settings, *, cache: bool):
+    """The model row, and the loaded encoder (None when it failed); the caller closes it."""
+    from search.clip import ClipEncoder
+    from search.hub import check_weights_reachable
+
+    t0 = time.perf_counter()
+    encoder = None
+    try:
+        # The start-up's own steps: the model's name, then the weights cached or the hub
+        # reachable (one line in seconds instead of a download's retries), then the load.
+        await asyncio.to_thread(settings.check_model)
+        await asyncio.to_thread(check_weights_reachable, settings.clip_model,
+                                settings.clip_pretrained)
+        encoder = ClipEncoder(settings.clip_model, settings.clip_pretrained,
+                              settings.clip_device, backend=settings.clip_backend,
+                              precision=settings.clip_precision,
+                              cache_dir=settings.data_dir / "models" if cache else None)
+        await asyncio.wait_for(encoder.start(), MODEL_TIMEOUT)
+    except Exception as e:  # every way a model fails to load is this row's ✘
+        if encoder is not None:
+            await encoder.close()
+        if isinstance(e, asyncio.TimeoutError):
+            said = f"the model did not load within {MODEL_TIMEOUT:.0f} s"
+        else:
+            said = " ".join(str(e).split())
+        if ";" not in said:  # the loader's own sentences say what to do; others get a hint
+            said = (f"{said.rstrip('. ')}; check CLIP_MODEL, CLIP_PRETRAINED and CLIP_DEVICE "
+                    "(a first start downloads the weights: check the network, or fetch them "
+                    "ahead as the README shows).")
+        return Row("model", False, said), None
+    name = settings.clip_model
+    weights = (f"weights {settings.clip_pretrained}" if encoder.pretrained
+               else "weights from the folder" if name.startswith("local-dir:")
+               else "weights from the hub")
+    backend, precision = encoder.backend.name, encoder.backend.precision
+    n = encoder.threads
+    threads = f", {n} thread{'s' if n != 1 else ''}" if n else ""
+    return Row("model", True, f"{name} with {weights}, on {encoder.device} ({backend}, "
+                              f"{precision}{threads}), loaded in {time.perf_counter() - t0:.1f} s"
+               ), encoder
+
+
+async def encode_one(encoder) -> Row:
+    import numpy as np
+    from PIL import Image
+
+    image = Image.radial_gradient("L").convert("RGB")
+    pixels = encoder.preprocess(image)
+    t0 = time.perf_counter()
+    try:
+        vectors, seconds = await asyncio.wait_for(encoder.encode_images(pixels[None]), TIMEOUT)
+    except Exception as e:
+        return Row("encode", False, f"one image failed ({type(e).__name__}: {e}); check "
+                                    "CLIP_DEVICE and the GPU driver, or try CLIP_DEVICE=cpu.")
+    wall = time.perf_counter() - t0
+    if not np.isfinite(vectors).all():
+        return Row("encode", False, "the model's vector is not finite; the weights are broken: "
+                                    "download them again.")
+    return Row("encode", True, f"one image in {seconds * 1000:.0f} ms "
+                               f"({wall * 1000:.0f} ms with the hand-off)")
+
+
+async def run(env_file: Path | None, out: TextIO = sys.stdout, *, setup_logs: bool = False
+              ) -> int:
+    """Print one row per item as it is checked; 0 when every row is ✔, else 1.
+
+    With ``setup_logs`` (the entry point), log lines go to stderr at WARNING (DEBUG when
+    LOG_LEVEL says so), so they do not bury the rows.
+    """
+    rows: list[Row] = []
+
+    def show(row: Row) -> None:
+        rows.append(row)
+        print(row, file=out, flush=True)
+
+    row, settings = load_settings(env_file)
+    show(row)
+    if settings is None:
+        for item in ("data dir", "discord", "pixabay", "model", "encode"):
+            show(Row(item, None, "not checked: the settings must be valid first"))
+        return 1
+    if setup_logs:
+        logs.setup("DEBUG" if settings.log_level == "DEBUG" else "WARNING", settings.log_format,
+                   secrets=(settings.discord_token or "", settings.pixabay_api_key or ""))
+    show(await data_dir(settings))
+    writable = bool(rows[-1].ok)
+    show(await discord_login(settings))
+    show(await pixabay_key(settings, cache=writable))  # no cache where DATA_DIR fails
+    row, encoder = await model(settings, cache=writable)
+    show(row)
+    if encoder is not None:
+        try:
+            show(await encode_one(encoder))
+        finally:
+            await encoder.close()
+    else:
+        show(Row("encode", None, "not checked: the model must load first"))
+    return 0 if all(r.ok for r in rows) else 1
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
