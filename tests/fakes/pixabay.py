@@ -565,7 +565,8 @@ class FakePixabay:
         headers = {
             "X-RateLimit-Limit": str(self.rate_limit),
             "X-RateLimit-Remaining": str(max(0, self.rate_limit - int(bucket[1]))),
-            "X-RateLimit-Reset": str(max(0, math.ceil(bucket[0] + self.window - now))),
+            # rounded first: (t + 60) - t can come out as 60.000000001, which ceils to 61
+            "X-RateLimit-Reset": str(max(0, math.ceil(round(bucket[0] + self.window - now, 6)))),
         }
         headers.update(self.extra_headers)
         return bucket[1] <= self.rate_limit, headers
