@@ -174,25 +174,12 @@ async def pixabay_key(settings: Settings, *, cache: bool) -> Row:
 
 async def model(settings: Settings, *, cache: bool):
     """The model row, and the loaded encoder (None when it failed); the caller closes it."""
-    from search.clip import ClipEncoder
-    from search.hub import check_weights_reachable
+    from search.service import load_encoder  # deferred: it imports torch
 
     t0 = time.perf_counter()
-    encoder = None
     try:
-        # The start-up's own steps: the model's name, then the weights cached or the hub
-        # reachable (one line in seconds instead of a download's retries), then the load.
-        await asyncio.to_thread(settings.check_model)
-        await asyncio.to_thread(check_weights_reachable, settings.clip_model,
-                                settings.clip_pretrained)
-        encoder = ClipEncoder(settings.clip_model, settings.clip_pretrained,
-                              settings.clip_device, backend=settings.clip_backend,
-                              precision=settings.clip_precision,
-                              cache_dir=settings.data_dir / "models" if cache else None)
-        await asyncio.wait_for(encoder.start(), MODEL_TIMEOUT)
+        encoder = await load_encoder(settings, cache=cache, timeout=MODEL_TIMEOUT)
     except Exception as e:  # every way a model fails to load is this row's ✘
-        if encoder is not None:
-            await encoder.close()
         if isinstance(e, asyncio.TimeoutError):
             said = f"the model did not load within {MODEL_TIMEOUT:.0f} s"
         else:

@@ -85,6 +85,25 @@ class SearchResult:
         return self.api_cached and self.downloaded == 0
 
 
+async def load_encoder(settings: Settings, *, cache: bool = True,
+                       timeout: float | None = None) -> ClipEncoder:
+    """Start-up's model steps, shared by the service and ``--check``: the model's name, then
+    the weights cached or the hub reachable (one line in seconds instead of a download's
+    retries), then the load. Returns a started encoder; the caller closes it."""
+    await asyncio.to_thread(settings.check_model)
+    await asyncio.to_thread(check_weights_reachable, settings.clip_model,
+                            settings.clip_pretrained)
+    encoder = ClipEncoder(settings.clip_model, settings.clip_pretrained, settings.clip_device,
+                          backend=settings.clip_backend, precision=settings.clip_precision,
+                          cache_dir=settings.data_dir / "models" if cache else None)
+    try:
+        await asyncio.wait_for(encoder.start(), timeout)
+    except BaseException:
+        await encoder.close()
+        raise
+    return encoder
+
+
 class SearchService:
     def __init__(self, settings: Settings, *, pixabay: PixabayClient | None,
                  fetcher: ImageFetcher, encoder: ClipEncoder, store: Store,
@@ -120,14 +139,8 @@ class SearchService:
             stack.push_async_callback(asyncio.to_thread, store.close)
             if encoder is None:
                 # The model comes last: every cheaper check has passed by now.
-                await asyncio.to_thread(settings.check_model)
-                await asyncio.to_thread(check_weights_reachable, settings.clip_model,
-                                        settings.clip_pretrained)
-                encoder = ClipEncoder(settings.clip_model, settings.clip_pretrained,
-                                      settings.clip_device, backend=settings.clip_backend,
-                                      precision=settings.clip_precision,
-                                      cache_dir=settings.data_dir / "models")
-                await stack.enter_async_context(encoder)
+                encoder = await load_encoder(settings)
+                stack.push_async_callback(encoder.close)
             # Openverse thumbnails come from its API host: that host alone joins the list.
             hosts = tuple(dict.fromkeys((*settings.image_hosts, settings.openverse_host)))
             fetcher = ImageFetcher(session, hosts, concurrency=DOWNLOADS_IN_FLIGHT)
