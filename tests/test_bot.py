@@ -354,8 +354,8 @@ async def test_missing_setting_exits_2_with_one_line(env, tmp_path, missing):
                    "(see .env.example).\n")
 
 
-async def test_bot_process_serves_then_stops_cleanly_on_sigterm_without_logging_secrets(
-        env, fake_discord, tmp_path):
+async def search_in_a_bot_process(env, fake_discord, tmp_path) -> tuple[int, str]:
+    """`python -m bot` in a bare environment: online, one search, SIGTERM; (exit code, output)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bot", cwd=tmp_path, env={"PATH": "/usr/bin:/bin", **env},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
@@ -371,8 +371,13 @@ async def test_bot_process_serves_then_stops_cleanly_on_sigterm_without_logging_
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    log = out.decode()
-    assert proc.returncode == 0, log
+    return proc.returncode, out.decode()
+
+
+async def test_bot_process_serves_then_stops_cleanly_on_sigterm_without_logging_secrets(
+        env, fake_discord, tmp_path):
+    returncode, log = await search_in_a_bot_process(env, fake_discord, tmp_path)
+    assert returncode == 0, log
     assert "closed cleanly" in log
     assert fake_discord.token not in log
     assert env["PIXABAY_API_KEY"] not in log

@@ -5,7 +5,6 @@ and never a token or key."""
 import asyncio
 import json
 import logging
-import signal
 import subprocess
 import sys
 import textwrap
@@ -25,6 +24,7 @@ from tests.test_bot import (
     reactions_added,
     running_bot,
     search,
+    search_in_a_bot_process,
 )
 
 ROOT = Path(__file__).parent.parent
@@ -230,23 +230,9 @@ async def test_shares_and_page_turns_are_debug_lines(env, fake_discord, caplog):
 async def test_bot_process_logs_json_lines_with_the_search_and_no_secret(env, fake_discord,
                                                                          tmp_path):
     env.update(LOG_FORMAT="json", LOG_LEVEL="DEBUG")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", cwd=tmp_path, env={"PATH": "/usr/bin:/bin", **env},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    try:
-        await fake_discord.wait_for(
-            lambda: fake_discord.guild_id in fake_discord.synced_commands
-            and fake_discord.connected, 120, what="the bot process to come online")
-        _, reply = await search(fake_discord, tag="circle", phrase="a red circle on snow")
-        assert len(reply.embeds) == 5
-        proc.send_signal(signal.SIGTERM)
-        out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode == 0
-    lines = [json.loads(line) for line in out.decode().splitlines()]  # every line is JSON
+    returncode, out = await search_in_a_bot_process(env, fake_discord, tmp_path)
+    assert returncode == 0, out
+    lines = [json.loads(line) for line in out.splitlines()]  # every line is JSON
     assert "root" not in {e["logger"] for e in lines}
     assert any(e["logger"].startswith("open_clip") for e in lines)  # DEBUG shows libraries
     (found,) = [e for e in lines if e["logger"] == "bot.searches"]
@@ -255,7 +241,7 @@ async def test_bot_process_logs_json_lines_with_the_search_and_no_secret(env, fa
     # our lines never carry the phrase (discord.py's own DEBUG lines dump gateway events)
     assert not any("a red circle on snow" in json.dumps(e) for e in lines
                    if e["logger"].startswith(("bot", "search")))
-    assert fake_discord.token not in out.decode() and env["PIXABAY_API_KEY"] not in out.decode()
+    assert fake_discord.token not in out and env["PIXABAY_API_KEY"] not in out
 
 
 def test_log_guard_fails_a_test_whose_log_shows_the_fakes_token(tmp_path):
