@@ -39,6 +39,7 @@ from .store import Store
 from .upstream import (
     Invalid,
     TooLarge,
+    cached_page,
     header_seconds,
     header_whole,
     optional_http_url,
@@ -227,27 +228,8 @@ class OpenverseClient:
                           requests=sent, from_cache=sent == 0 and cached_pages > 0)
 
     async def _page(self, params: dict[str, str]) -> tuple[dict, bool]:
-        key = json.dumps(sorted(params.items()), separators=(",", ":"))
-        if self.store is not None:
-            cached = await self.store.get_response(self.source, key)
-            if cached is not None:
-                return cached, True
-        if key in self._inflight:  # the same page asked twice at once: one request
-            return await asyncio.shield(self._inflight[key]), True
-        future: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
-        try:
-            body = await self._request(params)
-            if self.store is not None:
-                await self.store.put_response(self.source, key, body)
-            future.set_result(body)
-            return body, False
-        except BaseException as e:
-            future.set_exception(e)
-            future.exception()
-            raise
-        finally:
-            del self._inflight[key]
+        return await cached_page(self.store, self.source, self._inflight, params,
+                                 self._request)
 
     # -- OAuth2 client credentials ---------------------------------------------------
     async def _bearer(self, *, renew: bool = False) -> str | None:

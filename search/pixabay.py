@@ -9,7 +9,6 @@ query parameter, so full request URLs are never logged.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import deque
@@ -46,6 +45,7 @@ from .upstream import (
     MAX_WAIT,
     Invalid,
     TooLarge,
+    cached_page,
     header_seconds,
     header_whole,
     http_url,
@@ -296,29 +296,8 @@ class PixabayClient:
     async def _page(self, q: str, filters: Filters, page: int, *, fresh: bool = False
                     ) -> tuple[dict, bool]:
         params = {"q": q, **filters.params(), "page": str(page), "per_page": str(PER_PAGE)}
-        # The request alone; the store keys it by endpoint and key fingerprint as well.
-        cache_key = json.dumps(sorted(params.items()), separators=(",", ":"))
-        if self.store is not None and not fresh:
-            cached = await self.store.get_response(self.source, cache_key)
-            if cached is not None:
-                return cached, True
-        # Two searches for the same page at once share one request.
-        if cache_key in self._inflight:
-            return await asyncio.shield(self._inflight[cache_key]), True
-        future: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._inflight[cache_key] = future
-        try:
-            body = await self._request(params)
-            if self.store is not None:
-                await self.store.put_response(self.source, cache_key, body)
-            future.set_result(body)
-            return body, False
-        except BaseException as e:
-            future.set_exception(e)
-            future.exception()  # mark retrieved: waiters re-raise it themselves
-            raise
-        finally:
-            del self._inflight[cache_key]
+        return await cached_page(self.store, self.source, self._inflight, params,
+                                 self._request, fresh=fresh)
 
     async def _request(self, params: dict[str, str]) -> dict:
         last = "no answer"

@@ -14,6 +14,7 @@ import asyncio
 import json
 import math
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -166,3 +167,34 @@ def redact(text_: str, secret: str, *, param: str | None = None) -> str:
 def _show(value: Any) -> str:
     shown = repr(value)
     return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+async def cached_page(store: Any, source: Any, inflight: dict[str, asyncio.Future],
+                      params: dict[str, str], request: Callable[[dict[str, str]], Awaitable[dict]],
+                      *, fresh: bool = False) -> tuple[dict, bool]:
+    """One API page: from the 24 h response cache, else one request however many ask at once.
+
+    ``store`` keys the cached page by the source's endpoint (and key fingerprint) as well
+    as ``params``; ``fresh`` skips the cache read but still writes. Returns (body,
+    whether it came without a request of this caller's own)."""
+    key = json.dumps(sorted(params.items()), separators=(",", ":"))
+    if store is not None and not fresh:
+        cached = await store.get_response(source, key)
+        if cached is not None:
+            return cached, True
+    if key in inflight:  # the same page asked twice at once: one request
+        return await asyncio.shield(inflight[key]), True
+    future: asyncio.Future = asyncio.get_running_loop().create_future()
+    inflight[key] = future
+    try:
+        body = await request(params)
+        if store is not None:
+            await store.put_response(source, key, body)
+        future.set_result(body)
+        return body, False
+    except BaseException as e:
+        future.set_exception(e)
+        future.exception()  # mark retrieved: waiters re-raise it themselves
+        raise
+    finally:
+        del inflight[key]
