@@ -57,7 +57,18 @@ async def run(settings: Settings, *, bot_options: dict | None = None,
             metrics_url = None
         state = await stack.enter_async_context(
             State(settings.data_dir / "bot.sqlite3", keep_days=settings.results_keep_days))
-        bot = FindImageBot(settings, None, state, **(bot_options or {}))
+        shared = None
+        if settings.redis_url:  # one round trip before anything goes online
+            from search.shared import RedisUnavailable, SharedRedis, unreachable_sentence
+
+            shared = await stack.enter_async_context(SharedRedis(
+                settings.redis_url, prefix=settings.redis_key_prefix,
+                shown=settings.redis_shown))
+            try:
+                await shared.round_trip()
+            except RedisUnavailable as e:
+                raise ConfigError(unreachable_sentence(settings.redis_shown, str(e))) from None
+        bot = FindImageBot(settings, None, state, shared, **(bot_options or {}))
         bot.metrics_url = metrics_url
         await stack.enter_async_context(bot)
         await bot.login(settings.discord_token or "")  # REST: a wrong token fails here
@@ -67,7 +78,8 @@ async def run(settings: Settings, *, bot_options: dict | None = None,
         from search.tuning import freeze_heap, tune_process  # the process is ours: tune it
 
         tune_process()
-        bot.service = await stack.enter_async_context(SearchService.open(settings))
+        bot.service = await stack.enter_async_context(SearchService.open(settings,
+                                                                         shared=shared))
         freeze_heap()
         if handle_signals:
             loop = asyncio.get_running_loop()

@@ -13,10 +13,12 @@ from discord.ext import commands
 
 from search.config import Settings
 
+from .shards import IdentifyTurns
 from .state import State
 
 if TYPE_CHECKING:  # the service imports torch, which loads last (see bot/__main__.py)
     from search.service import SearchService
+    from search.shared import SharedRedis
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +43,40 @@ def intents() -> discord.Intents:
     return value
 
 
-class FindImageBot(commands.Bot):
+INTERACTION_CLAIM = 15 * 60.0  # seconds: an interaction's token lives 15 minutes
+
+
+class OnceTree(discord.app_commands.CommandTree):
+    """With Redis, one process handles each interaction: in a zero-downtime hand-off two
+    processes hold the same shard, and Discord sends both of them every event."""
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        shared = getattr(self.client, "shared", None)
+        if shared is None:
+            return True
+        first = await shared.claim(INTERACTION_CLAIM, "interaction", interaction.id)
+        if first is False:
+            log.debug("interaction %s is handled by another process", interaction.id)
+        return first is not False  # None: Redis cannot say, so this process answers
+
+
+class FindImageBot(commands.AutoShardedBot):
+    """The bot: SHARD_IDS of SHARD_COUNT shards, or all of them when those are unset (and
+    then discord.py asks Discord how many)."""
+
     def __init__(self, settings: Settings, service: SearchService | None, state: State,
-                 **options) -> None:
+                 shared: SharedRedis | None = None, **options) -> None:
         # Nothing the bot sends pings anyone unless that message says otherwise: tags,
         # phrases and Pixabay's text can carry @everyone, role or user mentions.
         options.setdefault("allowed_mentions", discord.AllowedMentions.none())
+        if settings.shard_count is not None:
+            options.setdefault("shard_count", settings.shard_count)
+            if settings.shard_ids is not None:
+                options.setdefault("shard_ids", list(settings.shard_ids))
         super().__init__(command_prefix=commands.when_mentioned, intents=intents(),
-                         help_command=None, **options)
+                         help_command=None, tree_cls=OnceTree, **options)
+        self.shared = shared  # Redis, when REDIS_URL is set: claims, locks, IDENTIFY turns
+        self.identify_turns = IdentifyTurns(self, shared)
         self.settings = settings
         self.service = service  # set once the model has loaded, before the gateway connects
         self.state = state
@@ -69,5 +97,11 @@ class FindImageBot(commands.Bot):
             log.info("synced %d commands globally (may take up to an hour to appear)",
                      len(self.synced))
 
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False
+                                   ) -> None:
+        await self.identify_turns.wait(shard_id)
+
     async def on_ready(self) -> None:
-        log.info("online as %s in %d servers", self.user, len(self.guilds))
+        shards = ",".join(map(str, sorted(self.shards))) or "0"
+        log.info("online as %s in %d servers (shards %s of %s)", self.user, len(self.guilds),
+                 shards, self.shard_count)

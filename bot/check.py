@@ -135,6 +135,27 @@ async def discord_login(settings: Settings) -> Row:
         await client.close()
 
 
+async def redis(settings: Settings) -> Row:
+    """One round trip to REDIS_URL, as start-up makes before the model loads."""
+    from search.shared import RedisUnavailable, SharedRedis, unreachable_sentence
+
+    if not settings.redis_url:
+        return Row("redis", True, "REDIS_URL is empty: budgets, pick claims and page-turn "
+                                  "locks live in this process")
+    async with SharedRedis(settings.redis_url, prefix=settings.redis_key_prefix) as shared:
+        try:
+            seconds, version = await shared.round_trip()
+        except RedisUnavailable as e:
+            return Row("redis", False, unreachable_sentence(settings.redis_shown, str(e)))
+    shards = (f"shards {','.join(map(str, settings.shard_ids))} of {settings.shard_count}"
+              if settings.shard_ids else
+              f"all {settings.shard_count} shards" if settings.shard_count else "every shard")
+    return Row("redis", True, f"{settings.redis_shown} (Redis {version}) answered in "
+                              f"{seconds * 1000:.1f} ms; this process runs {shards}, and "
+                              f"takes 1/{settings.processes} of each source budget if Redis "
+                              "goes away")
+
+
 async def pixabay_key(settings: Settings, *, cache: bool) -> Row:
     from search.pixabay import PixabayClient
     from search.store import Store
@@ -237,7 +258,7 @@ async def run(env_file: Path | None, out: TextIO = sys.stdout, *, setup_logs: bo
     row, settings = load_settings(env_file)
     show(row)
     if settings is None:
-        for item in ("data dir", "discord", "pixabay", "model", "encode"):
+        for item in ("data dir", "redis", "discord", "pixabay", "model", "encode"):
             show(Row(item, None, "not checked: the settings must be valid first"))
         return 1
     if setup_logs:
@@ -245,6 +266,7 @@ async def run(env_file: Path | None, out: TextIO = sys.stdout, *, setup_logs: bo
                    secrets=(settings.discord_token or "", settings.pixabay_api_key or ""))
     show(await data_dir(settings))
     writable = bool(rows[-1].ok)
+    show(await redis(settings))
     show(await discord_login(settings))
     show(await pixabay_key(settings, cache=writable))  # no cache where DATA_DIR fails
     row, encoder = await model(settings, cache=writable)

@@ -61,6 +61,11 @@ class Settings:
     openverse_client_id: str | None = field(default=None, repr=False)
     openverse_client_secret: str | None = field(default=None, repr=False)
     results_layout: str = "auto"
+    redis_url: str | None = field(default=None, repr=False)  # may carry a password
+    redis_key_prefix: str = "findimage:"
+    shard_count: int | None = None
+    shard_ids: tuple[int, ...] | None = None
+    process_count: int | None = None  # None: SHARD_COUNT / len(SHARD_IDS), else 1
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
@@ -173,6 +178,7 @@ class Settings:
             if raw.lower() not in LAYOUTS:
                 raise ConfigError(f"RESULTS_LAYOUT must be auto, list or grid, not '{raw}'.")
             kw["results_layout"] = raw.lower()
+        _scaling(get, kw)
         settings = cls(**kw)  # type: ignore[arg-type]
         settings.check_model_reference()
         return settings
@@ -245,6 +251,22 @@ class Settings:
             self.require("PIXABAY_API_KEY")
 
     @property
+    def processes(self) -> int:
+        """How many processes share the source keys: each one's budget share without Redis."""
+        if self.process_count is not None:
+            return self.process_count
+        if self.shard_count and self.shard_ids:
+            return max(1, -(-self.shard_count // len(self.shard_ids)))
+        return 1
+
+    @property
+    def redis_shown(self) -> str:
+        """REDIS_URL without its password, for logs and sentences."""
+        if not self.redis_url:
+            return ""
+        return str(URL(self.redis_url).with_password(None).with_user(None))
+
+    @property
     def db_path(self) -> Path:
         return self.data_dir / "search.sqlite3"
 
@@ -287,3 +309,46 @@ def _hosts(raw: str) -> tuple[str, ...]:
     if not hosts:
         raise ConfigError("IMAGE_HOSTS must name at least one host, such as cdn.pixabay.com.")
     return hosts
+
+
+REDIS_SCHEMES = ("redis", "rediss")
+MAX_SHARDS = 65536
+
+
+def _scaling(get, kw: dict[str, object]) -> None:
+    """REDIS_URL, REDIS_KEY_PREFIX, SHARD_COUNT, SHARD_IDS and PROCESS_COUNT."""
+    if (raw := get("REDIS_URL")) is not None:
+        try:
+            url = URL(raw)
+        except (ValueError, TypeError):
+            url = None
+        path = url.path.strip("/") if url is not None else ""
+        if (url is None or url.scheme not in REDIS_SCHEMES or not url.host
+                or (path and not (path.isdigit() and int(path) <= 15))):
+            shown = raw if url is None else str(url.with_password(None))
+            raise ConfigError(f"REDIS_URL must look like redis://host:6379/0 (database 0-15), "
+                              f"not '{shown}'.")
+        kw["redis_url"] = raw
+    if (raw := get("REDIS_KEY_PREFIX")) is not None:
+        if len(raw) > 64 or not all(c.isalnum() or c in ":_-." for c in raw):
+            raise ConfigError("REDIS_KEY_PREFIX must be up to 64 letters, digits or :_-. , "
+                              f"not '{raw}'.")
+        kw["redis_key_prefix"] = raw
+    count = None
+    if (raw := get("SHARD_COUNT")) is not None:
+        count = kw["shard_count"] = _int("SHARD_COUNT", raw, 1, MAX_SHARDS)
+    if (raw := get("SHARD_IDS")) is not None:
+        if count is None:
+            raise ConfigError("SHARD_IDS needs SHARD_COUNT: set how many shards there are "
+                              "in all, e.g. SHARD_COUNT=4 SHARD_IDS=0,1.")
+        parts = [p.strip() for p in raw.split(",")]
+        if not all(p.isdigit() for p in parts):
+            raise ConfigError(f"SHARD_IDS must be a comma list of shard numbers such as 0,1, "
+                              f"not '{raw}'.")
+        ids = tuple(int(p) for p in parts)
+        if any(i >= count for i in ids) or len(set(ids)) != len(ids):
+            raise ConfigError(f"SHARD_IDS must be distinct numbers from 0 to {count - 1} "
+                              f"(SHARD_COUNT={count}), not '{raw}'.")
+        kw["shard_ids"] = tuple(sorted(ids))
+    if (raw := get("PROCESS_COUNT")) is not None:
+        kw["process_count"] = _int("PROCESS_COUNT", raw, 1, MAX_SHARDS)

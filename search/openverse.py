@@ -35,6 +35,7 @@ from .errors import (
 )
 from .models import Filters, Source, check_tag, key_fingerprint
 from .pixabay import Candidates, Hit, RateBudget, normalise_tag
+from .shared import SharedBudget, SharedRedis, Window
 from .store import Store
 from .upstream import (
     Invalid,
@@ -157,7 +158,8 @@ class OpenverseClient:
     def __init__(self, session: aiohttp.ClientSession, *, api_url: str = DEFAULT_API_URL,
                  client_id: str | None = None, client_secret: str | None = None,
                  store: Store | None = None, timeout: float = 10.0, retries: int = 2,
-                 backoff: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:
+                 backoff: float = 0.5, clock: Callable[[], float] = time.monotonic,
+                 shared: SharedRedis | None = None, processes: int = 1) -> None:
         self.session = session
         self.api_url = api_url if api_url.endswith("/") else api_url + "/"
         self._client_id = client_id or None
@@ -175,7 +177,13 @@ class OpenverseClient:
                                else (REGISTERED_PER_MINUTE, REGISTERED_PER_DAY))
         self.minute = RateBudget(limit=per_minute, window=60.0, clock=clock, label=LABEL)
         self.day = RateBudget(limit=per_day, window=86400.0, clock=clock, label=LABEL)
-        metrics.watch_budget(PROVIDER, self.minute)
+        # With REDIS_URL both windows live in Redis, shared by every process (one script
+        # checks both before spending either); the two above are then not used.
+        self.shared = None if shared is None else SharedBudget(
+            shared, self.source.response_scope,
+            [Window("60s", per_minute, 60.0), Window("86400s", per_day, 86400.0)],
+            processes=processes, label=LABEL, clock=clock)
+        metrics.watch_budget(PROVIDER, self.shared or self.minute)
         self._token: str | None = None
         self._token_expires = 0.0
         self._token_lock = asyncio.Lock()
@@ -271,6 +279,12 @@ class OpenverseClient:
         self._token_expires = self.clock() + expires_in - min(60.0, expires_in / 10)
 
     # -- requests ------------------------------------------------------------------
+    async def _take(self) -> None:
+        if self.shared is not None:
+            await self.shared.take()
+        else:
+            await self._take()
+
     def _acquire(self) -> None:
         now = self.clock()
         for budget in (self.minute, self.day):  # check both before spending either
@@ -285,7 +299,7 @@ class OpenverseClient:
         self.minute.acquire()
         self.day.acquire()
 
-    def _observe(self, headers: Mapping[str, str]) -> None:
+    async def _observe(self, headers: Mapping[str, str]) -> None:
         """Read ``X-RateLimit-Limit-<scope>: N/period`` and ``X-RateLimit-Available-<scope>``."""
         limits: dict[str, tuple[int, int]] = {}
         available: dict[str, int] = {}
@@ -303,6 +317,11 @@ class OpenverseClient:
         for scope, (limit, period) in limits.items():
             budget = self.day if period >= 3600 else self.minute
             budget.limit = max(1, limit)
+            if self.shared is not None:
+                self.shared.resize(1 if period >= 3600 else 0, max(1, limit))
+                if scope in available:
+                    await self.shared.tell(1 if period >= 3600 else 0, available[scope],
+                                           period, None)
             if scope in available:
                 budget.server_remaining = available[scope]
                 budget.server_reset_at = now + period
@@ -320,7 +339,7 @@ class OpenverseClient:
             try:
                 async with self.session.get(self.api_url + "images/", params=params,
                                             headers=headers, timeout=self.timeout) as resp:
-                    self._observe(resp.headers)
+                    await self._observe(resp.headers)
                     status = resp.status
                     metrics.UPSTREAM_REQUESTS.labels(PROVIDER, str(status)).inc()
                     retry_after = resp.headers.get("Retry-After")
@@ -355,6 +374,8 @@ class OpenverseClient:
                 retry = 60.0 if retry is None else max(retry, 1.0)
                 self.minute.server_remaining = 0
                 self.minute.server_reset_at = self.clock() + retry
+                if self.shared is not None:
+                    await self.shared.refuse(retry)
                 raise RateLimited(retry, LABEL, cap=86400.0)
             if status == 401 and token and not renewed:  # the token expired or was revoked
                 renewed = True

@@ -40,6 +40,7 @@ from .models import (  # noqa: F401  (re-exported: the vocabularies' old home)
     check_tag,
     key_fingerprint,
 )
+from .shared import SharedBudget, SharedRedis, Window
 from .store import Store
 from .upstream import (
     MAX_WAIT,
@@ -193,6 +194,17 @@ class RateBudget:
         if self.server_remaining is not None:
             self.server_remaining -= 1
 
+    # The budget interface a request loop uses; ``search.shared.SharedBudget`` has it too.
+    async def take(self) -> None:
+        self.acquire()
+
+    async def learn(self, headers: Mapping[str, str]) -> float | None:
+        return self.observe(headers)
+
+    async def refuse(self, retry: float) -> None:
+        self.server_remaining = 0
+        self.server_reset_at = self.clock() + retry
+
     def remaining(self) -> int:
         """Requests this budget would still allow now."""
         now = self.clock()
@@ -231,13 +243,20 @@ class PixabayClient:
                  store: Store | None = None, rate_limit: int = 100, window: float = 60.0,
                  timeout: float = 10.0, retries: int = 2, backoff: float = 0.5,
                  clock: Callable[[], float] = time.monotonic,
-                 max_body: int = MAX_BODY_BYTES) -> None:
+                 max_body: int = MAX_BODY_BYTES, shared: SharedRedis | None = None,
+                 processes: int = 1) -> None:
         self.session = session
         self.api_url = api_url
         self._key = key
         self.store = store
         self.source = Source(PROVIDER, api_url, key_fingerprint(key))
-        self.budget = RateBudget(limit=rate_limit, window=window, clock=clock)
+        self.budget: RateBudget | SharedBudget
+        if shared is not None:  # one window for every process with this endpoint and key
+            self.budget = SharedBudget(shared, self.source.response_scope,
+                                       [Window(f"{window:g}s", rate_limit, window)],
+                                       processes=processes, clock=clock)
+        else:
+            self.budget = RateBudget(limit=rate_limit, window=window, clock=clock)
         metrics.watch_budget(PROVIDER, self.budget)
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.retries = retries
@@ -305,11 +324,11 @@ class PixabayClient:
         for attempt in range(self.retries + 1):
             if attempt:
                 await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
-            self.budget.acquire()
+            await self.budget.take()
             try:
                 async with self.session.get(self.api_url, params={"key": self._key, **params},
                                             timeout=self.timeout) as resp:
-                    reset = self.budget.observe(resp.headers)
+                    reset = await self.budget.learn(resp.headers)
                     status = resp.status
                     retry_after = resp.headers.get("Retry-After")
                     data = await read_body(resp, self.max_body if status == 200
@@ -336,8 +355,7 @@ class PixabayClient:
             if status == 429:
                 retry = reset if reset is not None else header_seconds(retry_after)
                 retry = MAX_WAIT if retry is None else retry
-                self.budget.server_remaining = 0
-                self.budget.server_reset_at = self.budget.clock() + retry
+                await self.budget.refuse(retry)
                 raise RateLimited(retry)
             if status >= 500:
                 last = f"HTTP {status}"

@@ -29,6 +29,7 @@ from .models import MAX_TOP, Filters, Query, Source
 from .openverse import OpenverseClient
 from .pixabay import PixabayClient
 from .ranking import Ranking, ScoredHit, rank
+from .shared import SharedRedis
 from .sources import Retriever, label
 from .store import Store
 
@@ -120,8 +121,8 @@ class SearchService:
     @classmethod
     @asynccontextmanager
     async def open(cls, settings: Settings, *, session: aiohttp.ClientSession | None = None,
-                   encoder: ClipEncoder | None = None, **pixabay_options
-                   ) -> AsyncIterator[SearchService]:
+                   encoder: ClipEncoder | None = None, shared: SharedRedis | None = None,
+                   **pixabay_options) -> AsyncIterator[SearchService]:
         """Open every resource the service needs, load and warm the model, close on exit.
 
         Pixabay is offered when PIXABAY_API_KEY is set (and must be when it is the
@@ -145,16 +146,21 @@ class SearchService:
             hosts = tuple(dict.fromkeys((*settings.image_hosts, settings.openverse_host)))
             fetcher = ImageFetcher(session, hosts, concurrency=DOWNLOADS_IN_FLIGHT)
             stack.push_async_callback(fetcher.close)
+            if shared is None and settings.redis_url:  # budgets shared by every process
+                shared = await stack.enter_async_context(SharedRedis(
+                    settings.redis_url, prefix=settings.redis_key_prefix,
+                    shown=settings.redis_shown))
+            scale = {"shared": shared, "processes": settings.processes}
             pixabay = None
             if settings.pixabay_api_key:
                 pixabay = PixabayClient(session, api_url=settings.pixabay_api_url,
                                         key=settings.pixabay_api_key, store=store,
                                         rate_limit=settings.pixabay_rate_limit,
-                                        **pixabay_options)
+                                        **scale, **pixabay_options)
             openverse = OpenverseClient(session, api_url=settings.openverse_api_url,
                                         client_id=settings.openverse_client_id,
                                         client_secret=settings.openverse_client_secret,
-                                        store=store, **{
+                                        store=store, **scale, **{
                                             k: v for k, v in pixabay_options.items()
                                             if k in ("timeout", "retries", "backoff", "clock")})
             service = cls(settings, pixabay=pixabay, fetcher=fetcher, encoder=encoder,

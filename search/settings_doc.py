@@ -40,6 +40,15 @@ SETTINGS: tuple[tuple[str, str], ...] = (
     ("OPENVERSE_CLIENT_ID", "optional: a registered Openverse application (with the secret)"),
     ("OPENVERSE_CLIENT_SECRET", "that application's secret; set both or neither"),
     ("RESULTS_LAYOUT", "auto (a contact sheet above 4 a page), list or grid"),
+    ("REDIS_URL", "redis://host:port/n: source budgets, pick claims, page-turn locks and "
+                  "IDENTIFY turns shared by every process; empty: in this process"),
+    ("REDIS_KEY_PREFIX", "the prefix of every Redis key, so several bots share one Redis"),
+    ("SHARD_COUNT", "how many gateway shards the bot has in all; empty: discord.py asks "
+                    "Discord"),
+    ("SHARD_IDS", "a comma list of the shards this process runs (needs SHARD_COUNT); "
+                  "empty: all of them"),
+    ("PROCESS_COUNT", "processes sharing the source keys: each one's budget share while "
+                      "Redis is unreachable; empty: SHARD_COUNT / number of SHARD_IDS"),
 )
 
 

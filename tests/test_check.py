@@ -17,7 +17,7 @@ from search.settings_doc import SETTINGS
 from search.store import Store
 from tests.conftest import TINY_CLIP, bot_env
 
-ITEMS = ["settings", "data dir", "discord", "pixabay", "model", "encode"]
+ITEMS = ["settings", "data dir", "redis", "discord", "pixabay", "model", "encode"]
 
 
 @pytest.fixture
@@ -55,6 +55,8 @@ async def test_check_passes_every_item_and_stays_offline(env, fake_discord, fake
     assert " free " in got["data dir"][1]
     assert got["discord"][1] == (f"{fake_discord.bot_user.username} (application "
                                  f"{fake_discord.app_id}), in server {fake_discord.guild_id}")
+    assert got["redis"][1] == ("REDIS_URL is empty: budgets, pick claims and page-turn locks "
+                               "live in this process")
     assert got["pixabay"][1].startswith("key accepted")
     assert "99 of 100 requests left" in got["pixabay"][1]
     assert got["model"][1].startswith(f"local-dir:{TINY_CLIP} with weights from the folder, "
@@ -99,6 +101,11 @@ WRONG = [
      "DATA_DIR at a folder this user may write."),
     ("state file from a newer release", {"DATA_DIR": "{tmp}/newer"}, "data dir",
      "{tmp}/newer/bot.sqlite3 was written by a newer findimage (schema 99; "),
+    ("redis unreachable", {"REDIS_URL": "redis://127.0.0.1:9/0"}, "redis",
+     "REDIS_URL redis://127.0.0.1:9/0 does not answer (ConnectionError); start Redis there "
+     "or fix REDIS_URL (empty keeps everything in this process)."),
+    ("shard ids out of range", {"SHARD_COUNT": "2", "SHARD_IDS": "1,2"}, "settings",
+     "SHARD_IDS must be distinct numbers from 0 to 1 (SHARD_COUNT=2), not '1,2'."),
     ("token refused", {"DISCORD_TOKEN": "not-the-token"}, "discord",
      "Discord refused DISCORD_TOKEN; copy the token again from the Developer Portal "
      "(Bot → Reset Token)."),
@@ -205,3 +212,16 @@ def test_help_lists_every_setting():
     from search.config import Settings
 
     assert {f.name.upper() for f in fields(Settings)} == {name for name, _ in SETTINGS}
+
+
+async def test_check_makes_a_redis_round_trip_and_names_the_shards(env, tmp_path):
+    from tests.redis_server import SHARED_URL, redis_answers
+
+    assert redis_answers(), "Redis is not answering on 127.0.0.1:6379; start it (see .ci/run)"
+    env.update(REDIS_URL=SHARED_URL, SHARD_COUNT="4", SHARD_IDS="2,3")
+    code, out, err = await run_bot(env, "--check", cwd=tmp_path)
+    assert code == 0, out + err
+    detail = rows(out)["redis"][1]
+    assert detail.startswith(f"{SHARED_URL} (Redis ")
+    assert detail.endswith("; this process runs shards 2,3 of 4, and takes 1/2 of each "
+                           "source budget if Redis goes away")

@@ -84,7 +84,8 @@ def test_env_example_lists_every_setting():
              "SEARCH_CANDIDATES", "MAX_CONCURRENT_SEARCHES", "USER_COOLDOWN_SECONDS",
              "RESULTS_KEEP_DAYS", "SEARCH_DEADLINE_SECONDS", "LOG_LEVEL", "LOG_FORMAT",
              "METRICS_PORT", "METRICS_HOST", "SEARCH_SOURCE", "OPENVERSE_API_URL",
-             "OPENVERSE_CLIENT_ID", "OPENVERSE_CLIENT_SECRET", "RESULTS_LAYOUT"]
+             "OPENVERSE_CLIENT_ID", "OPENVERSE_CLIENT_SECRET", "RESULTS_LAYOUT", "REDIS_URL",
+             "REDIS_KEY_PREFIX", "SHARD_COUNT", "SHARD_IDS", "PROCESS_COUNT"]
     for name in names:
         assert f"\n{name}=" in example, name
         assert f"`{name}`" in readme, name
@@ -124,3 +125,37 @@ def test_invalid_operator_settings_are_one_sentence(tmp_path, name, value, sente
     with pytest.raises(ConfigError) as caught:
         load({name: value}, tmp_path)
     assert str(caught.value) == sentence
+
+
+@pytest.mark.parametrize(("env", "sentence"), [
+    ({"REDIS_URL": "http://127.0.0.1:6379/0"},
+     "REDIS_URL must look like redis://host:6379/0 (database 0-15), not "
+     "'http://127.0.0.1:6379/0'."),
+    ({"REDIS_URL": "redis://:s3cret@127.0.0.1:6379/99"},
+     "REDIS_URL must look like redis://host:6379/0 (database 0-15), not "
+     "'redis://127.0.0.1:6379/99'."),
+    ({"SHARD_IDS": "0"}, "SHARD_IDS needs SHARD_COUNT: set how many shards there are in all, "
+                         "e.g. SHARD_COUNT=4 SHARD_IDS=0,1."),
+    ({"SHARD_COUNT": "4", "SHARD_IDS": "1,x"},
+     "SHARD_IDS must be a comma list of shard numbers such as 0,1, not '1,x'."),
+    ({"SHARD_COUNT": "4", "SHARD_IDS": "1,1"},
+     "SHARD_IDS must be distinct numbers from 0 to 3 (SHARD_COUNT=4), not '1,1'."),
+    ({"SHARD_COUNT": "0"}, "SHARD_COUNT must be a whole number from 1 to 65536, not '0'."),
+    ({"REDIS_KEY_PREFIX": "a b"}, "REDIS_KEY_PREFIX must be up to 64 letters, digits or "
+                                  ":_-. , not 'a b'."),
+])
+def test_scaling_settings_are_checked_with_one_sentence_that_hides_the_password(
+        tmp_path, env, sentence):
+    with pytest.raises(ConfigError) as e:
+        load(env, tmp_path)
+    assert str(e.value) == sentence
+
+
+def test_shards_decide_each_process_share_of_a_budget(tmp_path):
+    assert load({}, tmp_path).processes == 1
+    s = load({"SHARD_COUNT": "8", "SHARD_IDS": "6,7", "REDIS_URL": "redis://:pw@h:6379/1"},
+             tmp_path)
+    assert (s.shard_count, s.shard_ids, s.processes) == (8, (6, 7), 4)
+    assert s.redis_shown == "redis://h:6379/1" and "pw" not in repr(s)
+    assert load({"SHARD_COUNT": "8", "SHARD_IDS": "0", "PROCESS_COUNT": "3"},
+                tmp_path).processes == 3

@@ -297,38 +297,52 @@ class FindImage(commands.Cog):
         lock = self._locks.get(payload.message_id)
         if lock is None:
             lock = self._locks[payload.message_id] = asyncio.Lock()
-        async with lock:
-            state = await self.bot.state.get_results(payload.message_id)
-            if state is None:
-                return
-            message = (self.bot.get_partial_messageable(payload.channel_id)
-                       .get_partial_message(payload.message_id))
-            if state.expired:
-                await self._say_expired(message, state)
-                return
-            current = state.page
-            if state.turning:  # the last turn may or may not have reached Discord: look
-                current = await self._shown_page(message, state)
-            page = current + step
-            note = ""
-            if page >= state.pages:
-                page, note = current, (f"That was the last page: all {len(state.ranking)} "
-                                       "candidates are shown.")
-            elif page < 0:
-                page, note = 0, "This is the first page."
-            view = await self.bot.state.get_view(payload.message_id)
-            rendered = await render_page(self.bot.service, state, view, page, note)
-            # Recorded before the edit, so a crash in between is noticed on the next press.
-            await self.bot.state.set_page(state, page, turning=True)
-            try:
-                await message.edit(**rendered.edit())
-            except discord.HTTPException as e:
-                log.warning("could not turn page of %s: %s", payload.message_id, e)
-                await self.bot.state.set_page(state, current, turning=False)
-                return
-            await self.bot.state.set_page(state, page, turning=False)
-            log.debug("page turn message=%s member=%s page=%d/%d", payload.message_id,
-                      payload.user_id, page + 1, state.pages)
+        shared = self.bot.shared
+        if shared is None:
+            async with lock:
+                await self._turn(payload, step)
+            return
+        # Every process that may turn this message (a shard's two holders in a hand-off,
+        # or any process once the state is shared) takes Redis's lock first.
+        try:
+            async with shared.lock(f"turn:{payload.message_id}", fallback=lock):
+                await self._turn(payload, step)
+        except TimeoutError:
+            log.warning("page turn of %s skipped: another process held it for 15 s",
+                        payload.message_id)
+
+    async def _turn(self, payload: discord.RawReactionActionEvent, step: int) -> None:
+        state = await self.bot.state.get_results(payload.message_id)
+        if state is None:
+            return
+        message = (self.bot.get_partial_messageable(payload.channel_id)
+                   .get_partial_message(payload.message_id))
+        if state.expired:
+            await self._say_expired(message, state)
+            return
+        current = state.page
+        if state.turning:  # the last turn may or may not have reached Discord: look
+            current = await self._shown_page(message, state)
+        page = current + step
+        note = ""
+        if page >= state.pages:
+            page, note = current, (f"That was the last page: all {len(state.ranking)} "
+                                   "candidates are shown.")
+        elif page < 0:
+            page, note = 0, "This is the first page."
+        view = await self.bot.state.get_view(payload.message_id)
+        rendered = await render_page(self.bot.service, state, view, page, note)
+        # Recorded before the edit, so a crash in between is noticed on the next press.
+        await self.bot.state.set_page(state, page, turning=True)
+        try:
+            await message.edit(**rendered.edit())
+        except discord.HTTPException as e:
+            log.warning("could not turn page of %s: %s", payload.message_id, e)
+            await self.bot.state.set_page(state, current, turning=False)
+            return
+        await self.bot.state.set_page(state, page, turning=False)
+        log.debug("page turn message=%s member=%s page=%d/%d", payload.message_id,
+                  payload.user_id, page + 1, state.pages)
 
     async def _shown_page(self, message: discord.PartialMessage, state: ResultsState) -> int:
         """The page the message shows (its summary line says "page N/M"), else the record."""

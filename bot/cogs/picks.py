@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
+PICK_WINDOW = 60.0  # seconds in which the same image is shared once per server
 
 
 class Picks(commands.Cog):
@@ -52,9 +53,16 @@ class Picks(commands.Cog):
         if not items:
             return
         item = items[0]
+        # Two processes on one shard (a hand-off) both see this press: Redis lets one post.
+        claim = ("pick", payload.guild_id, item.hit.source, item.hit.id)
+        shared = self.bot.shared
+        if shared is not None and await shared.claim(PICK_WINDOW, *claim) is False:
+            log.info("pick %s in %s was shared within the last minute", item.hit.id,
+                     payload.guild_id)
+            return
         pick_id = await self.bot.state.claim_pick(
             payload.guild_id, item.hit.id, payload.user_id, state.phrase, item.hit.page_url,
-            payload.message_id)
+            payload.message_id, window=PICK_WINDOW)
         if pick_id is None:
             log.info("pick %s in %s was shared within the last minute", item.hit.id,
                      payload.guild_id)
@@ -92,6 +100,8 @@ class Picks(commands.Cog):
                 log.info("could not offer more-like on pick %s: %s", message.id, e)
             return
         await self.bot.state.drop_pick(pick_id)
+        if shared is not None:  # nothing was posted: the image may be shared again at once
+            await shared.unclaim(*claim)
 
     async def _download(self, hit, limit: int) -> discord.File | None:
         """The image as an attachment, within the upload limit; None if it cannot be had."""

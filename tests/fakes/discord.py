@@ -26,6 +26,9 @@ Recorded state (every change wakes ``wait_for``):
   unknown_routes: list[RecordedRequest]  calls with no route here (answered 404, code 0)
   server_errors: list[str]            bugs in the fake (answered 400 so the client fails fast)
   identify_payloads / resume_payloads: list[dict]   the "d" of every IDENTIFY / RESUME
+  identify_log: list[(time.monotonic(), shard id, shard count)]   every accepted IDENTIFY
+  identify_too_soon: list[(shard id, seconds since the last in its bucket)]   IDENTIFYs that
+                                      broke the session start limit (see Shards)
   dispatched: list[dict]              every op-0 payload ({"op", "t", "s", "d"}), all sessions
   gateway_connections: int;  connected: bool (a session is bound to a live websocket)
   synced_commands: dict[int | None, list[dict]]     last bulk overwrite per scope; None = global
@@ -60,6 +63,23 @@ Driving the bot:
       until gate.release(); await gate.wait_reached(); gate.hits counts held requests.
       gate.drop() lets them go unhandled (503), as if they never reached Discord.
   await wait_for(predicate, timeout=10, what="")   TimeoutError naming ``what`` + recent traffic
+
+Shards (https://discord.com/developers/docs/events/gateway#sharding):
+  FakeDiscord(..., shards=1, max_concurrency=1, guilds=1, enforce_identify_limit=False)
+  ``guilds`` > 1 adds guilds ``guild_ids[1:]`` on the following shards (guild k sits on shard
+  ``(shard of guild 0 + k) % shards``), each with channels ``general@k`` and ``picks@k``
+  (``channels`` holds them all), the same members, roles and bot; ``shard_of(guild_id)``
+  is ``(guild_id >> 22) % shards``. GET /gateway/bot reports ``shards`` and
+  ``session_start_limit`` (``max_concurrency``; ``remaining`` counts down per IDENTIFY).
+  IDENTIFY's ``shard: [id, count]`` (absent: [0, 1]) binds the session to that shard; an id
+  outside 0..count-1 closes the socket with 4010 Invalid shard. READY lists, and
+  GUILD_CREATE is sent for, only the guilds of that shard; every guild event
+  (INTERACTION_CREATE, MESSAGE_*, reactions, CHANNEL_UPDATE) goes only to the sessions of
+  its guild's shard, other events to shard 0. Several sessions may hold one shard (as in
+  a zero-downtime hand-off): each gets its events. Session start limit: one IDENTIFY per
+  5 s per bucket ``shard_id % max_concurrency``; one sooner is recorded in
+  ``identify_too_soon`` and, with ``enforce_identify_limit``, answered op 9 Invalid Session
+  as Discord does. ``connected_shards()`` -> shard ids with a live session.
 
 FakeInteraction: id, token, type, name, user_id, channel_id, payload, callbacks (list of
 {"type", "data"}), followups (list[FakeMessage]), original (FakeMessage | None),
@@ -389,6 +409,7 @@ class _Conn:
 class _Session:
     id: str
     intents: int
+    shard: tuple[int, int] = (0, 1)
     seq: int = 0
     log: list[dict] = field(default_factory=list)
     conn: _Conn | None = None
@@ -400,6 +421,8 @@ class FakeDiscord:
         bot_user_id: int = 1100000000000000002, guild_id: int = 1100000000000000100,
         bot_name: str = "FindImage", heartbeat_interval: int = 45000,
         privileged_intents: int = 0, bot_manage_messages: bool = True,
+        shards: int = 1, max_concurrency: int = 1, guilds: int = 1,
+        enforce_identify_limit: bool = False,
     ):
         self.token, self.app_id, self.bot_user_id, self.guild_id = token, app_id, bot_user_id, guild_id
         self.heartbeat_interval, self.privileged_intents = heartbeat_interval, privileged_intents
@@ -419,6 +442,19 @@ class FakeDiscord:
         for pos, (key, nsfw) in enumerate((("general", False), ("nsfw", True), ("picks", False))):
             self.channels[key] = FakeChannel(key, self._snowflake(), key, guild_id, position=pos, nsfw=nsfw)
             self._set_manage_overwrite(self.channels[key], bot_manage_messages)
+        self.shard_count, self.max_concurrency = shards, max_concurrency
+        self.enforce_identify_limit = enforce_identify_limit
+        # guild k on the shard after guild k-1's: its snowflake's timestamp one ms later
+        low = guild_id & ((1 << 22) - 1)
+        self.guild_ids = [(((guild_id >> 22) + k) << 22) | low for k in range(guilds)]
+        for k, gid in enumerate(self.guild_ids[1:], start=1):
+            for pos, name in enumerate(("general", "picks")):
+                key = f"{name}@{k}"
+                self.channels[key] = FakeChannel(key, self._snowflake(), name, gid, position=pos)
+                self._set_manage_overwrite(self.channels[key], bot_manage_messages)
+        self.identify_log: list[tuple[float, int, int]] = []
+        self.identify_too_soon: list[tuple[int, float]] = []
+        self.session_starts = 0
 
         self.requests: list[RecordedRequest] = []
         self.unknown_routes: list[RecordedRequest] = []
@@ -436,7 +472,7 @@ class FakeDiscord:
         self.cdn_downloads = 0
         self._command_ids: dict[tuple[int | None, str, int], int] = {}
         self._gates: list[RouteGate] = []
-        self._session: _Session | None = None
+        self._sessions: list[_Session] = []
         self._conns: set[_Conn] = set()
         self._tick: asyncio.Event | None = None
         self._runner: web.AppRunner | None = None
@@ -456,9 +492,24 @@ class FakeDiscord:
         return f"ws://127.0.0.1:{self.port}/gateway"
 
     @property
+    def _session(self) -> _Session | None:
+        """The newest session: the one of a single-process bot."""
+        return self._sessions[-1] if self._sessions else None
+
+    @property
     def connected(self) -> bool:
         s = self._session
         return s is not None and s.conn is not None and not s.conn.closed
+
+    def connected_shards(self) -> set[int]:
+        return {s.shard[0] for s in self._sessions if s.conn is not None and not s.conn.closed}
+
+    def shard_of(self, guild_id: int) -> int:
+        return (guild_id >> 22) % self.shard_count
+
+    def _guild_of(self, channel_id: Any) -> int:
+        ch = self._channel_by_id(channel_id)
+        return ch.guild_id if ch is not None else self.guild_id
 
     async def start(self) -> None:
         app = web.Application(middlewares=[self._middleware], client_max_size=64 * 1024 * 1024)
@@ -559,7 +610,7 @@ class FakeDiscord:
     def set_bot_can_manage_messages(self, channel: str, allowed: bool) -> None:
         ch = self.channels[channel]
         self._set_manage_overwrite(ch, allowed)
-        self._dispatch("CHANNEL_UPDATE", ch.to_json(), intent=INTENT_GUILDS)
+        self._dispatch("CHANNEL_UPDATE", ch.to_json(), intent=INTENT_GUILDS, guild_id=ch.guild_id)
         self._notify()
 
     def expire_interaction(self, interaction: FakeInteraction) -> None:
@@ -591,25 +642,29 @@ class FakeDiscord:
                 perms = (perms & ~int(ow["deny"])) | int(ow["allow"])
         return perms
 
-    def guild_json(self) -> dict:
+    def guild_json(self, guild_id: int | None = None, session: _Session | None = None) -> dict:
+        gid = self.guild_id if guild_id is None else guild_id
         members = self._all_members()
         # like Discord: without GUILD_MEMBERS only the bot's own member comes with GUILD_CREATE
-        s = self._session
+        s = session or self._session
+        roles = [r.to_json() for r in self.roles.values()]
+        if gid != self.guild_id:  # each guild's @everyone role has the guild's id
+            roles = [{**r, "id": str(gid)} if r["id"] == str(self.guild_id) else r for r in roles]
         sent = members if s is not None and s.intents & INTENT_GUILD_MEMBERS else [self.bot_member]
         return {
-            "id": str(self.guild_id), "name": "Fake Guild", "icon": None, "splash": None,
+            "id": str(gid), "name": "Fake Guild" if gid == self.guild_id else f"Fake Guild {self.guild_ids.index(gid)}", "icon": None, "splash": None,
             "discovery_splash": None, "banner": None, "description": None, "owner_id": str(self.owner_id),
             "afk_channel_id": None, "afk_timeout": 300, "verification_level": 0,
             "default_message_notifications": 0, "explicit_content_filter": 0, "mfa_level": 0,
             "nsfw_level": 0, "premium_tier": 0, "premium_subscription_count": 0,
             "preferred_locale": "en-US", "system_channel_id": None, "system_channel_flags": 0,
             "rules_channel_id": None, "public_updates_channel_id": None, "vanity_url_code": None,
-            "features": [], "roles": [r.to_json() for r in self.roles.values()], "emojis": [],
+            "features": [], "roles": roles, "emojis": [],
             "stickers": [], "application_id": None, "max_members": 500000,
             "premium_progress_bar_enabled": False, "joined_at": self.bot_member.joined_at,
             "large": False, "unavailable": False, "member_count": len(members),
             "members": [m.to_json() for m in sent],
-            "channels": [c.to_json() for c in self.channels.values()], "threads": [],
+            "channels": [c.to_json() for c in self.channels.values() if c.guild_id == gid], "threads": [],
             "voice_states": [], "presences": [], "stage_instances": [],
             "guild_scheduled_events": [], "soundboard_sounds": [],
         }
@@ -664,12 +719,16 @@ class FakeDiscord:
                 await conn.ws.close(code=4013, message=b"Invalid intent(s).")
             elif d["intents"] & PRIVILEGED_INTENTS & ~self.privileged_intents:
                 await conn.ws.close(code=4014, message=b"Disallowed intent(s).")
+            elif not self._valid_shard(d.get("shard", [0, 1])):
+                await conn.ws.close(code=4010, message=b"Invalid shard.")
+            elif not self._identify_allowed(d.get("shard", [0, 1])):
+                conn.send({"op": 9, "d": False, "s": None, "t": None})
             else:
-                self._identify(conn, d["intents"])
+                self._identify(conn, d["intents"], tuple(d.get("shard", [0, 1])))
         elif op == 6:
             self.resume_payloads.append(d)
             self._notify()
-            s = self._session
+            s = next((x for x in self._sessions if x.id == d.get("session_id")), None)
             if d.get("token") != self.token:
                 await conn.ws.close(code=4004, message=b"Authentication failed.")
             elif s is None or s.id != d.get("session_id") or d.get("seq") is None or d["seq"] > s.seq:
@@ -681,40 +740,71 @@ class FakeDiscord:
                 for event in s.log:
                     if event["s"] > d["seq"]:
                         conn.send(event)
-                self._dispatch("RESUMED", {})
-        elif op == 8:
+                self._dispatch("RESUMED", {}, session=s)
+        elif op == 8 and conn.session is not None:
             members = self._all_members()
             self._dispatch("GUILD_MEMBERS_CHUNK", {
-                "guild_id": str(self.guild_id), "members": [m.to_json() for m in members],
+                "guild_id": str((d or {}).get("guild_id") or self.guild_id), "members": [m.to_json() for m in members],
                 "chunk_index": 0, "chunk_count": 1, "not_found": [], "nonce": (d or {}).get("nonce"),
-            })
+            }, session=conn.session)
         # op 3 (presence), op 4 (voice) and anything else: accepted silently
 
-    def _identify(self, conn: _Conn, intents: int) -> None:
-        old = self._session
-        if old is not None and old.conn is not None and old.conn is not conn:
-            old.conn.closed = True
-        self._session = s = _Session(id=secrets.token_hex(16), intents=intents, conn=conn)
+    @staticmethod
+    def _valid_shard(shard: Any) -> bool:
+        return (isinstance(shard, list) and len(shard) == 2 and all(isinstance(x, int) for x in shard)
+                and 0 <= shard[0] < shard[1])
+
+    def _identify_allowed(self, shard: list[int]) -> bool:
+        """Discord's session start limit: one IDENTIFY per 5 s in each max_concurrency bucket."""
+        now = time.monotonic()
+        bucket = shard[0] % self.max_concurrency
+        last = max((t for t, sid, _ in self.identify_log if sid % self.max_concurrency == bucket),
+                   default=None)
+        if last is not None and now - last < 5.0:
+            self.identify_too_soon.append((shard[0], now - last))
+            if self.enforce_identify_limit:
+                return False
+        self.identify_log.append((now, shard[0], shard[1]))
+        return True
+
+    def _identify(self, conn: _Conn, intents: int, shard: tuple[int, int] = (0, 1)) -> None:
+        self.session_starts += 1
+        # a socket of this shard's that was replaced without closing is stale (one process)
+        self._sessions = [x for x in self._sessions if x.conn is not None and not x.conn.closed
+                          or x.shard != shard]
+        s = _Session(id=secrets.token_hex(16), intents=intents, conn=conn, shard=shard)
+        self._sessions.append(s)
         conn.session = s
+        mine = [g for g in self.guild_ids if (g >> 22) % shard[1] == shard[0]]
         self._dispatch("READY", {
             "v": 10, "user": {**self.bot_user.to_json(), "verified": True, "mfa_enabled": False},
-            "guilds": [{"id": str(self.guild_id), "unavailable": True}], "session_id": s.id,
-            "resume_gateway_url": self.gateway_url, "session_type": "normal", "shard": [0, 1],
+            "guilds": [{"id": str(g), "unavailable": True} for g in mine], "session_id": s.id,
+            "resume_gateway_url": self.gateway_url, "session_type": "normal", "shard": list(shard),
             "private_channels": [], "relationships": [], "presences": [], "guild_join_requests": [],
             "application": {"id": str(self.app_id), "flags": 0}, "_trace": ["fake-discord"],
-        })
-        self._dispatch("GUILD_CREATE", self.guild_json())
+        }, session=s)
+        for g in mine:
+            self._dispatch("GUILD_CREATE", self.guild_json(g, s), session=s)
 
-    def _dispatch(self, event: str, data: dict, *, intent: int = 0) -> None:
-        s = self._session
-        if s is None or (intent and not s.intents & intent):
-            return
-        s.seq += 1
-        payload = {"op": 0, "t": event, "s": s.seq, "d": data}
-        s.log.append(payload)
-        self.dispatched.append(payload)
-        if s.conn is not None:
-            s.conn.send(payload)
+    def _dispatch(self, event: str, data: dict, *, intent: int = 0, guild_id: int | None = None,
+                  session: _Session | None = None) -> None:
+        """To ``session``; else to the sessions of ``guild_id``'s shard; else to shard 0's."""
+        if session is not None:
+            targets = [session]
+        else:
+            gid = guild_id if guild_id is not None else (int(data["guild_id"]) if data.get("guild_id") else None)
+            targets = [x for x in self._sessions
+                       if (gid >> 22) % x.shard[1] == x.shard[0]] if gid is not None else \
+                [x for x in self._sessions if x.shard[0] == 0]
+        for s in targets:
+            if intent and not s.intents & intent:
+                continue
+            s.seq += 1
+            payload = {"op": 0, "t": event, "s": s.seq, "d": data}
+            s.log.append(payload)
+            self.dispatched.append(payload)
+            if s.conn is not None:
+                s.conn.send(payload)
 
     async def drop_gateway(self, *, code: int = 4000, invalidate: bool = False) -> None:
         s = self._session
@@ -723,7 +813,7 @@ class FakeDiscord:
         conn, s.conn = s.conn, None
         conn.closed = True
         if invalidate:
-            self._session = None
+            self._sessions.remove(s)
         await conn.ws.close(code=code)
         self._notify()
 
@@ -830,12 +920,13 @@ class FakeDiscord:
     async def _get_gateway(self, request: web.Request) -> web.Response:
         data: dict[str, Any] = {"url": self.gateway_url}
         if request.path.endswith("/bot"):
-            data.update(shards=1, session_start_limit={"total": 1000, "remaining": 999,
-                                                       "reset_after": 0, "max_concurrency": 1})
+            data.update(shards=self.shard_count, session_start_limit={
+                "total": 1000, "remaining": max(0, 1000 - self.session_starts),
+                "reset_after": 86400000, "max_concurrency": self.max_concurrency})
         return self._json(data)
 
     def _check_guild(self, request: web.Request) -> None:
-        if int(request.match_info["guild_id"]) != self.guild_id:
+        if int(request.match_info["guild_id"]) not in self.guild_ids:
             raise FakeHTTPError(403, "Missing Access", 50001)
 
     async def _get_member(self, request: web.Request) -> web.Response:
@@ -851,7 +942,7 @@ class FakeDiscord:
             raise FakeHTTPError(403, "Missing Access", 50001)
         if "guild_id" in request.match_info:
             self._check_guild(request)
-            return self.guild_id
+            return int(request.match_info["guild_id"])
         return None
 
     async def _get_commands(self, request: web.Request) -> web.Response:
@@ -928,7 +1019,7 @@ class FakeDiscord:
         for emoji, uid in sorted(self.reactions.get(msg.id, set()), key=lambda t: (t[0], t[1])):
             counts.setdefault(emoji, []).append(uid)
         data: dict[str, Any] = {
-            "id": str(msg.id), "channel_id": str(msg.channel_id), "guild_id": str(self.guild_id),
+            "id": str(msg.id), "channel_id": str(msg.channel_id), "guild_id": str(self._guild_of(msg.channel_id)),
             "author": author.user.to_json() if author else self.bot_user.to_json(),
             "content": msg.content, "timestamp": msg.timestamp, "edited_timestamp": msg.edited_timestamp,
             "tts": False, "mention_everyone": False, "mentions": [], "mention_roles": [],
@@ -951,7 +1042,7 @@ class FakeDiscord:
             data["interaction_metadata"] = {
                 "id": str(inter.id), "type": inter.type, "name": inter.name,
                 "user": user.user.to_json() if user else None,
-                "authorizing_integration_owners": {"0": str(self.guild_id)},
+                "authorizing_integration_owners": {"0": str(self._guild_of(msg.channel_id))},
             }
         return data
 
@@ -1055,28 +1146,29 @@ class FakeDiscord:
         self.deleted_messages[msg.id] = msg
         if not msg.ephemeral:
             self._dispatch("MESSAGE_DELETE", {"id": str(msg.id), "channel_id": str(msg.channel_id),
-                                              "guild_id": str(self.guild_id)}, intent=INTENT_GUILD_MESSAGES)
+                                              "guild_id": str(self._guild_of(msg.channel_id))}, intent=INTENT_GUILD_MESSAGES)
 
     # ----------------------------------------------------------------- interactions
     def _interaction_payload(self, itype: int, data: dict, member: FakeMember, channel: FakeChannel,
                              token: str, iid: int, message: FakeMessage | None = None) -> dict:
+        gid = channel.guild_id
         payload = {
             "id": str(iid), "application_id": str(self.app_id), "type": itype, "token": token, "version": 1,
-            "guild_id": str(self.guild_id), "guild": {"id": str(self.guild_id), "locale": "en-US", "features": []},
+            "guild_id": str(gid), "guild": {"id": str(gid), "locale": "en-US", "features": []},
             "channel_id": str(channel.id),
             "channel": {**channel.to_json(), "permissions": str(self._permissions(member, channel))},
             "member": member.to_json(permissions=self._permissions(member, channel)),
             "app_permissions": str(self._permissions(self.bot_member, channel)),
             "locale": "en-US", "guild_locale": "en-US", "entitlements": [],
-            "authorizing_integration_owners": {"0": str(self.guild_id)}, "context": 0,
+            "authorizing_integration_owners": {"0": str(gid)}, "context": 0,
             "attachment_size_limit": ATTACHMENT_SIZE_LIMIT, "data": data,
         }
         if message is not None:
             payload["message"] = self.message_json(message)
         return payload
 
-    def _find_command(self, name: str) -> tuple[dict, int | None]:
-        for scope in (self.guild_id, None):
+    def _find_command(self, name: str, guild_id: int | None = None) -> tuple[dict, int | None]:
+        for scope in (self.guild_id if guild_id is None else guild_id, None):
             for cmd in self.synced_commands.get(scope, []):
                 if cmd["name"] == name and cmd.get("type", 1) == 1:
                     return cmd, scope
@@ -1111,7 +1203,7 @@ class FakeDiscord:
             if odef.get("channel_types") and ch.type not in odef["channel_types"]:
                 raise ValueError(f"option {oname!r}: channel type {ch.type} not in {odef['channel_types']}")
             resolved.setdefault("channels", {})[str(ch.id)] = {
-                "id": str(ch.id), "name": ch.name, "type": ch.type, "guild_id": str(self.guild_id),
+                "id": str(ch.id), "name": ch.name, "type": ch.type, "guild_id": str(ch.guild_id),
                 "position": ch.position, "nsfw": ch.nsfw, "topic": ch.topic, "parent_id": None,
                 "rate_limit_per_user": 0, "flags": 0, "permissions": str(self._permissions(member, ch)),
             }
@@ -1141,8 +1233,8 @@ class FakeDiscord:
     async def invoke(self, name: str, options: dict | None = None, *, user: str = "alice",
                      channel: str = "general", subcommand: str | None = None,
                      override_permissions: bool = False) -> FakeInteraction:
-        cmd, scope = self._find_command(name)
         member, ch = self.members[user], self.channels[channel]
+        cmd, scope = self._find_command(name, ch.guild_id)
         perms = self._permissions(member, ch)
         needed = cmd.get("default_member_permissions")
         hidden = needed is not None and (int(needed) & ~perms or (int(needed) == 0 and not perms & ADMINISTRATOR))
@@ -1391,7 +1483,7 @@ class FakeDiscord:
         bucket.add(entry)
         self._dispatch("MESSAGE_REACTION_ADD", {
             "user_id": str(user.id), "channel_id": str(msg.channel_id), "message_id": str(msg.id),
-            "guild_id": str(self.guild_id), "emoji": _emoji_json(emoji), "member": user.to_json(),
+            "guild_id": str(self._guild_of(msg.channel_id)), "emoji": _emoji_json(emoji), "member": user.to_json(),
             "type": 0, "burst": False, "burst_colors": [], "message_author_id": str(msg.author_id),
         }, intent=INTENT_GUILD_MESSAGE_REACTIONS)
         self._notify()
@@ -1403,7 +1495,7 @@ class FakeDiscord:
         bucket.discard((emoji, user_id))
         self._dispatch("MESSAGE_REACTION_REMOVE", {
             "user_id": str(user_id), "channel_id": str(msg.channel_id), "message_id": str(msg.id),
-            "guild_id": str(self.guild_id), "emoji": _emoji_json(emoji), "type": 0, "burst": False,
+            "guild_id": str(self._guild_of(msg.channel_id)), "emoji": _emoji_json(emoji), "type": 0, "burst": False,
         }, intent=INTENT_GUILD_MESSAGE_REACTIONS)
         self._notify()
 

@@ -113,6 +113,8 @@ Counters and ground truth
 ``fake.image_requests``, ``fake.requests_for_image(id)`` (all sizes),
 ``fake.peak_image_requests`` (most image requests being served at once),
 ``fake.queries`` (list of each API request's query as a dict, without ``key``),
+``fake.api_times`` (``time.monotonic()`` at each API request's arrival),
+``fake.most_in_window(seconds=60)`` (the most API requests that arrived in any window),
 ``fake.render_count`` (renders actually done), ``fake.reset_counters()`` (clears
 all of these). ``fake.truth[id] -> Scene``, ``fake.entries``, ``fake.entry(id)``,
 ``fake.hit(id)`` (the hit dict as the API would return it), ``fake.image_url(id,
@@ -400,6 +402,7 @@ class FakePixabay:
         self.peak_image_requests = 0
         self.render_count = 0
         self.queries: list[dict[str, str]] = []
+        self.api_times: list[float] = []
         self._runner: web.AppRunner | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -476,12 +479,22 @@ class FakePixabay:
     def clear_image_faults(self) -> None:
         self.image_faults.clear()
 
+    def most_in_window(self, seconds: float = 60.0) -> int:
+        """The most API requests that arrived within any ``seconds`` (a sliding window)."""
+        times, most, first = sorted(self.api_times), 0, 0
+        for last, t in enumerate(times):
+            while t - times[first] >= seconds:
+                first += 1
+            most = max(most, last - first + 1)
+        return most
+
     def reset_counters(self) -> None:
         self.hits_by_path.clear()
         self.api_requests = self.image_requests = self.render_count = 0
         self.api_bytes_sent = 0
         self.peak_image_requests = self.images_in_flight
         self.queries.clear()
+        self.api_times.clear()
 
     # ------------------------------------------------------------------ lookups
 
@@ -574,6 +587,7 @@ class FakePixabay:
     async def _api(self, request: web.Request) -> web.Response:
         self._count(request)
         self.api_requests += 1
+        self.api_times.append(time.monotonic())
         query = request.query
         self.queries.append({k: v for k, v in query.items() if k != "key"})
         if not await self._pause(self.latency):
