@@ -315,6 +315,21 @@ REDIS_SCHEMES = ("redis", "rediss")
 MAX_SHARDS = 65536
 
 
+def _shard_ids(raw: str) -> tuple[int, ...]:
+    """``0,1`` or ``4-7`` (a range, as a systemd instance name can carry it) or both."""
+    ids: list[int] = []
+    for part in (p.strip() for p in raw.split(",")):
+        lo, dash, hi = part.partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()) or (dash and int(hi) < int(lo)) \
+                or len(part) > 11:
+            raise ConfigError(f"SHARD_IDS must be a comma list of shard numbers or ranges "
+                              f"such as 0,1 or 4-7, not '{raw}'.")
+        ids += range(int(lo), int(hi) + 1) if dash else [int(lo)]
+        if len(ids) > MAX_SHARDS:
+            break
+    return tuple(ids)
+
+
 def _scaling(get, kw: dict[str, object]) -> None:
     """REDIS_URL, REDIS_KEY_PREFIX, SHARD_COUNT, SHARD_IDS and PROCESS_COUNT."""
     if (raw := get("REDIS_URL")) is not None:
@@ -341,11 +356,7 @@ def _scaling(get, kw: dict[str, object]) -> None:
         if count is None:
             raise ConfigError("SHARD_IDS needs SHARD_COUNT: set how many shards there are "
                               "in all, e.g. SHARD_COUNT=4 SHARD_IDS=0,1.")
-        parts = [p.strip() for p in raw.split(",")]
-        if not all(p.isdigit() for p in parts):
-            raise ConfigError(f"SHARD_IDS must be a comma list of shard numbers such as 0,1, "
-                              f"not '{raw}'.")
-        ids = tuple(int(p) for p in parts)
+        ids = _shard_ids(raw)
         if any(i >= count for i in ids) or len(set(ids)) != len(ids):
             raise ConfigError(f"SHARD_IDS must be distinct numbers from 0 to {count - 1} "
                               f"(SHARD_COUNT={count}), not '{raw}'.")

@@ -45,8 +45,8 @@ SETTINGS: tuple[tuple[str, str], ...] = (
     ("REDIS_KEY_PREFIX", "the prefix of every Redis key, so several bots share one Redis"),
     ("SHARD_COUNT", "how many gateway shards the bot has in all; empty: discord.py asks "
                     "Discord"),
-    ("SHARD_IDS", "a comma list of the shards this process runs (needs SHARD_COUNT); "
-                  "empty: all of them"),
+    ("SHARD_IDS", "the shards this process runs, a comma list or range (0,1 or 4-7; "
+                  "needs SHARD_COUNT); empty: all of them"),
     ("PROCESS_COUNT", "processes sharing the source keys: each one's budget share while "
                       "Redis is unreachable; empty: SHARD_COUNT / number of SHARD_IDS"),
 )

@@ -137,7 +137,13 @@ def test_invalid_operator_settings_are_one_sentence(tmp_path, name, value, sente
     ({"SHARD_IDS": "0"}, "SHARD_IDS needs SHARD_COUNT: set how many shards there are in all, "
                          "e.g. SHARD_COUNT=4 SHARD_IDS=0,1."),
     ({"SHARD_COUNT": "4", "SHARD_IDS": "1,x"},
-     "SHARD_IDS must be a comma list of shard numbers such as 0,1, not '1,x'."),
+     "SHARD_IDS must be a comma list of shard numbers or ranges such as 0,1 or 4-7, not "
+     "'1,x'."),
+    ({"SHARD_COUNT": "4", "SHARD_IDS": "3-1"},
+     "SHARD_IDS must be a comma list of shard numbers or ranges such as 0,1 or 4-7, not "
+     "'3-1'."),
+    ({"SHARD_COUNT": "4", "SHARD_IDS": "2-4"},
+     "SHARD_IDS must be distinct numbers from 0 to 3 (SHARD_COUNT=4), not '2-4'."),
     ({"SHARD_COUNT": "4", "SHARD_IDS": "1,1"},
      "SHARD_IDS must be distinct numbers from 0 to 3 (SHARD_COUNT=4), not '1,1'."),
     ({"SHARD_COUNT": "0"}, "SHARD_COUNT must be a whole number from 1 to 65536, not '0'."),
@@ -159,3 +165,5 @@ def test_shards_decide_each_process_share_of_a_budget(tmp_path):
     assert s.redis_shown == "redis://h:6379/1" and "pw" not in repr(s)
     assert load({"SHARD_COUNT": "8", "SHARD_IDS": "0", "PROCESS_COUNT": "3"},
                 tmp_path).processes == 3
+    # a range, as the systemd template's instance name gives it (findimage@4-7)
+    assert load({"SHARD_COUNT": "8", "SHARD_IDS": "4-7"}, tmp_path).shard_ids == (4, 5, 6, 7)

@@ -69,3 +69,41 @@ def test_systemd_analyze_reports_a_broken_directive(tmp_path):
     done = subprocess.run(["systemd-analyze", "verify", "--man=no", str(path)],
                           capture_output=True, text=True, timeout=60)
     assert "Failed to parse protect system value" in done.stderr
+
+
+TEMPLATE = ROOT / "deploy" / "findimage@.service"
+
+
+def test_template_unit_takes_its_shards_and_data_dir_from_the_instance_name():
+    unit = directives(TEMPLATE.read_text())
+    assert unit["Service.ExecStart"] == [f"{INSTALLED}/.venv/bin/python -m bot"]
+    assert "SHARD_IDS=%i" in unit["Service.Environment"]
+    assert any("DATA_DIR=%S/findimage/%i" in v for v in unit["Service.Environment"])
+    assert unit["Service.StateDirectory"] == ["findimage/%i"]
+    assert unit["Service.EnvironmentFile"] == ["/etc/findimage/findimage.env",
+                                               "-/etc/findimage/%i.env"]
+    assert unit["Service.RestartPreventExitStatus"] == ["2"]
+    # the hardening is the single unit's
+    single = directives(UNIT.read_text())
+    for key in ("NoNewPrivileges", "ProtectSystem", "ProtectHome", "PrivateTmp",
+                "DynamicUser", "User", "CapabilityBoundingSet", "RestrictAddressFamilies"):
+        assert unit[f"Service.{key}"] == single[f"Service.{key}"], key
+
+
+def test_the_instance_name_is_a_shard_range_the_settings_accept(tmp_path):
+    from search.config import Settings
+
+    settings = Settings.from_mapping({"SHARD_COUNT": "8", "SHARD_IDS": "4-7"})
+    assert settings.shard_ids == (4, 5, 6, 7) and settings.processes == 2
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                    reason="systemd-analyze is not installed here (Debian: apt-get install "
+                           "systemd)")
+def test_systemd_analyze_verifies_an_instance_of_the_template(tmp_path):
+    unit = TEMPLATE.read_text().replace(f"{INSTALLED}/.venv/bin/python", sys.executable)
+    path = tmp_path / "findimage@0-3.service"
+    path.write_text(unit.replace(f"WorkingDirectory={INSTALLED}", f"WorkingDirectory={ROOT}"))
+    done = subprocess.run(["systemd-analyze", "verify", "--man=no", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == "" and done.stderr == "", done.stderr
