@@ -42,6 +42,7 @@ T = TypeVar("T")
 RETRY_SECONDS = 2.0  # after a failed call, Redis is tried again this much later
 CALL_TIMEOUT = 1.5  # seconds any one Redis call may take
 POOL_SIZE = 16  # connections per process
+LOCK_POLL = 0.05  # seconds between two tries of a lock another process holds
 
 # KEYS: per window a sorted set of sends and a hash of what the server said.
 # ARGV: n windows, this send's member, then (limit, seconds) per window.
@@ -147,7 +148,6 @@ class SharedRedis:
         self.tell_script = self.client.register_script(TELL)
         self.backfill_script = self.client.register_script(BACKFILL)
         self.down_until = 0.0
-        self.outages = 0  # how many times Redis went away; budgets backfill after each
         self._counter = itertools.count()
 
     def key(self, *parts: object) -> str:
@@ -173,7 +173,6 @@ class SharedRedis:
                 log.warning("Redis at %s is unreachable (%s); budgets, claims and locks fall "
                             "back to this process until it answers", self.shown,
                             type(e).__name__)
-                self.outages += 1
             self.down_until = self.clock() + RETRY_SECONDS
             raise RedisUnavailable(self.shown) from None
         if self.down_until:
@@ -221,17 +220,23 @@ class SharedRedis:
         """Redis's lock on ``name`` (held at most ``hold`` s), or ``fallback`` while down."""
         from redis.exceptions import LockError
 
-        lock = self.client.lock(self.key("lock", name), timeout=hold, blocking_timeout=wait)
-        try:
-            got = await self.call(lock.acquire)
-        except RedisUnavailable:
-            got = None
+        lock = self.client.lock(self.key("lock", name), timeout=hold)
+        deadline = self.clock() + wait
+        got: bool | None = False
+        while not got:  # short tries: a long blocking call would read as Redis being away
+            try:
+                got = await self.call(lambda: lock.acquire(blocking=False))
+            except RedisUnavailable:
+                got = None
+                break
+            if not got:
+                if self.clock() > deadline:
+                    raise TimeoutError(f"the lock on {name} is held elsewhere")
+                await asyncio.sleep(LOCK_POLL)
         if got is None:
             async with fallback:
                 yield
             return
-        if not got:
-            raise TimeoutError(f"the lock on {name} is held elsewhere")
         try:
             async with fallback:  # one press at a time in this process too
                 yield

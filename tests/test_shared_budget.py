@@ -120,3 +120,46 @@ async def test_without_redis_each_process_keeps_to_its_share_and_redis_learns_it
         raw = aioredis.Redis.from_url(private_redis.url)
         assert await raw.zcard(a.key("budget", "s", "60s", "sent")) == 101
         await raw.aclose()
+
+
+async def test_a_page_turn_lock_held_by_one_process_makes_the_other_wait_its_turn(
+        redis_url):  # noqa: F811
+    url, prefix = redis_url
+    order: list[str] = []
+    async with SharedRedis(url, prefix=prefix) as a, SharedRedis(url, prefix=prefix) as b:
+        holding = asyncio.Event()
+
+        async def first() -> None:
+            async with a.lock("turn:1", fallback=asyncio.Lock()):
+                holding.set()
+                order.append("a in")
+                await asyncio.sleep(3.5)  # longer than any one Redis call may take
+                order.append("a out")
+
+        async def second() -> None:
+            await holding.wait()
+            async with b.lock("turn:1", fallback=asyncio.Lock()):
+                order.append("b in")
+
+        await asyncio.wait_for(asyncio.gather(first(), second()), 20)
+        assert order == ["a in", "a out", "b in"]
+        assert a.up and b.up  # waiting for a lock is not Redis being away
+
+
+async def test_a_claim_is_won_once_until_it_is_given_back(redis_url):  # noqa: F811
+    url, prefix = redis_url
+    async with SharedRedis(url, prefix=prefix) as a, SharedRedis(url, prefix=prefix) as b:
+        assert await a.claim(60, "pick", 1, "pixabay", 42) is True
+        assert await b.claim(60, "pick", 1, "pixabay", 42) is False
+        assert await b.claim(60, "pick", 2, "pixabay", 42) is True  # another server
+        await a.unclaim("pick", 1, "pixabay", 42)
+        assert await b.claim(60, "pick", 1, "pixabay", 42) is True
+
+
+async def test_claims_and_locks_fall_back_to_the_process_while_redis_is_away(private_redis):  # noqa: F811
+    async with SharedRedis(private_redis.url, prefix="p:") as a:
+        private_redis.stop()
+        assert await a.claim(60, "pick", 1, "pixabay", 42) is None  # nobody can say
+        async with a.lock("turn:1", fallback=asyncio.Lock()):
+            pass
+        assert not a.up
