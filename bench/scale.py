@@ -40,7 +40,7 @@ REACTIONS = ("◀️", "▶️")
 
 def tags(n: int) -> list[str]:
     """``n`` distinct tags that each find photos in the fake's catalogue."""
-    from tests.scenes import BACKGROUNDS, COLOURS, SHAPES
+    from bench.fakes.scenes import BACKGROUNDS, COLOURS, SHAPES
 
     found = [f"{s} {c}" for s in SHAPES for c in COLOURS]
     found += [f"{s} {c} {b}" for s in SHAPES for c in COLOURS for b in BACKGROUNDS]
@@ -61,8 +61,8 @@ def rss_mb(pid: int) -> tuple[float, float]:
 
 
 async def configuration(processes: int, args, work: Path) -> dict:
-    from tests.fakes.discord import FakeDiscord
-    from tests.fakes.pixabay import FakePixabay, default_catalogue
+    from bench.fakes.discord import FakeDiscord
+    from bench.fakes.pixabay import FakePixabay, default_catalogue
 
     discord = FakeDiscord(shards=2, guilds=2, max_concurrency=2)
     await discord.start()
@@ -168,8 +168,8 @@ async def render_ahead(per_scene: int) -> int:
     renders are cached per process, and the second configuration would find them)."""
     import aiohttp
 
-    import tests.fakes.pixabay as fake_module
-    from tests.fakes.pixabay import FakePixabay, default_catalogue
+    import bench.fakes.pixabay as fake_module
+    from bench.fakes.pixabay import FakePixabay, default_catalogue
 
     fake_module._CACHE_BUDGET = max(fake_module._CACHE_BUDGET, 1 << 30)
     async with FakePixabay(default_catalogue(per_scene)) as fake, aiohttp.ClientSession() as s:

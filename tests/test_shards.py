@@ -25,7 +25,7 @@ TAGS = 130
 @pytest.fixture
 async def sharded_discord():
     """Two shards, a guild on each; IDENTIFYs sooner than Discord allows are refused."""
-    from tests.fakes.discord import FakeDiscord
+    from bench.fakes.discord import FakeDiscord
 
     fake = FakeDiscord(shards=2, max_concurrency=1, guilds=2, enforce_identify_limit=True)
     await fake.start()
