@@ -1,6 +1,6 @@
 """Scale-out: 1 and then 2 real bot processes against the fakes, in the same run.
 
-    .venv/bin/python -m bench.scale                      # ~2 minutes on a loaded 2-core VM
+    .venv/bin/python -m bench.scale                      # 2-5 minutes on a loaded 2-core VM
     .venv/bin/python -m bench.scale --members 8 --searches 96 --model local-dir:...
 
 Each configuration starts ``python -m bot`` processes (one running both shards, then two
@@ -99,16 +99,28 @@ async def configuration(processes: int, args, work: Path) -> dict:
         gate = asyncio.Semaphore(args.members)
         users = ("alice", "bob", "admin", "owner")
         latencies: list[float] = []
-        refused = 0
+        refused = busy = unanswered = 0
 
         async def one(i: int, tag: str) -> None:
-            nonlocal refused
+            nonlocal refused, busy, unanswered
             async with gate:
                 sent = time.monotonic()
                 inter = await discord.invoke(
                     "findimage", {"tag": tag, "phrase": f"a photo of a {tag}"},
                     user=users[i % len(users)], channel=("general", "general@1")[i % 2])
-                reply = await inter.wait_followup(1, timeout=300)
+                # the answer: a followup (results or a sentence), or an immediate sentence
+                try:
+                    await discord.wait_for(lambda: inter.followups or any(
+                        c["type"] == 4 for c in inter.callbacks), 120,
+                        what=f"an answer to search {i} ({tag})")
+                except TimeoutError:
+                    unanswered += 1  # reported, and the logs kept with --logs
+                    return
+                if not inter.followups:
+                    busy += 1
+                    latencies.append(time.monotonic() - sent)
+                    return
+                reply = inter.followups[0]
                 if reply.ephemeral:
                     refused += "rate limit" in reply.content
                 else:
@@ -131,7 +143,8 @@ async def configuration(processes: int, args, work: Path) -> dict:
             "p95_s": round(latencies[max(0, int(len(latencies) * 0.95 + 0.5) - 1)], 2),
             "api_requests": pixabay.api_requests,
             "most_api_requests_in_60s": pixabay.most_in_window(60.0),
-            "image_requests": pixabay.image_requests, "rate_limited": refused,
+            "image_requests": pixabay.image_requests, "rate_limited": refused, "busy": busy,
+            "unanswered": unanswered,
             "rss_mb": [r[0] for r in rss], "peak_rss_mb": [r[1] for r in rss],
         }
     finally:
@@ -152,13 +165,13 @@ async def configuration(processes: int, args, work: Path) -> dict:
 
 def table(rows: list[dict]) -> str:
     head = ("procs", "searches/min", "p50 s", "p95 s", "API req", "max/60s", "limited",
-            "RSS MB (peak)", "wall s")
+            "unanswered", "RSS MB (peak)", "wall s")
     lines = ["  ".join(f"{h:>13}" for h in head)]
     for r in rows:
         rss = ", ".join(f"{a:.0f} ({b:.0f})" for a, b in zip(r["rss_mb"], r["peak_rss_mb"], strict=True))
         cells = (r["processes"], r["searches_per_minute"], r["p50_s"], r["p95_s"],
-                 r["api_requests"], r["most_api_requests_in_60s"], r["rate_limited"], rss,
-                 r["wall_s"])
+                 r["api_requests"], r["most_api_requests_in_60s"], r["rate_limited"],
+                 r["unanswered"], rss, r["wall_s"])
         lines.append("  ".join(f"{c!s:>13}" for c in cells))
     return "\n".join(lines)
 
@@ -187,7 +200,9 @@ async def main_async(args) -> dict:
                          "shows how) or pass --redis URL.")
     await render_ahead(args.per_scene)
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
-        rows = [await configuration(n, args, Path(tmp)) for n in (1, 2)]
+        work = args.logs or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        rows = [await configuration(n, args, work) for n in args.processes]
     return {"machine": f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f} at the end",
             "model": args.model, "per_scene": args.per_scene, "candidates": args.candidates,
             "rows": rows}
@@ -197,12 +212,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--members", type=int, default=4, help="members searching at once")
-    p.add_argument("--searches", type=int, default=48, help="searches per configuration")
+    p.add_argument("--searches", type=int, default=110,
+                   help="searches per configuration (past 100 the shared key budget shows)")
     p.add_argument("--candidates", type=int, default=24, help="SEARCH_CANDIDATES")
     p.add_argument("--per-scene", type=int, default=3, help="photos per scene in the fake")
     p.add_argument("--model", default=TINY, help="CLIP_MODEL of the bot processes")
     p.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scale.json")
+    p.add_argument("--logs", type=Path, help="keep the processes' DATA_DIRs and logs here")
+    p.add_argument("--processes", type=lambda v: [int(x) for x in v.split(",")],
+                   default=[1, 2], help="the configurations, e.g. 1,2")
     args = p.parse_args(argv)
     t0 = time.monotonic()
     report = asyncio.run(main_async(args))
