@@ -283,7 +283,7 @@ class OpenverseClient:
         if self.shared is not None:
             await self.shared.take()
         else:
-            await self._take()
+            self._acquire()
 
     def _acquire(self) -> None:
         now = self.clock()
@@ -334,7 +334,7 @@ class OpenverseClient:
             if attempt:
                 await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
             token = await self._bearer()
-            self._acquire()
+            await self._take()
             headers = {"Authorization": f"Bearer {token}"} if token else {}
             try:
                 async with self.session.get(self.api_url + "images/", params=params,

@@ -139,6 +139,32 @@ async def test_130_tags_across_two_processes_make_at_most_100_pixabay_requests_a
     assert all(r.ephemeral and r.content.startswith(sentence) for r in limited)
 
 
+async def test_a_tag_searched_in_one_process_then_another_makes_one_api_call_and_one_round_of_downloads(
+        sharded_discord, fake_pixabay, redis_url, tmp_path):  # noqa: F811
+    """Two processes on one machine share DATA_DIR's caches (SQLite, WAL); with
+    DATABASE_URL they share PostgreSQL's the same way."""
+    fake = sharded_discord
+    url, prefix = redis_url
+    envs = [shard_env(fake, fake_pixabay, tmp_path / "data", SHARD_COUNT="2", SHARD_IDS=str(i),
+                      REDIS_URL=url, REDIS_KEY_PREFIX=prefix, SEARCH_CANDIDATES="20")
+            for i in range(2)]
+    async with bot_processes(fake, envs, tmp_path, {0, 1}):
+        fake_pixabay.reset_counters()
+        replies = []
+        for channel in ("general", "general@1"):  # guild 0's shard, then guild 1's
+            inter = await fake.invoke("findimage", {"tag": "circle", "phrase": "a red circle"},
+                                      channel=channel)
+            replies.append(await answered(fake, inter))
+            if channel == "general":
+                downloads = fake_pixabay.image_requests
+        assert fake_pixabay.api_requests == 1
+        assert downloads == 20 and fake_pixabay.image_requests == downloads
+        assert [e["url"] for e in replies[0].embeds] == [e["url"] for e in replies[1].embeds]
+    logs = read_logs(tmp_path, 2)
+    assert "guild=" + str(fake.guild_ids[0]) in logs[fake.shard_of(fake.guild_ids[0])]
+    assert "guild=" + str(fake.guild_ids[1]) in logs[fake.shard_of(fake.guild_ids[1])]
+
+
 async def test_a_hand_off_with_two_processes_on_one_shard_posts_a_pick_once(
         fake_discord, fake_pixabay, redis_url, tmp_path):  # noqa: F811
     """The new process starts while the old one still runs: both hold shard 0, share the

@@ -163,3 +163,27 @@ async def test_claims_and_locks_fall_back_to_the_process_while_redis_is_away(pri
         async with a.lock("turn:1", fallback=asyncio.Lock()):
             pass
         assert not a.up
+
+
+async def test_two_openverse_clients_share_the_anonymous_minute_through_redis(
+        fake_openverse, redis_url):  # noqa: F811
+    """Openverse's anonymous 20 requests a minute, held by two processes together."""
+    import aiohttp
+
+    from search.errors import RateLimited as Limited
+    from search.openverse import OpenverseClient
+
+    url, prefix = redis_url
+    async with SharedRedis(url, prefix=prefix) as a, SharedRedis(url, prefix=prefix) as b, \
+            aiohttp.ClientSession() as session:
+        clients = [OpenverseClient(session, api_url=fake_openverse.api_url, shared=r,
+                                   processes=2, retries=0) for r in (a, b)]
+        answered = limited = 0
+        for i in range(30):
+            try:
+                await clients[i % 2].candidates(f"circle{i}", limit=20)
+                answered += 1
+            except Limited:
+                limited += 1
+        assert (answered, limited) == (20, 10)
+        assert fake_openverse.api_requests == 20  # none refused by Openverse itself
