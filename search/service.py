@@ -21,7 +21,7 @@ import numpy as np
 from .clip import ClipEncoder
 from .config import Settings
 from .embed import Embedder
-from .errors import AllImagesFailed, InvalidQuery, NoResults
+from .errors import AllImagesFailed, ConfigError, InvalidQuery, NoResults
 from .hub import check_weights_reachable
 from .imagequery import blend, image_pixels
 from .images import ImageFetcher
@@ -29,7 +29,7 @@ from .models import MAX_TOP, Filters, Query, Source
 from .openverse import OpenverseClient
 from .pixabay import PixabayClient
 from .ranking import Ranking, ScoredHit, rank
-from .shared import SharedRedis
+from .shared import RedisUnavailable, SharedRedis, unreachable_sentence
 from .sources import Retriever, label
 from .store import Store
 
@@ -136,6 +136,15 @@ class SearchService:
                                                  keepalive_timeout=30)
                 session = await stack.enter_async_context(
                     aiohttp.ClientSession(connector=connector))
+            if shared is None and settings.redis_url:  # budgets shared by every process
+                shared = await stack.enter_async_context(SharedRedis(
+                    settings.redis_url, prefix=settings.redis_key_prefix,
+                    shown=settings.redis_shown))
+                try:  # checked before the model loads, as the bot does
+                    await shared.round_trip()
+                except RedisUnavailable as e:
+                    raise ConfigError(unreachable_sentence(settings.redis_shown, str(e))
+                                      ) from None
             store = await asyncio.to_thread(Store, settings.db_path)
             stack.push_async_callback(asyncio.to_thread, store.close)
             if encoder is None:
@@ -146,10 +155,6 @@ class SearchService:
             hosts = tuple(dict.fromkeys((*settings.image_hosts, settings.openverse_host)))
             fetcher = ImageFetcher(session, hosts, concurrency=DOWNLOADS_IN_FLIGHT)
             stack.push_async_callback(fetcher.close)
-            if shared is None and settings.redis_url:  # budgets shared by every process
-                shared = await stack.enter_async_context(SharedRedis(
-                    settings.redis_url, prefix=settings.redis_key_prefix,
-                    shown=settings.redis_shown))
             scale = {"shared": shared, "processes": settings.processes}
             pixabay = None
             if settings.pixabay_api_key:

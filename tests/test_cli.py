@@ -58,6 +58,8 @@ async def test_table_and_grid_with_one_tile_per_hit(fake_pixabay, tmp_path):
     (["zebra", "a zebra"], {}, 5, "error: Pixabay has no images tagged 'zebra'"),
     (["circle", "a red circle"], {"CLIP_DEVICE": "tpu"}, 2, "error: CLIP_DEVICE must be"),
     (["circle", "a red circle"], {"PIXABAY_API_KEY": ""}, 2, "error: PIXABAY_API_KEY is not set"),
+    (["circle", "a red circle"], {"REDIS_URL": "redis://127.0.0.1:9/0"}, 2,
+     "error: REDIS_URL redis://127.0.0.1:9/0 does not answer (ConnectionError); start Redis"),
 ])
 async def test_failure_is_one_line_on_stderr_and_a_nonzero_exit(fake_pixabay, tmp_path, args,
                                                                 env, code, message):
