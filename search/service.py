@@ -1,8 +1,11 @@
-"""SearchService.find(): retriever → cache → embed → rank.
+"""SearchService: the front door the CLI and the bot share, and nothing deeper.
 
-The one entry point that the CLI and the bot share. ``search.embed`` turns the hits
-the cache lacks into vectors (downloads, decoding and encoding overlap); a caller
-that passes ``partial`` is handed the ranking of what is ranked so far as it grows.
+- ``find``: retriever → cache → embed → rank. ``search.embed`` turns the hits the cache
+  lacks into vectors (downloads, decoding and encoding overlap); a caller that passes
+  ``partial`` is handed the ranking of what is ranked so far as it grows.
+- ``more_like``: a stored ranking re-ranked by one pick's cached vector.
+- ``pick_file``: the image a pick attaches, from allow-listed hosts, within a size.
+- ``contact_sheet``: a page of hits drawn as one picture of numbered tiles.
 """
 
 from __future__ import annotations
@@ -21,15 +24,16 @@ import numpy as np
 from .clip import ClipEncoder
 from .config import Settings
 from .embed import Embedder
-from .errors import AllImagesFailed, InvalidQuery, NoResults
+from .errors import AllImagesFailed, ImageSkipped, InvalidQuery, NoResults, PickForgotten
+from .grid import encode, hits_sheet
 from .hub import check_weights_reachable
-from .imagequery import blend, image_pixels
+from .imagequery import blend, image_pixels, more_like
 from .images import ImageFetcher
 from .models import MAX_TOP, Filters, Query, Source
 from .openverse import OpenverseClient
-from .pixabay import PixabayClient
+from .pixabay import Hit, PixabayClient
 from .ranking import Ranking, ScoredHit, rank
-from .sources import Retriever, label
+from .sources import Retriever, label, share_urls, short_credit
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -83,6 +87,14 @@ class SearchResult:
     @property
     def cached(self) -> bool:
         return self.api_cached and self.downloaded == 0
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """An image's bytes and the file name to attach them under."""
+
+    data: bytes
+    filename: str
 
 
 async def load_encoder(settings: Settings, *, cache: bool = True,
@@ -295,6 +307,43 @@ class SearchService:
     def page(self, ranking: Ranking, offset: int, top: int) -> list[ScoredHit]:
         """Another page of a ranking already computed: no Pixabay call, no model call."""
         return ranking.page(offset, top)
+
+    # -- after a search: what a results message asks for -----------------------------
+    async def more_like(self, pick: Hit, among: Ranking) -> Ranking:
+        """``among``'s hits ranked by ``pick``'s own vector, the pick left out.
+
+        Every vector comes from the embedding cache: no source call, no download, no
+        encode. PickForgotten when the pick's vector is gone (pruned, or a new model).
+        """
+        hits = [hit for hit, _ in among.entries]
+        vectors = await self.store.get_embeddings(self.vectors_source(pick.source),
+                                                  self.model_key, [h.id for h in hits])
+        if pick.id not in vectors:
+            raise PickForgotten()
+        return more_like(hits, vectors, pick)
+
+    async def pick_file(self, hit: Hit, max_bytes: int) -> ImageFile | None:
+        """The image a shared pick attaches (the largest the source offers, from an
+        allow-listed host, at most ``max_bytes``); None when none can be had."""
+        for url in share_urls(hit):
+            try:
+                data = await self.fetcher.fetch(url, max_bytes=max_bytes)
+            except ImageSkipped as e:
+                log.info("pick %s: %s from %s", hit.id, e, url.split("?")[0])
+                continue
+            ext = "png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "jpg"
+            return ImageFile(data, f"{hit.source}-{hit.id}.{ext}")
+        return None
+
+    async def contact_sheet(self, items: list[ScoredHit], labels: list[str], *,
+                            captions: list[str] | None = None, fmt: str = "JPEG") -> bytes:
+        """The hits' small images as one picture of tiles, each with its label on top and
+        its caption below (by default the creator and the licence or source), as file
+        bytes. An image that cannot be had leaves a grey tile that still has its label."""
+        if captions is None:
+            captions = [short_credit(item.hit) for item in items]
+        sheet = await hits_sheet(self.fetcher, items, labels, captions)
+        return await asyncio.to_thread(encode, sheet, fmt)
 
 
 def _ms(t0: float) -> float:
