@@ -23,6 +23,7 @@ import numpy as np
 
 from .clip import ClipEncoder
 from .config import Settings
+from .decode import Decoder
 from .embed import Embedder
 from .errors import AllImagesFailed, ImageSkipped, InvalidQuery, NoResults, PickForgotten
 from .grid import encode, hits_sheet
@@ -119,15 +120,17 @@ async def load_encoder(settings: Settings, *, cache: bool = True,
 class SearchService:
     def __init__(self, settings: Settings, *, pixabay: PixabayClient | None,
                  fetcher: ImageFetcher, encoder: ClipEncoder, store: Store,
-                 openverse: OpenverseClient | None = None) -> None:
+                 openverse: OpenverseClient | None = None, decoder: Decoder | None = None
+                 ) -> None:
         self.settings = settings
         self.pixabay = pixabay
         self.openverse = openverse
         self.sources: dict[str, Retriever] = {c.name: c for c in (pixabay, openverse) if c}
         self.fetcher = fetcher
+        self.decoder = decoder or Decoder()
         self.encoder = encoder
         self.store = store
-        self.embedder = Embedder(encoder, variant=settings.image_variant)
+        self.embedder = Embedder(encoder, self.decoder, variant=settings.image_variant)
 
     @classmethod
     @asynccontextmanager
@@ -156,7 +159,8 @@ class SearchService:
             # Openverse thumbnails come from its API host: that host alone joins the list.
             hosts = tuple(dict.fromkeys((*settings.image_hosts, settings.openverse_host)))
             fetcher = ImageFetcher(session, hosts, concurrency=DOWNLOADS_IN_FLIGHT)
-            stack.push_async_callback(fetcher.close)
+            decoder = Decoder()
+            stack.push_async_callback(decoder.close)
             pixabay = None
             if settings.pixabay_api_key:
                 pixabay = PixabayClient(session, api_url=settings.pixabay_api_url,
@@ -170,8 +174,8 @@ class SearchService:
                                             k: v for k, v in pixabay_options.items()
                                             if k in ("timeout", "retries", "backoff", "clock")})
             service = cls(settings, pixabay=pixabay, fetcher=fetcher, encoder=encoder,
-                          store=store, openverse=openverse)
-            await service.embedder.warm_up(fetcher)
+                          store=store, openverse=openverse, decoder=decoder)
+            await service.embedder.warm_up()
             yield service
 
     def source(self, name: str | None) -> Retriever:
@@ -232,7 +236,7 @@ class SearchService:
         # A bad picture is refused before any candidate is fetched; the query's encode
         # then runs beside the API call and the downloads.
         pixels = (None if query.image is None
-                  else await image_pixels(self.fetcher, self.encoder, query.image))
+                  else await image_pixels(self.decoder, self.encoder, query.image))
         text_task = asyncio.ensure_future(self._query_vector(phrase, pixels))
         try:
             t0 = time.perf_counter()
@@ -342,7 +346,7 @@ class SearchService:
         bytes. An image that cannot be had leaves a grey tile that still has its label."""
         if captions is None:
             captions = [short_credit(item.hit) for item in items]
-        sheet = await hits_sheet(self.fetcher, items, labels, captions)
+        sheet = await hits_sheet(self.fetcher, self.decoder, items, labels, captions)
         return await asyncio.to_thread(encode, sheet, fmt)
 
 
