@@ -25,6 +25,8 @@ SETTINGS: tuple[tuple[str, str], ...] = (
     ("CLIP_BACKEND", "auto (ONNX Runtime on CPU, torch on CUDA), torch or onnx"),
     ("CLIP_PRECISION", "auto (int8 on CPU, fp16 on CUDA), fp32, fp16 or int8"),
     ("DATA_DIR", "where the SQLite caches and the bot's state live"),
+    ("MODEL_CACHE_DIR", "where exported ONNX model files live (`make model` fills it); "
+                        "empty: DATA_DIR/models"),
     ("SEARCH_CANDIDATES", "Pixabay candidates ranked per search (1-500)"),
     ("MAX_CONCURRENT_SEARCHES", "searches running at once; twice as many more may wait"),
     ("USER_COOLDOWN_SECONDS", "seconds a member waits between searches (0: off)"),
