@@ -229,3 +229,23 @@ def test_export_memory_setting_is_read(tmp_path):
     assert s.models_dir == tmp_path / "m"
     assert Settings.from_mapping({"DATA_DIR": str(tmp_path)}).models_dir == tmp_path / "models"
     assert Path(s.models_dir).name == "m"
+
+
+async def test_check_says_a_failed_export_left_torch_serving(fake_discord, fake_pixabay,
+                                                             tmp_path):
+    from search.clip.backends import record_failure
+    from search.clip.model import load_model
+    from tests.conftest import bot_env
+    from tests.test_check import rows, run_bot
+
+    models = tmp_path / "data" / "models"
+    record_failure(load_model(TINY, None, "cpu", weights=False), models, "int8",
+                   "the export process was killed by SIGKILL")
+    env = bot_env(fake_discord, fake_pixabay, tmp_path / "data", CLIP_BACKEND="auto")
+    code, out, err = await run_bot(env, "--check", cwd=tmp_path)
+    assert code == 0, out + err
+    model = rows(out)["model"][1]
+    assert "(torch, fp32" in model
+    assert model.endswith("the ONNX export failed at an earlier start (the export process was "
+                          "killed by SIGKILL); torch serves. Run `python -m search.export` "
+                          "(make model) to try again")
