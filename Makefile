@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint docs bench tiny-clip clean
+.PHONY: run test lint docs bench model tiny-clip clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ docs: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# The ONNX files for CLIP_MODEL, ahead of time, into MODEL_CACHE_DIR (default DATA_DIR/models).
+model: $(STAMP)
+	$(PY) -m search.export
 
 tiny-clip: $(STAMP)
 	$(PY) -m tests.fixtures.train_tiny_clip

@@ -47,6 +47,7 @@ class Settings:
     clip_backend: str = "auto"
     clip_precision: str = "auto"
     data_dir: Path = Path("./data")
+    model_cache_dir: Path | None = None  # None: DATA_DIR/models
     search_candidates: int = 200
     max_concurrent_searches: int = 4
     user_cooldown_seconds: float = 10.0
@@ -136,6 +137,8 @@ class Settings:
             kw["clip_pretrained"] = pretrained
         if (raw := get("DATA_DIR")) is not None:
             kw["data_dir"] = Path(raw)
+        if (raw := get("MODEL_CACHE_DIR")) is not None:
+            kw["model_cache_dir"] = Path(raw)
         if (raw := get("SEARCH_CANDIDATES")) is not None:
             kw["search_candidates"] = _int("SEARCH_CANDIDATES", raw, 1, MAX_CANDIDATES)
         if (raw := get("MAX_CONCURRENT_SEARCHES")) is not None:
@@ -243,6 +246,11 @@ class Settings:
         """Pixabay needs a key; Openverse needs nothing."""
         if source == "pixabay":
             self.require("PIXABAY_API_KEY")
+
+    @property
+    def models_dir(self) -> Path:
+        """Where the exported ONNX files live: MODEL_CACHE_DIR, or DATA_DIR/models."""
+        return self.model_cache_dir or self.data_dir / "models"
 
     @property
     def db_path(self) -> Path:
