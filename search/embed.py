@@ -25,6 +25,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from typing import cast
 
 import numpy as np
 import torch
@@ -40,7 +42,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
 # Called with the vectors of each newly encoded group of hits (image id -> vector).
-OnVectors = Callable[[dict[int, np.ndarray]], None]
+OnVectors = Callable[[dict[int | str, np.ndarray]], None]
 
 # Shapes of Pixabay's _340 thumbnails seen most (landscape 3:2, portrait, square, 16:9).
 WARM_SHAPES = ((340, 227), (227, 340), (340, 340), (340, 191))
@@ -67,7 +69,7 @@ class EncodedJpegs:
 
 @dataclass
 class Embedded:
-    vectors: dict[int, np.ndarray]
+    vectors: dict[int | str, np.ndarray]
     skipped: Counter
     timings: dict[str, float] = field(default_factory=dict)  # milliseconds per stage
 
@@ -82,6 +84,7 @@ def decode_on_device(encoder: ClipEncoder, datas: Sequence[bytes], max_pixels: i
     from torchvision.io import ImageReadMode, decode_jpeg
 
     loaded = encoder.loaded
+    assert loaded is not None  # a prepare job runs on the started encoder's thread
     stats = encoder.stats
     take = [i for i, d in enumerate(datas) if batch_decodable(jpeg_info(d), max_pixels=max_pixels)]
     raw = [torch.frombuffer(bytearray(datas[i]), dtype=torch.uint8) for i in take]
@@ -140,13 +143,13 @@ class Embedder:
         chunks = [list(data[i:i + size]) for i in range(0, len(data), size)]
         parts = await asyncio.gather(*(
             self.encoder.encode_prepared(
-                lambda chunk=chunk: decode_on_device(self.encoder, chunk, max_pixels),
+                partial(decode_on_device, self.encoder, chunk, max_pixels),
                 len(chunk))
             for chunk in chunks))
         encoded, failed, vectors = [], [], []
         for k, part in enumerate(parts):
             base = k * size
-            got, refused = part.extra
+            got, refused = cast(tuple[list[int], list[int]], part.extra)
             encoded += [base + i for i in got]
             failed += [base + i for i in refused]
             if len(part.vectors):
@@ -168,7 +171,7 @@ class Embedder:
         given up: what has arrived is ranked, the caller counts the rest.
         """
         skipped: Counter = Counter()
-        vectors: dict[int, np.ndarray] = {}
+        vectors: dict[int | str, np.ndarray] = {}
         spent = {"download": 0.0, "decode": 0.0, "encode": 0.0}
         if not hits:
             return Embedded(vectors, skipped, {k: 0.0 for k in spent})
@@ -190,7 +193,7 @@ class Embedder:
             if progress is not None:
                 progress("images", done, len(hits))
 
-        def got(new: dict[int, np.ndarray]) -> None:
+        def got(new: dict[int | str, np.ndarray]) -> None:
             vectors.update(new)
             if on_vectors is not None and new:
                 on_vectors(new)
@@ -272,7 +275,7 @@ class Embedder:
             pixels = None
             try:
                 async with fetcher.held(rank_url(hit, self.variant)) as data:
-                    arrived.add(asyncio.current_task())
+                    arrived.add(cast(asyncio.Task, asyncio.current_task()))  # in a task
                     download_end = max(download_end, time.perf_counter())
                     remaining -= 1
                     if on_device and data.startswith(b"\xff\xd8"):
@@ -312,8 +315,8 @@ class Embedder:
             for task in tasks:
                 task.cancel()
         for task in tasks:
-            if not task.cancelled() and task.exception() is not None:
-                raise task.exception()
+            if not task.cancelled() and (error := task.exception()) is not None:
+                raise error
         timings = {
             "download": (max(download_end, t_start) - t_start) * 1000.0,
             "decode": spent["decode"] * 1000.0,

@@ -79,7 +79,7 @@ def decode_image(data: bytes, *, min_side: int | None = None,
     ``max_full_pixels``.
     """
     try:
-        img = Image.open(io.BytesIO(data))
+        img: Image.Image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageSkipped("not an image") from None
     except Image.DecompressionBombError:
@@ -90,7 +90,7 @@ def decode_image(data: bytes, *, min_side: int | None = None,
     reducible = img.format == "JPEG" and bool(min_side)
     if width * height > (max_pixels if reducible else min(max_pixels, max_full_pixels)):
         raise ImageSkipped("too large", f"{width}x{height} {img.format}")
-    if reducible:
+    if reducible and min_side:
         # DCT scaling: decode at 1/2, 1/4 or 1/8 size while staying >= min_side.
         img.draft("RGB", (min_side, min_side))
     try:

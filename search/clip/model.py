@@ -13,7 +13,9 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -70,7 +72,7 @@ def model_identity(model_name: str, pretrained: str | None) -> str:
             if path.is_file() and path.name.startswith("open_clip"):
                 digest.update(path.name.encode())
                 with path.open("rb") as f:
-                    for block in iter(lambda f=f: f.read(1 << 20), b""):
+                    for block in iter(partial(f.read, 1 << 20), b""):
                         digest.update(block)
         return f"local-dir:{folder.name}@{digest.hexdigest()[:16]}"
     if pretrained and Path(pretrained).is_file():
@@ -139,15 +141,15 @@ def load_model(model_name: str, pretrained: str | None = None, device: str = "cp
     cfg = PreprocessCfg(**open_clip.get_model_preprocess_cfg(model))
     preprocess = image_transform_v2(cfg, is_train=False)
     size = cfg.size if isinstance(cfg.size, (tuple, list)) else (cfg.size, cfg.size)
-    context_length = int(getattr(tokenizer, "context_length", None)
-                         or getattr(model, "context_length", 77))
+    context_length: Any = (getattr(tokenizer, "context_length", None)
+                           or getattr(model, "context_length", 77))
     loaded = LoadedModel(
         name=model_name, pretrained=pretrained,
         identity=identity(model_name, pretrained, random_weights), device=device, dtype=dtype,
         model=model if weights else None, tokenizer=tokenizer, preprocess=preprocess, preprocess_levels=preprocess,
         image_size=(int(size[0]), int(size[1])), mean=tuple(cfg.mean), std=tuple(cfg.std),
         interpolation=cfg.interpolation, resize_mode=cfg.resize_mode,
-        context_length=context_length, random_weights=random_weights)
+        context_length=int(context_length), random_weights=random_weights)
     return replace(loaded, preprocess_levels=levels_transform(loaded))
 
 

@@ -21,6 +21,7 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -136,6 +137,11 @@ class ClipEncoder:
             raise RuntimeError("the CLIP encoder is not started")
         return self.loaded
 
+    def _serving(self) -> Backend:
+        if self.backend is None:
+            raise RuntimeError("the CLIP encoder is not started")
+        return self.backend
+
     @property
     def identity(self) -> str:
         """Keys the embedding cache: the weights, and int8 apart (its vectors differ)."""
@@ -235,10 +241,11 @@ class ClipEncoder:
                 for hook in AFTER_CPU_BATCH:
                     hook()
         # The first forward pass allocates and picks kernels.
-        self._encode(torch.zeros((1, 3, *self.loaded.image_size), dtype=self.dtype))
-        self.backend.encode_text(self.loaded.tokenizer(["warm up"]).to(self.device))
+        backend, loaded = self._serving(), self._need()
+        self._encode(torch.zeros((1, 3, *loaded.image_size), dtype=self.dtype))
+        backend.encode_text(loaded.tokenizer(["warm up"]).to(self.device))
         log.info("CLIP %s loaded on %s with %s %s (%s, %s threads)", self.model_name,
-                 self.device, self.backend.name, self.backend.precision, self.identity,
+                 self.device, backend.name, backend.precision, self.identity,
                  self.threads or torch.get_num_threads())
 
     # -- worker thread ----------------------------------------------------------
@@ -309,11 +316,12 @@ class ClipEncoder:
         pixels = pixels.to(self.device, non_blocking=True)
         if pixels.dtype == torch.uint8:
             self.stats.stages["normalise:levels"] += 1
-            pixels = from_levels(pixels, self.loaded.mean, self.loaded.std)
+            loaded = self._need()
+            pixels = from_levels(pixels, loaded.mean, loaded.std)
         return pixels.to(self.dtype)
 
     def _encode(self, batch: torch.Tensor) -> np.ndarray:
-        vectors = self.backend.encode_image(batch)
+        vectors = self._serving().encode_image(batch)
         if not self.device.startswith("cuda"):
             for hook in AFTER_CPU_BATCH:
                 hook()
@@ -328,7 +336,7 @@ class ClipEncoder:
                 (pixels, extra), seconds = _timed(job.payload, self.device)
                 prepared[k] = (extra, seconds)
             else:
-                pixels = job.payload  # type: ignore[assignment]
+                pixels = job.payload
             if pixels is not None and len(pixels):
                 parts.append(pixels)
             rows.append(0 if pixels is None else len(pixels))
@@ -364,14 +372,15 @@ class ClipEncoder:
 
     def _forward_texts(self, jobs: list[_Job]) -> list[object]:
         started = time.perf_counter()
-        phrases = [p for j in jobs for p in j.payload]
-        tokens = self.loaded.tokenizer(phrases).to(self.device)
-        feats = self.backend.encode_text(tokens)
+        phrases = [p for j in jobs for p in cast(list[str], j.payload)]
+        tokens = self._need().tokenizer(phrases).to(self.device)
+        feats = self._serving().encode_text(tokens)
         self.stats.stages["encode:text"] += 1
         self.stats.texts += len(phrases)
         self.stats.record("text", len(phrases))
         elapsed = time.perf_counter() - started
-        out, start = [], 0
+        out: list[object] = []
+        start = 0
         for job in jobs:
             out.append((feats[start:start + job.n], elapsed * job.n / len(phrases)))
             start += job.n
