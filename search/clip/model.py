@@ -8,10 +8,11 @@ would be noise. Only the benchmark asks for random weights, explicitly.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -98,6 +99,26 @@ def identity(model_name: str, pretrained: str | None, random_weights: bool = Fal
     return model_identity(model_name, pretrained)
 
 
+def _not_random_init(record: logging.LogRecord) -> bool:
+    """False for open_clip's warning that a model was built with no weights (it logs on
+    the root logger)."""
+    return not ("open_clip" in record.pathname and record.levelno == logging.WARNING
+                and "initialized randomly" in record.getMessage())
+
+
+@contextlib.contextmanager
+def _architecture_only() -> Iterator[None]:
+    """Building the architecture alone is what was asked: open_clip's "Model initialized
+    randomly" would tell an operator the install is broken, while a backend with its own
+    checked weights serves. A model that should have weights and has none still raises."""
+    root = logging.getLogger()
+    root.addFilter(_not_random_init)
+    try:
+        yield
+    finally:
+        root.removeFilter(_not_random_init)
+
+
 def load_model(model_name: str, pretrained: str | None = None, device: str = "cpu", *,
                random_weights: bool = False, weights: bool = True) -> LoadedModel:
     """Create the model, its tokenizer and its eval transforms; fp16 on CUDA.
@@ -120,7 +141,7 @@ def load_model(model_name: str, pretrained: str | None = None, device: str = "cp
             model = open_clip.create_model(model_name, pretrained=pretrained, device=device,
                                            require_pretrained=not random_weights)
         else:
-            with torch.device("meta"):
+            with torch.device("meta"), _architecture_only():
                 model = open_clip.create_model(model_name, pretrained=pretrained,
                                                device="meta", load_weights=False)
         tokenizer = open_clip.get_tokenizer(model_name)
