@@ -1,4 +1,4 @@
-# Two commands: `make run` starts the bot, `make test` runs ruff and the whole suite.
+# Two commands: `make run` starts the bot, `make test` runs ruff, mypy and the whole suite.
 # `make docs` rewrites .env.example and docs/configuration.md from search/settings_doc.py.
 PYTHON ?= python3
 VENV := .venv
@@ -18,10 +18,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(PY) -m mypy
 
 docs: $(STAMP)
 	$(PY) -m search.settings_doc
@@ -37,4 +39,4 @@ tiny-clip: $(STAMP)
 	$(PY) -m tests.fixtures.train_tiny_clip
 
 clean:
-	rm -rf $(VENV) data .pytest_cache
+	rm -rf $(VENV) data .pytest_cache .mypy_cache

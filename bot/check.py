@@ -107,6 +107,7 @@ async def discord_login(settings: Settings) -> Row:
     try:
         await asyncio.wait_for(client.login(settings.discord_token), TIMEOUT)
         user, app_id = client.user, client.application_id
+        assert user is not None  # login() sets it
         guild_id = settings.discord_guild_id
         invite = discord.utils.oauth_url(
             app_id or 0, permissions=INVITE_PERMISSIONS, scopes=("bot", "applications.commands"),
@@ -195,6 +196,7 @@ async def model(settings: Settings, *, cache: bool):
     weights = (f"weights {settings.clip_pretrained}" if encoder.pretrained
                else "weights from the folder" if name.startswith("local-dir:")
                else "weights from the hub")
+    assert encoder.backend is not None  # a started encoder has one
     backend, precision = encoder.backend.name, encoder.backend.precision
     n = encoder.threads
     threads = f", {n} thread{'s' if n != 1 else ''}" if n else ""

@@ -67,7 +67,7 @@ Partial = Callable[[PartialRanking], None]
 @dataclass
 class SearchResult:
     tag: str
-    phrase: str
+    phrase: str | None  # None: ranked by the query's image alone
     hits: list[ScoredHit]
     ranking: Ranking
     offset: int
@@ -261,7 +261,7 @@ class SearchService:
             so_far = dict(cached)
             last_partial = -float("inf")
 
-            def on_vectors(new: dict[int, np.ndarray]) -> None:
+            def on_vectors(new: dict[int | str, np.ndarray]) -> None:
                 nonlocal last_partial
                 so_far.update(new)
                 now = time.perf_counter()
@@ -306,9 +306,10 @@ class SearchService:
             timings=timings, left_out=left_out, source=retriever.name,
             by_image=query.image is not None)
 
-    async def _query_vector(self, phrase: str, pixels) -> tuple[np.ndarray, bool]:
+    async def _query_vector(self, phrase: str | None, pixels) -> tuple[np.ndarray, bool]:
         """The query's unit vector and whether the phrase was cut to the model's length."""
         if pixels is None:
+            assert phrase is not None  # a Query has a phrase, an image or both
             text = await self.encoder.encode_text(phrase)
             return text.vector, text.truncated
         vectors, _seconds = await self.encoder.encode_images(pixels[None])
