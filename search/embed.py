@@ -35,6 +35,8 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
+from typing import cast
 
 import numpy as np
 
@@ -49,7 +51,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
 # Called with the vectors of each newly encoded group of hits (image id -> vector).
-OnVectors = Callable[[dict[int, np.ndarray]], None]
+OnVectors = Callable[[dict[int | str, np.ndarray]], None]
 # A JPEG waiting for a device batch, and the future its download waits on meanwhile.
 Waiting = tuple[Hit, bytes, "asyncio.Future[None]"]
 
@@ -79,7 +81,7 @@ class EncodedJpegs:
 
 @dataclass
 class Embedded:
-    vectors: dict[int, np.ndarray]
+    vectors: dict[int | str, np.ndarray]
     skipped: Counter
     timings: dict[str, float] = field(default_factory=dict)  # milliseconds per stage
 
@@ -128,13 +130,13 @@ class Embedder:
         chunks = [list(data[i:i + size]) for i in range(0, len(data), size)]
         parts = await asyncio.gather(*(
             self.encoder.encode_prepared(
-                lambda chunk=chunk: decode_on_device(self.encoder, chunk, max_pixels),
+                partial(decode_on_device, self.encoder, chunk, max_pixels),
                 len(chunk))
             for chunk in chunks))
         encoded, failed, vectors = [], [], []
         for k, part in enumerate(parts):
             base = k * size
-            got, refused = part.extra
+            got, refused = cast(tuple[list[int], list[int]], part.extra)
             encoded += [base + i for i in got]
             failed += [base + i for i in refused]
             if len(part.vectors):
@@ -184,7 +186,7 @@ class _Run:
         self.on_vectors = on_vectors
         self.on_device = embedder.on_device
         self.loop = asyncio.get_running_loop()
-        self.vectors: dict[int, np.ndarray] = {}
+        self.vectors: dict[int | str, np.ndarray] = {}
         self.skipped: Counter = Counter()
         self.seconds = {"decode": 0.0, "encode": 0.0}  # thread and worker time, not waits
         self.started = time.perf_counter()
@@ -216,8 +218,8 @@ class _Run:
             for task in tasks:
                 task.cancel()
         for task in tasks:
-            if not task.cancelled() and task.exception() is not None:
-                raise task.exception()
+            if not task.cancelled() and (error := task.exception()) is not None:
+                raise error
 
     def timings(self) -> dict[str, float]:
         """Milliseconds: until the last download arrived, then decode and encode work."""
@@ -249,7 +251,7 @@ class _Run:
     async def download(self, hit: Hit) -> AsyncIterator[bytes]:
         """The image's bytes, counted against the byte budget until the block ends."""
         async with self.fetcher.held(rank_url(hit, self.embedder.variant)) as data:
-            self.arrived.add(asyncio.current_task())
+            self.arrived.add(cast(asyncio.Task, asyncio.current_task()))  # in a task
             self.last_arrival = max(self.last_arrival, time.perf_counter())
             self.coming -= 1
             self.flush_soon()  # this may be the arrival a device batch waits for
@@ -273,7 +275,7 @@ class _Run:
         finally:
             self.finished()
 
-    def keep(self, new: dict[int, np.ndarray]) -> None:
+    def keep(self, new: dict[int | str, np.ndarray]) -> None:
         self.vectors.update(new)
         if self.on_vectors is not None and new:
             self.on_vectors(new)
