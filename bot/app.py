@@ -78,10 +78,21 @@ class FindImageBot(commands.AutoShardedBot):
         self.shared = shared  # Redis, when REDIS_URL is set: claims, locks, IDENTIFY turns
         self.identify_turns = IdentifyTurns(self, shared)
         self.settings = settings
-        self.service = service  # set once the model has loaded, before the gateway connects
+        self._service = service  # set once the model has loaded, before the gateway connects
         self.state = state
         self.synced: list[discord.app_commands.AppCommand] = []
         self.metrics_url: str | None = None  # where /metrics is served, when it is
+
+    @property
+    def service(self) -> SearchService:
+        """The search service; commands arrive only after it is open (see bot/__main__.py)."""
+        if self._service is None:
+            raise RuntimeError("the search service is not open yet")
+        return self._service
+
+    @service.setter
+    def service(self, service: SearchService) -> None:
+        self._service = service
 
     async def setup_hook(self) -> None:
         for name in COGS:

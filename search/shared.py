@@ -303,6 +303,17 @@ class SharedBudget:
                                     window=w.seconds, clock=self.clock, label=self.label)
                          for w in self.windows]
 
+    async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        return await self.redis.call(lambda: script(keys=keys, args=args))
+
+    @property
+    def limit(self) -> int:
+        return self.windows[0].limit
+
+    @property
+    def window(self) -> float:
+        return self.windows[0].seconds
+
     def _keys(self, i: int) -> tuple[str, str]:
         base = self.redis.key("budget", self.scope, self.windows[i].name)
         return base + ":sent", base + ":told"
@@ -368,9 +379,7 @@ class SharedBudget:
                 if now - when < w.seconds:
                     args += [f"{now - when:.3f}", member]
             if len(args) > 1:
-                key = self._keys(i)[0]
-                await self.redis.call(
-                    lambda key=key, args=args: self.redis.backfill_script(keys=[key], args=args))
+                await self._run(self.redis.backfill_script, [self._keys(i)[0]], args)
         log.info("%s budget: this process's %d requests of the last window are counted in "
                  "Redis again", self.label, len(self._log))
         self._dirty = False
@@ -380,10 +389,10 @@ class SharedBudget:
         self.fallback[i].server_remaining = remaining
         self.fallback[i].server_reset_at = self.clock() + reset
         key = self._keys(i)[1]
-        args = [remaining, f"{reset:.3f}", "" if limit is None else limit,
-                self.windows[i].seconds]
+        args: list[Any] = [remaining, f"{reset:.3f}", "" if limit is None else limit,
+                           self.windows[i].seconds]
         try:
-            await self.redis.call(lambda: self.redis.tell_script(keys=[key], args=args))
+            await self._run(self.redis.tell_script, [key], args)
         except RedisUnavailable:
             pass  # the local share already knows
 
