@@ -43,23 +43,30 @@ def shard_env(fake, pixabay, data_dir: Path, **extra: str) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def bot_processes(fake, envs: list[dict[str, str]], tmp_path: Path, shards: set[int]):
-    """`python -m bot` for each env, online on ``shards``; SIGTERM when the block ends."""
+async def bot_processes(fake, envs: list[dict[str, str]], tmp_path: Path, shards: set[int],
+                        *, one_by_one: bool = False):
+    """`python -m bot` for each env, online on ``shards``; SIGTERM when the block ends.
+
+    ``one_by_one``: each starts once the one before is online, as in a hand-off."""
     procs = []
     logs = []
-    for i, env in enumerate(envs):
-        log = (tmp_path / f"bot{i}.log").open("wb")
-        logs.append(log)
-        procs.append(await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", cwd=tmp_path, env={"PATH": "/usr/bin:/bin", **env},
-            stdout=log, stderr=log))
     try:
+        for i, env in enumerate(envs):
+            log = (tmp_path / f"bot{i}.log").open("wb")
+            logs.append(log)
+            procs.append(await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bot", cwd=tmp_path,
+                env={"PATH": "/usr/bin:/bin", **env}, stdout=log, stderr=log))
+            if one_by_one:
+                await fake.wait_for(lambda n=i: len(fake.identify_log) > n or any(
+                    p.returncode is not None for p in procs), 240,
+                    what=f"bot process {i} to come online")
         await fake.wait_for(
             lambda: shards <= fake.connected_shards() and None in fake.synced_commands
             and len(fake.identify_log) >= len(envs)
             or any(p.returncode is not None for p in procs),
             240, what="every bot process to come online")
-        assert all(p.returncode is None for p in procs), read_logs(tmp_path, len(envs))
+        assert all(p.returncode is None for p in procs), "\n".join(read_logs(tmp_path, len(envs)))
         yield procs
     finally:
         for p in procs:
@@ -148,7 +155,7 @@ async def test_a_tag_searched_in_one_process_then_another_makes_one_api_call_and
     envs = [shard_env(fake, fake_pixabay, tmp_path / "data", SHARD_COUNT="2", SHARD_IDS=str(i),
                       REDIS_URL=url, REDIS_KEY_PREFIX=prefix, SEARCH_CANDIDATES="20")
             for i in range(2)]
-    async with bot_processes(fake, envs, tmp_path, {0, 1}):
+    async with bot_processes(fake, envs, tmp_path, {0, 1}, one_by_one=True):
         fake_pixabay.reset_counters()
         replies = []
         for channel in ("general", "general@1"):  # guild 0's shard, then guild 1's
@@ -173,7 +180,7 @@ async def test_a_hand_off_with_two_processes_on_one_shard_posts_a_pick_once(
     url, prefix = redis_url
     env = shard_env(fake, fake_pixabay, tmp_path / "data", SHARD_COUNT="1", SHARD_IDS="0",
                     REDIS_URL=url, REDIS_KEY_PREFIX=prefix)
-    async with bot_processes(fake, [env, env], tmp_path, {0}):
+    async with bot_processes(fake, [env, env], tmp_path, {0}, one_by_one=True):
         await fake.wait_for(lambda: len([s for s in fake._sessions if s.conn]) == 2, 60,
                             what="both processes to hold shard 0")
         inter = await fake.invoke("findimage", {"tag": "circle", "phrase": "a red circle"})
