@@ -27,7 +27,7 @@ import torch
 
 from bench.measure import machine
 from search.clip import ClipEncoder
-from search.images import decode_image
+from search.decode import decode_image
 from search.tuning import freeze_heap, tune_process
 from tests.scenes import ALL_SCENES, jpeg_bytes, render
 

@@ -145,12 +145,10 @@ def _reasons(skipped: dict[str, int]) -> str:
 
 
 async def write_grid(service: SearchService, result: SearchResult, path: Path) -> int:
-    from .grid import hits_sheet  # the bot's layout:grid draws with it too
-
     labels = [f"#{h.rank}  {h.display:.1f}" for h in result.hits]
     captions = [str(h.hit.id) for h in result.hits]
-    sheet = await hits_sheet(service.fetcher, result.hits, labels, captions)
-    await asyncio.to_thread(sheet.save, path, "PNG")
+    data = await service.contact_sheet(result.hits, labels, captions=captions, fmt="PNG")
+    await asyncio.to_thread(path.write_bytes, data)
     return len(labels)
 
 

@@ -15,8 +15,8 @@ from onnx import numpy_helper
 
 from search.clip import ClipEncoder
 from search.config import Settings
+from search.decode import decode_image
 from search.errors import ConfigError, ModelLoadError
-from search.images import decode_image
 from search.pixabay import Hit
 from search.ranking import rank
 from tests.scenes import ALL_SCENES, jpeg_bytes, render

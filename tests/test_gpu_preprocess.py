@@ -19,9 +19,8 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from search.clip import ClipEncoder
 from search.config import Settings
+from search.decode import batch_decodable, decode_image, jpeg_info, preprocess
 from search.embed import Embedder
-from search.images import decode_image
-from search.preprocess import batch_decodable, jpeg_info, preprocess
 from search.service import SearchService
 from tests.scenes import ALL_SCENES, jpeg_bytes, render
 

@@ -51,7 +51,7 @@ async def test_pngs_near_the_pixel_cap_are_refused_before_decoding(service, fake
 
 
 def test_only_jpegs_may_come_near_20_megapixels():
-    from search.images import decode_image
+    from search.decode import decode_image
     from tests.fakes.pixabay import near_cap_png
 
     with pytest.raises(Exception, match="too large"):

@@ -15,8 +15,8 @@ import torch
 
 from search.clip import ClipEncoder
 from search.clip.worker import STATS_HISTORY, BatchStats
+from search.decode import decode_image
 from search.embed import Embedder
-from search.images import decode_image
 from tests.scenes import ALL_SCENES, jpeg_bytes, render
 
 TINY_CLIP = Path(__file__).parent / "fixtures" / "tiny-clip"
