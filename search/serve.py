@@ -23,14 +23,15 @@ import os
 import signal
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import ray
 from ray import serve
 
+from . import logs
 from .config import Settings
-from .errors import ConfigError, ImageSkipped, SearchError
+from .errors import ImageSkipped, SearchError
+from .hub import check_weights_reachable
 from .inference import (
     API,
     MAX_IMAGE_BYTES,
@@ -56,40 +57,36 @@ TEXT_BATCH_WAIT = 0.002
 
 
 class BytesReader:
-    """Image files to vectors: the encoder's device decides how they are decoded."""
+    """Image files to vectors, decoded as in-process: nvjpeg batches on CUDA (what that
+    decoder should not take goes to Pillow), Pillow on the decode threads elsewhere."""
 
-    def __init__(self, encoder: Any, threads: int = 2) -> None:
+    def __init__(self, encoder: Any) -> None:
+        from .decode import Decoder
         from .embed import Embedder
-        from .images import MAX_FULL_DECODE_PIXELS, MAX_PIXELS
 
         self.encoder = encoder
-        self.embedder = Embedder(encoder, variant=340)
-        self.max_pixels = MAX_PIXELS
-        self.max_full_pixels = MAX_FULL_DECODE_PIXELS
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="serve-decode",
-                                       initializer=_lower_priority)
+        self.decoder = Decoder()
+        self.embedder = Embedder(encoder, self.decoder, variant=340)
 
-    def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+    async def close(self) -> None:
+        await self.decoder.close()
 
     async def vectors(self, datas: list[bytes]) -> list[Any]:
         """A unit vector (numpy) or the reason it was skipped (str), for each file."""
         out: list[Any] = [None] * len(datas)
         todo = list(range(len(datas)))
-        decode = encode = 0.0
         if self.embedder.on_device:
             jpegs = [i for i in todo if datas[i].startswith(b"\xff\xd8")]
             if jpegs:
                 got = await self.embedder.encode_jpegs([datas[i] for i in jpegs],
-                                                       max_pixels=self.max_pixels)
-                decode += got.decode_seconds
-                encode += got.encode_seconds
+                                                       max_pixels=self.decoder.max_pixels)
                 for row, k in enumerate(got.encoded):
                     out[jpegs[k]] = got.vectors[row]
                 todo = [i for i in todo if out[i] is None]
         if todo:
-            pixels = await asyncio.gather(*(self._prepare(datas[i]) for i in todo),
-                                          return_exceptions=True)
+            pixels = await asyncio.gather(
+                *(self.decoder.for_encoder(datas[i], self.encoder) for i in todo),
+                return_exceptions=True)
             keep = []
             for i, p in zip(todo, pixels, strict=True):
                 if isinstance(p, ImageSkipped):
@@ -98,37 +95,14 @@ class BytesReader:
                     raise p
                 else:
                     keep.append((i, p[0]))
-                    decode += p[1]
             if keep:
                 import torch
 
-                vecs, seconds = await self.encoder.encode_images(
+                vecs, _seconds = await self.encoder.encode_images(
                     torch.stack([p for _, p in keep]))
-                encode += seconds
                 for row, (i, _) in enumerate(keep):
                     out[i] = vecs[row]
-        self.last_seconds = (decode, encode)
         return out
-
-    async def _prepare(self, data: bytes):
-        from .images import decode_image
-
-        min_side = min(self.encoder.image_size)
-        transform = self.encoder.preprocess_levels
-
-        def work():
-            t0 = time.perf_counter()
-            img = decode_image(data, min_side=min_side, max_pixels=self.max_pixels,
-                               max_full_pixels=self.max_full_pixels)
-            return transform(img), time.perf_counter() - t0
-
-        return await asyncio.get_running_loop().run_in_executor(self.pool, work)
-
-
-def _lower_priority() -> None:
-    from .threads import lower_priority
-
-    lower_priority()
 
 
 def identity_of(encoder: Any, settings: Settings, dim: int) -> ServiceIdentity:
@@ -144,7 +118,6 @@ class Reader:
     """The deployment's class (wrapped by ``serve.deployment`` in ``build_app``)."""
 
     async def __init__(self, settings: Settings) -> None:
-        from . import logs
         from .service import load_encoder
 
         logs.setup(settings.log_level, settings.log_format)
@@ -254,41 +227,53 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m search.serve",
         description="Serve the CLIP reader over HTTP with Ray Serve (clients set "
-                    "INFERENCE_URL=http://SERVE_HOST:SERVE_PORT).")
-    parser.add_argument("--env-file", default=".env", help="settings file (default .env)")
+                    "INFERENCE_URL=http://SERVE_HOST:SERVE_PORT). On a cluster, set "
+                    "RAY_ADDRESS=HEAD:PORT (see docs/scaling.md).")
+    parser.add_argument("--env-file", default=None,
+                        help="a file of NAME=value settings (default ./.env)")
     args = parser.parse_args(argv)
     try:
-        settings = Settings.load(env_file=args.env_file)
+        # The cheap checks first, in this process, before Ray starts (tens of seconds).
+        settings = Settings.for_entry_point(args.env_file)
         settings.check_model()
+        check_weights_reachable(settings.clip_model, settings.clip_pretrained)
     except SearchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    logs.setup(settings.log_level, settings.log_format)
     stop = asyncio.Event()
-    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
-    address = os.environ.get("RAY_ADDRESS")
-    ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    loop = asyncio.new_event_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
     try:
         serve.start(http_options={"host": settings.serve_host, "port": settings.serve_port})
         serve.run(build_app(settings), name="findimage-reader", route_prefix="/",
                   blocking=False)
-        print(f"serving {settings.clip_model} on http://{settings.serve_host}:"
-              f"{settings.serve_port} ({settings.serve_replicas} replica(s)); "
-              f"clients set INFERENCE_URL=http://{settings.serve_host}:{settings.serve_port}",
-              flush=True)
-        loop = asyncio.new_event_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: the reader did not start ({first[:300]}); the replicas' logs are in "
+              "Ray's session folder, logs/serve/ (by default /tmp/ray/session_latest).",
+              file=sys.stderr)
+        _shutdown()
+        return 1
+    print(f"serving {settings.clip_model} on http://{settings.serve_host}:{settings.serve_port}"
+          f" ({settings.serve_replicas} replica(s)); clients set INFERENCE_URL=http://"
+          f"{settings.serve_host}:{settings.serve_port}", flush=True)
+    try:
         loop.run_until_complete(stop.wait())
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     finally:
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
+        _shutdown()
+        loop.close()
     return 0
+
+
+def _shutdown() -> None:
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
 
 
 if __name__ == "__main__":

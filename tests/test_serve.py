@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import aiohttp
@@ -48,6 +50,8 @@ class Service:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: asyncio.subprocess.Process | None = None
         self.output: list[str] = []
+        # Ray's sockets live under its temp folder: a unix socket path has 107 bytes at most.
+        self.ray_tmp = tempfile.mkdtemp(prefix="fi-ray-", dir="/tmp")
 
     def env(self) -> dict[str, str]:
         return {
@@ -56,13 +60,13 @@ class Service:
             "CLIP_MODEL": f"local-dir:{TINY_CLIP}", "CLIP_DEVICE": "cpu",
             "CLIP_BACKEND": "torch", "DATA_DIR": str(self.tmp / "data"),
             "SERVE_HOST": "127.0.0.1", "SERVE_PORT": str(self.port),
-            "RAY_TMPDIR": str(self.tmp / "ray"),
+            "RAY_TMPDIR": self.ray_tmp,
         }
 
     async def start(self) -> Service:
-        (self.tmp / "ray").mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "search.serve", "--env-file", "/dev/null", cwd=self.tmp,
+            sys.executable, "-m", "search.serve", cwd=self.tmp,
             env=self.env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             start_new_session=True)
         assert self.proc.stdout is not None
@@ -94,15 +98,14 @@ class Service:
                 pass
 
     async def stop(self) -> None:
-        if self.proc is None or self.proc.returncode is not None:
-            self.kill()
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.proc.wait(), 60)
-        except TimeoutError:
-            pass
+        if self.proc is not None and self.proc.returncode is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                await asyncio.wait_for(self.proc.wait(), 60)
+            except (ProcessLookupError, TimeoutError):
+                pass
         self.kill()
+        shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -199,3 +202,106 @@ async def test_an_unreachable_service_is_one_sentence_naming_it():
             await remote.start(timeout=2)
     assert str(down.value) == (f"The image model service at {url} is not answering right now "
                                "(connection refused); try again in a minute.")
+
+
+# -- the clients: the CLI and a bot process with INFERENCE_URL ---------------------------
+async def test_the_cli_over_the_service_ranks_as_in_process_and_imports_no_torch(
+        reader_service, fake_pixabay, tmp_path):
+    from tests.test_cli import cli
+
+    args = ("circle", "a red circle on snow", "--top", "10", "--candidates", "60", "--json")
+    (tmp_path / "here").mkdir()
+    (tmp_path / "thin").mkdir()
+    code, out, err = await cli(fake_pixabay, tmp_path / "here", *args)
+    assert code == 0, err
+    code, over, err = await cli(fake_pixabay, tmp_path / "thin", *args,
+                                INFERENCE_URL=reader_service.url, CLIP_BACKEND="auto",
+                                PYTHONVERBOSE="1")
+    assert code == 0, err[-2000:]
+    import json
+
+    assert [h["id"] for h in json.loads(over)["hits"]] == [h["id"]
+                                                         for h in json.loads(out)["hits"]]
+    imported = [line for line in err.splitlines() if line.startswith("import ")]
+    assert imported, "python -v lists every import"
+    assert not [m for m in imported if m.split()[1].split(".")[0] in ("torch", "onnxruntime",
+                                                                     "open_clip")]
+
+
+async def test_the_cli_with_an_unreachable_service_exits_3_with_one_line(fake_pixabay,
+                                                                       tmp_path):
+    from tests.test_cli import cli
+
+    url = f"http://127.0.0.1:{free_port()}"
+    code, out, err = await cli(fake_pixabay, tmp_path, "circle", "a red circle",
+                               INFERENCE_URL=url)
+    assert code == 3
+    assert err == (f"error: The image model service at {url} is not answering right now "
+                   "(connection refused); try again in a minute.\n")
+
+
+def mapped_libraries(pid: int) -> set[str]:
+    with open(f"/proc/{pid}/maps") as maps:
+        return {line.split()[-1].rsplit("/", 1)[-1] for line in maps if "/" in line}
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    return kb / 1024
+
+
+async def test_a_thin_bot_answers_through_the_service_with_no_torch_mapped(
+        reader_service, fake_discord, fake_pixabay, tmp_path):
+    from tests.conftest import bot_env
+    from tests.test_bot import search
+    from tests.test_crash_recovery import bot_process
+
+    env = bot_env(fake_discord, fake_pixabay, tmp_path / "data",
+                  INFERENCE_URL=reader_service.url, CLIP_BACKEND="auto")
+    async with bot_process(env, fake_discord, tmp_path) as proc:
+        _, reply = await search(fake_discord, tag="circle", phrase="a red circle on snow")
+        assert len(reply.embeds) == 5
+        assert fake_pixabay.truth[int(reply.embeds[0]["url"].rstrip("/").rsplit("-", 1)[1])
+                                  ].caption == "a red circle on snow"
+        libraries = mapped_libraries(proc.pid)
+        assert not [name for name in libraries if "torch" in name or "onnxruntime" in name]
+        assert rss_mb(proc.pid) < 400  # the in-process encoder's bot is over 1 GB
+
+
+async def test_a_killed_service_is_one_sentence_and_cached_phrases_still_answer(
+        fake_discord, fake_pixabay, tmp_path):
+    from tests.conftest import bot_env
+    from tests.test_bot import ephemeral_error, search
+    from tests.test_crash_recovery import bot_process, until
+
+    service = await Service(tmp_path / "serve").start()
+    try:
+        env = bot_env(fake_discord, fake_pixabay, tmp_path / "data",
+                      INFERENCE_URL=service.url, SEARCH_DEADLINE_SECONDS="20")
+        async with bot_process(env, fake_discord, tmp_path):
+            _, first = await search(fake_discord, tag="circle", phrase="a red circle on snow")
+            # kill -9 of the service's process group mid-search: downloads are on their way
+            fake_pixabay.latency = 0.2
+            before = fake_pixabay.image_requests
+            inter = await fake_discord.invoke("findimage", {"tag": "square",
+                                                            "phrase": "a blue square"})
+            await until(lambda: fake_pixabay.image_requests > before, 60,
+                        "the search's downloads")
+            service.kill()
+            await fake_discord.wait_for(lambda: any(m.ephemeral for m in inter.followups),
+                                        60, what="the member's sentence")
+            sentence = next(m for m in inter.followups if m.ephemeral).content
+            assert sentence.startswith(f"The image model service at {service.url} is not "
+                                       "answering right now (")
+            assert sentence.endswith("); try again in a minute.") and "\n" not in sentence
+            fake_pixabay.latency = 0.0
+            # the tag the bot has cached, with a phrase it has asked before: answered
+            _, again = await search(fake_discord, tag="circle", phrase="a red circle on snow")
+            assert [e["url"] for e in again.embeds] == [e["url"] for e in first.embeds]
+            # a new phrase needs the service: one sentence, never silence
+            assert (await ephemeral_error(fake_discord, tag="circle",
+                                          phrase="a green circle")).startswith(
+                f"The image model service at {service.url} is not answering right now")
+    finally:
+        await service.stop()
