@@ -122,7 +122,7 @@ def reader_service(tmp_path_factory):
 
 
 def scene_jpegs(catalogue, n: int) -> list[bytes]:
-    from tests.fakes.pixabay import _render
+    from bench.fakes.pixabay import _render
 
     return [_render(e, 340, None, (1, 1))[0] for e in catalogue[:n]]
 
