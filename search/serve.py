@@ -117,12 +117,22 @@ def identity_of(encoder: Any, settings: Settings, dim: int) -> ServiceIdentity:
 class Reader:
     """The deployment's class (wrapped by ``serve.deployment`` in ``build_app``)."""
 
-    async def __init__(self, settings: Settings) -> None:
+    async def __init__(self, settings: Settings, random_weights: bool = False) -> None:
         from .service import load_encoder
 
         logs.setup(settings.log_level, settings.log_format)
         self.settings = settings
-        self.encoder = await load_encoder(settings)
+        if random_weights:  # the bench's: seeded random weights, for speed figures only
+            from .clip import ClipEncoder
+
+            self.encoder = ClipEncoder(settings.clip_model, settings.clip_pretrained,
+                                       settings.clip_device, backend=settings.clip_backend,
+                                       precision=settings.clip_precision,
+                                       cache_dir=settings.data_dir / "models",
+                                       random_weights=True)
+            await self.encoder.start()
+        else:
+            self.encoder = await load_encoder(settings)
         self.reader = BytesReader(self.encoder)
         probe = await self.encoder.encode_texts_uncached(["a photo"])
         self.identity = identity_of(self.encoder, settings, int(probe.shape[1]))
@@ -212,7 +222,7 @@ async def _read_body(request: Any, cap: int) -> bytes:
     return b"".join(chunks)
 
 
-def build_app(settings: Settings) -> Any:
+def build_app(settings: Settings, *, random_weights: bool = False) -> Any:
     """The Ray Serve application: ``Reader`` with its batch methods, as many replicas as
     SERVE_REPLICAS, one GPU each when CLIP_DEVICE asks for CUDA."""
     gpus = 1 if settings.clip_device == "cuda" else 0
@@ -220,7 +230,7 @@ def build_app(settings: Settings) -> Any:
         Reader, name="Reader", num_replicas=settings.serve_replicas,
         ray_actor_options={"num_gpus": gpus, "num_cpus": 0},
         max_ongoing_requests=64, health_check_period_s=2, health_check_timeout_s=30)
-    return deployment.bind(settings)
+    return deployment.bind(settings, random_weights)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,12 +241,15 @@ def main(argv: list[str] | None = None) -> int:
                     "RAY_ADDRESS=HEAD:PORT (see docs/scaling.md).")
     parser.add_argument("--env-file", default=None,
                         help="a file of NAME=value settings (default ./.env)")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="for benchmarks only: seeded random weights (rankings are noise)")
     args = parser.parse_args(argv)
     try:
         # The cheap checks first, in this process, before Ray starts (tens of seconds).
         settings = Settings.for_entry_point(args.env_file)
         settings.check_model()
-        check_weights_reachable(settings.clip_model, settings.clip_pretrained)
+        if not args.random_weights:
+            check_weights_reachable(settings.clip_model, settings.clip_pretrained)
     except SearchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -249,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
              log_to_driver=False, configure_logging=False)
     try:
         serve.start(http_options={"host": settings.serve_host, "port": settings.serve_port})
-        serve.run(build_app(settings), name="findimage-reader", route_prefix="/",
+        serve.run(build_app(settings, random_weights=args.random_weights), name="findimage-reader", route_prefix="/",
                   blocking=False)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -30,8 +30,6 @@ from search.inference import (
 )
 from tests.conftest import TINY_CLIP
 
-pytest.importorskip("ray.serve", reason="Ray Serve is installed by make test ('serve' extra)")
-
 SERVICE_START_TIMEOUT = 300
 
 
@@ -305,3 +303,26 @@ async def test_a_killed_service_is_one_sentence_and_cached_phrases_still_answer(
                 f"The image model service at {service.url} is not answering right now")
     finally:
         await service.stop()
+
+
+async def test_check_has_a_service_row_instead_of_loading_the_model(reader_service,
+                                                                     fake_discord, fake_pixabay,
+                                                                     tmp_path):
+    from tests.conftest import bot_env
+    from tests.test_check import run_bot
+
+    env = bot_env(fake_discord, fake_pixabay, tmp_path / "data",
+                  INFERENCE_URL=reader_service.url)
+    code, out, err = await run_bot(env, "--check", cwd=tmp_path)
+    assert code == 0, out + err
+    lines = out.splitlines()
+    assert [line.split()[1] for line in lines] == ["settings", "data", "discord", "pixabay",
+                                                   "service", "encode"]
+    assert lines[4].startswith(f"✔ service   {reader_service.url} serves local-dir:tiny-clip@")
+    assert lines[5].startswith("✔ encode    one image through the service in ")
+
+    down = f"http://127.0.0.1:{free_port()}"
+    code, out, err = await run_bot({**env, "INFERENCE_URL": down}, "--check", cwd=tmp_path)
+    assert code == 1
+    assert f"✘ service   The image model service at {down} is not answering" in out
+    assert "– encode    not checked: the service must answer first" in out
