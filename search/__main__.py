@@ -199,12 +199,33 @@ async def run(args: argparse.Namespace, settings: Settings, query: Query) -> Sea
     tune_process(in_process=not settings.inference_url)
     async with SearchService.open(settings.replace(search_source=query.source)) as service:
         freeze_heap()
+        encoder = service.encoder
+        export_bar = None
+        if progress is not None and encoder.exporting:
+            from tqdm import tqdm
+
+            export_bar = tqdm(total=5, desc="ONNX export (torch serves meanwhile)",
+                              unit="step", leave=False, position=1)
+
+            def exported(done: int, of: int, what: str) -> None:
+                export_bar.total = of
+                export_bar.set_postfix_str(what)
+                export_bar.update(done - export_bar.n)
+
+            encoder.on_export_progress = exported
         try:
             result = await service.find_query(query, top=args.top, offset=args.offset,
                                               progress=progress)
         finally:
             if bar is not None:
                 bar.close()
+            if export_bar is not None:
+                encoder.on_export_progress = None
+                export_bar.close()
+        if encoder.exporting and not args.json:
+            print("note: torch served this query while the ONNX export ran beside it; it stops "
+                  "now. `python -m search.export` (make model) makes the files once, and "
+                  "later queries are faster.", file=sys.stderr)
         if args.grid:
             try:
                 await write_grid(service, result, args.grid)

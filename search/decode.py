@@ -25,7 +25,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -68,7 +68,7 @@ def decode_image(data: bytes, *, min_side: int | None = None,
     ``max_full_pixels``.
     """
     try:
-        img = Image.open(io.BytesIO(data))
+        img: Image.Image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageSkipped("not an image") from None
     except Image.DecompressionBombError:
@@ -79,7 +79,7 @@ def decode_image(data: bytes, *, min_side: int | None = None,
     reducible = img.format == "JPEG" and bool(min_side)
     if width * height > (max_pixels if reducible else min(max_pixels, max_full_pixels)):
         raise ImageSkipped("too large", f"{width}x{height} {img.format}")
-    if reducible:
+    if reducible and min_side:
         # DCT scaling: decode at 1/2, 1/4 or 1/8 size while staying >= min_side.
         img.draft("RGB", (min_side, min_side))
     try:
@@ -212,7 +212,7 @@ def _exif_orientation(tiff: bytes) -> int:
     """The Orientation tag (0x0112) of IFD0 in a TIFF-structured EXIF block; 1 if absent."""
     if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
         return 1
-    order = "little" if tiff[:2] == b"II" else "big"
+    order: Literal["little", "big"] = "little" if tiff[:2] == b"II" else "big"
     ifd = int.from_bytes(tiff[4:8], order)
     if ifd + 2 > len(tiff):
         return 1
@@ -342,6 +342,7 @@ def decode_on_device(encoder: ClipEncoder, datas: Sequence[bytes], max_pixels: i
     stats.jpegs_refused += len(failed)
     if not encoded:
         return None, (encoded, failed)
+    assert loaded is not None  # a prepare job runs on the started encoder's thread
     stats.stages["decode:batched"] += 1
     pixels = preprocess([img for img in decoded if img is not None], size=loaded.image_size,
                         mean=loaded.mean, std=loaded.std, interpolation=loaded.interpolation,

@@ -35,7 +35,8 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -54,7 +55,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
 # Called with the vectors of each newly encoded group of hits (image id -> vector).
-OnVectors = Callable[[dict[int, np.ndarray]], None]
+OnVectors = Callable[[dict[int | str, np.ndarray]], None]
 # A JPEG waiting for a device batch, and the future its download waits on meanwhile.
 Waiting = tuple[Hit, bytes, "asyncio.Future[None]"]
 
@@ -84,7 +85,7 @@ class EncodedJpegs:
 
 @dataclass
 class Embedded:
-    vectors: dict[int, np.ndarray]
+    vectors: dict[int | str, np.ndarray]
     skipped: Counter
     timings: dict[str, float] = field(default_factory=dict)  # milliseconds per stage
 
@@ -139,13 +140,13 @@ class Embedder:
         chunks = [list(data[i:i + size]) for i in range(0, len(data), size)]
         parts = await asyncio.gather(*(
             self.encoder.encode_prepared(
-                lambda chunk=chunk: decode_on_device(self.encoder, chunk, max_pixels),
+                partial(decode_on_device, self.encoder, chunk, max_pixels),
                 len(chunk))
             for chunk in chunks))
         encoded, failed, vectors = [], [], []
         for k, part in enumerate(parts):
             base = k * size
-            got, refused = part.extra
+            got, refused = cast(tuple[list[int], list[int]], part.extra)
             encoded += [base + i for i in got]
             failed += [base + i for i in refused]
             if len(part.vectors):
@@ -200,7 +201,7 @@ class _Run:
         self.remote = embedder.remote
         self.batched = embedder.batched
         self.loop = asyncio.get_running_loop()
-        self.vectors: dict[int, np.ndarray] = {}
+        self.vectors: dict[int | str, np.ndarray] = {}
         self.skipped: Counter = Counter()
         self.seconds = {"decode": 0.0, "encode": 0.0}  # thread and worker time, not waits
         self.started = time.perf_counter()
@@ -232,8 +233,8 @@ class _Run:
             for task in tasks:
                 task.cancel()
         for task in tasks:
-            if not task.cancelled() and task.exception() is not None:
-                raise task.exception()
+            if not task.cancelled() and (error := task.exception()) is not None:
+                raise error
 
     def timings(self) -> dict[str, float]:
         """Milliseconds: until the last download arrived, then decode and encode work."""
@@ -265,7 +266,7 @@ class _Run:
     async def download(self, hit: Hit) -> AsyncIterator[bytes]:
         """The image's bytes, counted against the byte budget until the block ends."""
         async with self.fetcher.held(rank_url(hit, self.embedder.variant)) as data:
-            self.arrived.add(asyncio.current_task())
+            self.arrived.add(cast(asyncio.Task, asyncio.current_task()))  # in a task
             self.last_arrival = max(self.last_arrival, time.perf_counter())
             self.coming -= 1
             self.flush_soon()  # this may be the arrival a device batch waits for
@@ -273,6 +274,7 @@ class _Run:
 
     async def decode(self, hit: Hit, data: bytes):
         """The image as the encoder's 8-bit levels, or None when it is skipped (counted)."""
+        assert not isinstance(self.encoder, RemoteEncoder)  # the service decodes its own
         try:
             pixels, seconds = await self.decoder.for_encoder(data, self.encoder)
         except ImageSkipped as e:
@@ -282,6 +284,7 @@ class _Run:
         return pixels
 
     async def encode(self, hit: Hit, pixels) -> None:
+        assert not isinstance(self.encoder, RemoteEncoder)
         try:
             vectors, seconds = await self.encoder.encode_images(pixels[None])
             self.seconds["encode"] += seconds
@@ -289,7 +292,7 @@ class _Run:
         finally:
             self.finished()
 
-    def keep(self, new: dict[int, np.ndarray]) -> None:
+    def keep(self, new: dict[int | str, np.ndarray]) -> None:
         self.vectors.update(new)
         if self.on_vectors is not None and new:
             self.on_vectors(new)
@@ -352,6 +355,7 @@ class _Run:
 
     async def encode_remote(self, batch: list[Waiting]) -> None:
         """The batch's files to the service, which decodes and encodes them there."""
+        assert isinstance(self.encoder, RemoteEncoder)
         try:
             result = await self.encoder.encode_images([data for _, data, _ in batch])
             self.seconds["decode"] += result.decode_seconds

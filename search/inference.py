@@ -24,12 +24,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import math
 import struct
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import aiohttp
@@ -230,6 +231,15 @@ class RemoteEncoder:
         self._texts: OrderedDict[str, RemoteText] = OrderedDict()
         self._text_cache_size = text_cache_size
         self.device = "remote"
+        # The in-process encoder's export, which has no counterpart here: the service
+        # exports (or not) on its own machine.
+        self.exporting = False
+        self.on_export_progress: Callable[[int, int, str], None] | None = None
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """One search, one model: the service serves one identity, so nothing to hold."""
+        yield
 
     @property
     def identity(self) -> str:

@@ -111,13 +111,14 @@ def identity_of(encoder: Any, settings: Settings, dim: int) -> ServiceIdentity:
         identity=encoder.identity, model=settings.clip_model,
         pretrained=encoder.pretrained, backend=getattr(backend, "name", "torch"),
         precision=getattr(backend, "precision", "fp32"), device=encoder.device, dim=dim,
-        image_size=tuple(encoder.image_size))  # type: ignore[arg-type]
+        image_size=(int(encoder.image_size[0]), int(encoder.image_size[1])))
 
 
 class Reader:
     """The deployment's class (wrapped by ``serve.deployment`` in ``build_app``)."""
 
-    async def __init__(self, settings: Settings, random_weights: bool = False) -> None:
+    async def __init__(  # type: ignore[misc]  # Ray Serve awaits an async constructor
+            self, settings: Settings, random_weights: bool = False) -> None:
         from .service import load_encoder
 
         logs.setup(settings.log_level, settings.log_format)
@@ -226,7 +227,7 @@ def build_app(settings: Settings, *, random_weights: bool = False) -> Any:
     """The Ray Serve application: ``Reader`` with its batch methods, as many replicas as
     SERVE_REPLICAS, one GPU each when CLIP_DEVICE asks for CUDA."""
     gpus = 1 if settings.clip_device == "cuda" else 0
-    deployment = serve.deployment(
+    deployment: Any = serve.deployment(
         Reader, name="Reader", num_replicas=settings.serve_replicas,
         ray_actor_options={"num_gpus": gpus, "num_cpus": 0},
         max_ongoing_requests=64, health_check_period_s=2, health_check_timeout_s=30)

@@ -71,7 +71,7 @@ Partial = Callable[[PartialRanking], None]
 @dataclass
 class SearchResult:
     tag: str
-    phrase: str
+    phrase: str | None  # None: ranked by the query's image alone
     hits: list[ScoredHit]
     ranking: Ranking
     offset: int
@@ -103,7 +103,7 @@ class ImageFile:
 
 
 async def load_encoder(settings: Settings, *, cache: bool = True,
-                       timeout: float | None = None) -> ClipEncoder:
+                       timeout: float | None = None, export: str = "beside") -> ClipEncoder:
     """Start-up's model steps, shared by the service and ``--check``: the model's name, then
     the weights cached or the hub reachable (one line in seconds instead of a download's
     retries), then the load. Returns a started encoder; the caller closes it."""
@@ -114,7 +114,7 @@ async def load_encoder(settings: Settings, *, cache: bool = True,
                             settings.clip_pretrained)
     encoder = ClipEncoder(settings.clip_model, settings.clip_pretrained, settings.clip_device,
                           backend=settings.clip_backend, precision=settings.clip_precision,
-                          cache_dir=settings.data_dir / "models" if cache else None)
+                          cache_dir=settings.models_dir if cache else None, export=export)
     try:
         await asyncio.wait_for(encoder.start(), timeout)
     except BaseException:
@@ -241,6 +241,15 @@ class SearchService:
         ``partial``: called with the ranking so far after newly encoded images, at most
         once every ``partial_interval`` seconds, once the query's vector is known.
         """
+        # One search's vectors come from one backend: the switch from torch to ONNX
+        # Runtime after a first start's export waits until no search holds it.
+        with self.encoder.held():
+            return await self._find_query(query, top=top, offset=offset, progress=progress,
+                                          partial=partial, partial_interval=partial_interval)
+
+    async def _find_query(self, query: Query, *, top: int, offset: int,
+                          progress: Progress | None, partial: Partial | None,
+                          partial_interval: float) -> SearchResult:
         # A Query checks itself when built; a caller's own (a subclass, a copy) is re-checked.
         query = Query(query.tag, query.phrase, query.candidates, query.filters, query.source,
                       query.image)
@@ -272,7 +281,7 @@ class SearchService:
             so_far = dict(cached)
             last_partial = -float("inf")
 
-            def on_vectors(new: dict[int, np.ndarray]) -> None:
+            def on_vectors(new: dict[int | str, np.ndarray]) -> None:
                 nonlocal last_partial
                 so_far.update(new)
                 now = time.perf_counter()
@@ -329,9 +338,10 @@ class SearchService:
                                " attach a JPEG, PNG, GIF or WebP picture.")
         return got.vectors[0]
 
-    async def _query_vector(self, phrase: str, pixels) -> tuple[np.ndarray, bool]:
+    async def _query_vector(self, phrase: str | None, pixels) -> tuple[np.ndarray, bool]:
         """The query's unit vector and whether the phrase was cut to the model's length."""
         if pixels is None:
+            assert phrase is not None  # a Query has a phrase, an image or both
             text = await self.encoder.encode_text(phrase)
             return text.vector, text.truncated
         if isinstance(self.encoder, RemoteEncoder):

@@ -1,6 +1,6 @@
 """The GPU path's decode and preprocessing, proven on CPU tensors with the tiny model.
 
-``search.preprocess`` must give the embeddings open_clip's own PIL transform gives,
+``search.decode`` must give the embeddings open_clip's own PIL transform gives,
 and every file the batched decoder should not take must come back for the PIL path.
 """
 

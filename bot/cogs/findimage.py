@@ -7,7 +7,7 @@ import logging
 import re
 import time
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
@@ -229,7 +229,7 @@ class FindImage(commands.Cog):
                 partial = latest
                 if partial is None or partial.ranked < min(count, partial.total):
                     continue
-                page = dict(content=provisional_line(tag=tag, phrase=shown,
+                page: dict[str, Any] = dict(content=provisional_line(tag=tag, phrase=shown,
                                                      ranked=partial.ranked, total=partial.total,
                                                      source=source),
                             embeds=results_embeds(partial.ranking.page(0, count)),

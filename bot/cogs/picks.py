@@ -103,6 +103,7 @@ class Picks(commands.Cog):
     @app_commands.guild_only()
     async def picks(self, interaction: discord.Interaction,
                     member: discord.Member | None = None) -> None:
+        assert interaction.guild_id is not None  # guild_only
         rows = await self.bot.state.latest_picks(interaction.guild_id,
                                                  member.id if member else None)
         lines = [
@@ -123,6 +124,7 @@ class Picks(commands.Cog):
     @app_commands.checks.has_permissions(manage_guild=True)
     async def picks_channel(self, interaction: discord.Interaction,
                             channel: discord.TextChannel | None = None) -> None:
+        assert interaction.guild_id is not None  # guild_only
         await self.bot.state.set_picks_channel(interaction.guild_id,
                                                channel.id if channel else None)
         text = (f"Picks will be posted in {channel.mention}." if channel
