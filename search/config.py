@@ -67,6 +67,10 @@ class Settings:
     shard_count: int | None = None
     shard_ids: tuple[int, ...] | None = None
     process_count: int | None = None  # None: SHARD_COUNT / len(SHARD_IDS), else 1
+    inference_url: str | None = None  # None: the encoder runs in this process
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8700
+    serve_replicas: int = 1
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
@@ -182,6 +186,17 @@ class Settings:
                 raise ConfigError(f"RESULTS_LAYOUT must be auto, list or grid, not '{raw}'.")
             kw["results_layout"] = raw.lower()
         _scaling(get, kw)
+        if (raw := get("INFERENCE_URL")) is not None:
+            kw["inference_url"] = _url("INFERENCE_URL", raw, ("http", "https")).rstrip("/")
+        if (raw := get("SERVE_HOST")) is not None:
+            if any(c in raw for c in "/ @?#"):
+                raise ConfigError(f"SERVE_HOST must be an address such as 127.0.0.1, "
+                                  f"not '{raw}'.")
+            kw["serve_host"] = raw
+        if (raw := get("SERVE_PORT")) is not None:
+            kw["serve_port"] = _int("SERVE_PORT", raw, 1, 65535)
+        if (raw := get("SERVE_REPLICAS")) is not None:
+            kw["serve_replicas"] = _int("SERVE_REPLICAS", raw, 1, 64)
         settings = cls(**kw)  # type: ignore[arg-type]
         settings.check_model_reference()
         return settings

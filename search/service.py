@@ -17,11 +17,11 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aiohttp
 import numpy as np
 
-from .clip import ClipEncoder
 from .config import Settings
 from .decode import Decoder
 from .embed import Embedder
@@ -37,6 +37,7 @@ from .grid import encode, hits_sheet
 from .hub import check_weights_reachable
 from .imagequery import blend, image_pixels, more_like
 from .images import ImageFetcher
+from .inference import RemoteEncoder, model_label
 from .models import MAX_TOP, Filters, Query, Source
 from .openverse import OpenverseClient
 from .pixabay import Hit, PixabayClient
@@ -44,6 +45,9 @@ from .ranking import Ranking, ScoredHit, rank
 from .shared import RedisUnavailable, SharedRedis, unreachable_sentence
 from .sources import Retriever, label, share_urls, short_credit
 from .store import Store
+
+if TYPE_CHECKING:  # torch comes with the in-process encoder only: a thin client has none
+    from .clip import ClipEncoder
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +115,8 @@ async def load_encoder(settings: Settings, *, cache: bool = True,
     """Start-up's model steps, shared by the service and ``--check``: the model's name, then
     the weights cached or the hub reachable (one line in seconds instead of a download's
     retries), then the load. Returns a started encoder; the caller closes it."""
+    from .clip import ClipEncoder
+
     await asyncio.to_thread(settings.check_model)
     await asyncio.to_thread(check_weights_reachable, settings.clip_model,
                             settings.clip_pretrained)
@@ -125,9 +131,21 @@ async def load_encoder(settings: Settings, *, cache: bool = True,
     return encoder
 
 
+async def connect_encoder(settings: Settings, session: aiohttp.ClientSession, *,
+                          timeout: float = 10.0) -> RemoteEncoder:
+    """INFERENCE_URL's service, asked what it serves: one sentence naming the URL when it
+    does not answer, and one when it serves another model than CLIP_MODEL names."""
+    assert settings.inference_url is not None
+    encoder = RemoteEncoder(session, settings.inference_url,
+                            timeout=settings.search_deadline_seconds,
+                            expect=model_label(settings.clip_model, settings.clip_pretrained))
+    await encoder.start(timeout=timeout)
+    return encoder
+
+
 class SearchService:
     def __init__(self, settings: Settings, *, pixabay: PixabayClient | None,
-                 fetcher: ImageFetcher, encoder: ClipEncoder, store: Store,
+                 fetcher: ImageFetcher, encoder: ClipEncoder | RemoteEncoder, store: Store,
                  openverse: OpenverseClient | None = None, decoder: Decoder | None = None
                  ) -> None:
         self.settings = settings
@@ -143,8 +161,9 @@ class SearchService:
     @classmethod
     @asynccontextmanager
     async def open(cls, settings: Settings, *, session: aiohttp.ClientSession | None = None,
-                   encoder: ClipEncoder | None = None, shared: SharedRedis | None = None,
-                   **pixabay_options) -> AsyncIterator[SearchService]:
+                   encoder: ClipEncoder | RemoteEncoder | None = None,
+                   shared: SharedRedis | None = None, **pixabay_options
+                   ) -> AsyncIterator[SearchService]:
         """Open every resource the service needs, load and warm the model, close on exit.
 
         Pixabay is offered when PIXABAY_API_KEY is set (and must be when it is the
@@ -169,7 +188,9 @@ class SearchService:
                                       ) from None
             store = await asyncio.to_thread(Store, settings.db_path)
             stack.push_async_callback(asyncio.to_thread, store.close)
-            if encoder is None:
+            if encoder is None and settings.inference_url:
+                encoder = await connect_encoder(settings, session)
+            elif encoder is None:
                 # The model comes last: every cheaper check has passed by now.
                 encoder = await load_encoder(settings)
                 stack.push_async_callback(encoder.close)
@@ -264,7 +285,7 @@ class SearchService:
         # A bad picture is refused before any candidate is fetched; the query's encode
         # then runs beside the API call and the downloads.
         pixels = (None if query.image is None
-                  else await image_pixels(self.decoder, self.encoder, query.image))
+                  else await self._query_image(query.image))
         text_task = asyncio.ensure_future(self._query_vector(phrase, pixels))
         try:
             t0 = time.perf_counter()
@@ -325,12 +346,29 @@ class SearchService:
             timings=timings, left_out=left_out, source=retriever.name,
             by_image=query.image is not None)
 
+    async def _query_image(self, data: bytes):
+        """The query picture ready for ``_query_vector``: its pixels, or with INFERENCE_URL
+        its vector (the service decodes it); InvalidQuery when it is no picture."""
+        if not isinstance(self.encoder, RemoteEncoder):
+            return await image_pixels(self.decoder, self.encoder, data)
+        await image_pixels(None, None, data, size_only=True)
+        got = await self.encoder.encode_images([data])
+        if got.failed:
+            raise InvalidQuery(f"The attached file is not an image I can read ({got.failed[0]});"
+                               " attach a JPEG, PNG, GIF or WebP picture.")
+        return got.vectors[0]
+
     async def _query_vector(self, phrase: str | None, pixels) -> tuple[np.ndarray, bool]:
         """The query's unit vector and whether the phrase was cut to the model's length."""
         if pixels is None:
             assert phrase is not None  # a Query has a phrase, an image or both
             text = await self.encoder.encode_text(phrase)
             return text.vector, text.truncated
+        if isinstance(self.encoder, RemoteEncoder):
+            if not phrase:
+                return pixels, False
+            text = await self.encoder.encode_text(phrase)
+            return blend(pixels, text.vector), text.truncated
         vectors, _seconds = await self.encoder.encode_images(pixels[None])
         if not phrase:
             return vectors[0], False
