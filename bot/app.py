@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # the service imports torch, which loads last (see bot/__main
 
 log = logging.getLogger(__name__)
 
-COGS = ("bot.cogs.findimage", "bot.cogs.picks", "bot.cogs.similar")
+COGS = ("bot.cogs.findimage", "bot.cogs.picks", "bot.cogs.similar", "bot.cogs.apps")
 
 # What the invite link asks for (the README quotes its value).
 INVITE_PERMISSIONS = discord.Permissions(

@@ -81,18 +81,26 @@ def results_embeds(items: Sequence[ScoredHit]) -> list[discord.Embed]:
 
 
 def summary_line(*, tag: str, phrase: str, candidates: int, seconds: float, page: int,
-                 pages: int, note: str = "", source: str = "pixabay", link: str = "") -> str:
-    """The results message's first lines; ``link`` makes the bold label a link (more like)."""
+                 pages: int, note: str = "", source: str = "pixabay", link: str = "",
+                 folded: int = 0) -> str:
+    """The results message's first lines; ``link`` makes the bold label a link (more like).
+    ``folded``: near-duplicates left out of the ranking, said in the small line."""
     tail = (f" · tag {escape(tag)} · {candidates} candidates ranked in {seconds:.1f} s · "
             f"page {page + 1}/{pages}\n"
             f"-# ◀️ ▶️ more results · 1️⃣… share a pick · images from "
             f"[{label(source)}]({HOMES.get(source, HOMES['pixabay'])})"
+            + (f" · {folded_note(folded)}" if folded else "")
             + (f"\n{note}" if note else ""))
     target = _link_target(link) if http_url(link) else ""
     # The phrase gives way first: the rest of the line is ours and short.
     room = CONTENT - len(tail) - 4 - (len(target) + 4 if target else 0)
     head = f"**{clip(escape(phrase), room)}**"
     return (f"[{head}]({target})" if target else head) + tail
+
+
+def folded_note(folded: int) -> str:
+    return (f"{folded} near-duplicate{'s' if folded != 1 else ''} folded into "
+            "better-ranked images")
 
 
 def grid_embed(items: Sequence[ScoredHit], filename: str, source: str) -> discord.Embed:

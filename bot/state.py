@@ -72,7 +72,12 @@ MIGRATIONS = (
         message_id INTEGER PRIMARY KEY, pick_id INTEGER NOT NULL,
         results_message_id INTEGER NOT NULL, hit TEXT NOT NULL);
     """,
+    # 4: a server's recent tags, for /findimage tag: suggestions.
+    """
+    CREATE INDEX results_guild ON results (guild_id, created_at);
+    """,
 )
+RECENT_TAG_DAYS = 30  # a server's searches suggested as tags for this long
 
 
 @dataclass
@@ -311,6 +316,32 @@ class State:
             log.info("pruned the rankings of %d results older than %.0f days", pruned,
                      self.keep / DAY)
         return pruned
+
+    async def recent_tags(self, guild_id: int | None, prefix: str, limit: int = 25
+                          ) -> list[str]:
+        """Tags this server searched lately that start with ``prefix``, latest first;
+        never another server's."""
+        if guild_id is None:
+            return []
+        prefix = " ".join(prefix.lower().split())
+        since = self.clock() - RECENT_TAG_DAYS * DAY
+
+        def q(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT lower(tag), max(created_at) AS last FROM results WHERE guild_id=? AND "
+                "lower(tag) >= ? AND lower(tag) < ? AND created_at >= ? GROUP BY lower(tag) "
+                "ORDER BY last DESC LIMIT ?",
+                (guild_id, prefix, prefix + "\U0010ffff", since, limit)).fetchall()
+            return [row[0] for row in rows]
+
+        try:
+            found = await self.db.run(q)
+        except StorageError as e:
+            log.warning("could not read recent tags (%s)", e)
+            found = []
+        unsaved = [s.tag.lower() for s in reversed(self._unsaved.values())
+                   if s.guild_id == guild_id and s.tag.lower().startswith(prefix)]
+        return list(dict.fromkeys([*unsaved, *found]))[:limit]
 
     # -- searches in flight ---------------------------------------------------
     async def add_pending(self, interaction_id: int, application_id: int, token: str) -> None:

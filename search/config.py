@@ -16,7 +16,7 @@ from dotenv import dotenv_values
 from yarl import URL
 
 from .errors import ConfigError
-from .models import MAX_CANDIDATES, SOURCES
+from .models import LANGS, MAX_CANDIDATES, SOURCES
 
 DEFAULT_MODEL = "ViT-B-32-256"
 DEFAULT_PRETRAINED = "datacomp_s34b_b86k"
@@ -61,6 +61,12 @@ class Settings:
     openverse_client_id: str | None = field(default=None, repr=False)
     openverse_client_secret: str | None = field(default=None, repr=False)
     results_layout: str = "auto"
+    discord_cdn_hosts: tuple[str, ...] = ("cdn.discordapp.com", "media.discordapp.net")
+    search_language: str = "en"
+    # python -m bench.similarity on the tests' 1440 photos and the tiny model: no pair of
+    # distinct photos of one scene reaches 0.9995 (the closest is 0.9994, 0.1 % pass 0.999),
+    # while 84-98 % of the same photo re-encoded or resized do (docs/results.md).
+    dedupe_similarity: float = 0.9995
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
@@ -173,6 +179,19 @@ class Settings:
             if raw.lower() not in LAYOUTS:
                 raise ConfigError(f"RESULTS_LAYOUT must be auto, list or grid, not '{raw}'.")
             kw["results_layout"] = raw.lower()
+        if (raw := get("DISCORD_CDN_HOSTS")) is not None:
+            kw["discord_cdn_hosts"] = _hosts(raw, "DISCORD_CDN_HOSTS", "cdn.discordapp.com")
+        if (raw := get("SEARCH_LANGUAGE")) is not None:
+            kw["search_language"] = _choice("SEARCH_LANGUAGE", raw.lower(), LANGS)
+        if (raw := get("DEDUPE_SIMILARITY")) is not None:
+            try:
+                value = float(raw)
+            except ValueError:
+                value = -1.0
+            if not 0.5 <= value <= 1.0:
+                raise ConfigError("DEDUPE_SIMILARITY must be a cosine from 0.5 to 1 (1: fold "
+                                  f"only identical images), not '{raw}'.")
+            kw["dedupe_similarity"] = value
         settings = cls(**kw)  # type: ignore[arg-type]
         settings.check_model_reference()
         return settings
@@ -276,14 +295,22 @@ def _choice(name: str, raw: str, allowed: tuple[str, ...]) -> str:
     return raw
 
 
-def _hosts(raw: str) -> tuple[str, ...]:
+def _hosts(raw: str, name: str = "IMAGE_HOSTS", example: str = "cdn.pixabay.com"
+           ) -> tuple[str, ...]:
+    """Host names, each optionally ``:port`` (then only that port is allowed)."""
     hosts = tuple(h.strip().lower() for h in raw.split(",") if h.strip())
     for host in hosts:
-        if any(c in host for c in "/ @?#") or (":" in host and host not in LOOPBACK_HOSTS):
+        bare, sep, port = host.rpartition(":")
+        if sep and port.isdigit() and host not in LOOPBACK_HOSTS:
+            bare = bare.strip("[]") if bare.startswith("[") else bare
+        else:
+            bare = host
+        if any(c in bare for c in "/ @?#") or (":" in bare and bare not in LOOPBACK_HOSTS
+                                                and bare != "::1"):
             raise ConfigError(
-                f"IMAGE_HOSTS must be a comma list of host names such as cdn.pixabay.com, "
+                f"{name} must be a comma list of host names such as {example}, "
                 f"not '{host}'."
             )
     if not hosts:
-        raise ConfigError("IMAGE_HOSTS must name at least one host, such as cdn.pixabay.com.")
+        raise ConfigError(f"{name} must name at least one host, such as {example}.")
     return hosts

@@ -133,3 +133,11 @@ class ImageSkipped(SearchError):
 
 class ModelLoadError(SearchError):
     """The CLIP model could not be loaded."""
+
+
+class LanguageUnsupported(InvalidQuery):
+    """A language asked for a source without one."""
+
+    def __init__(self, source: str = "Openverse") -> None:
+        super().__init__(f"{source} has no language parameter: its tags are searched as typed; "
+                         "leave lang out, or choose source Pixabay.")

@@ -64,7 +64,8 @@ async def hits_sheet(fetcher: ImageFetcher, items: Sequence[ScoredHit],
     """Download each hit's small image (from allow-listed hosts) and draw the sheet."""
     async def load(item: ScoredHit) -> Image.Image | None:
         try:
-            return await fetcher.decode(await fetcher.fetch(tile_url(item.hit)),
+            # The ranked size: the ranking downloaded it, so a page turn fetches nothing.
+            return await fetcher.decode(await fetcher.fetch(tile_url(item.hit), reuse=True),
                                         min_side=TILE)
         except ImageSkipped:
             return None  # a grey tile still carries its number

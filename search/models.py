@@ -58,6 +58,20 @@ def check_phrase(phrase: str) -> str:
     return phrase
 
 
+def check_negatives(phrase: str, *, by_image: bool = False) -> None:
+    """A phrase needs something to look for besides what to avoid (an image counts)."""
+    from .phrase import MAX_NEGATIVES, split_negatives
+
+    positive, negatives = split_negatives(phrase)
+    if negatives and not positive and not by_image:
+        shown = " ".join(f"-{t}" for t in negatives)
+        raise InvalidQuery(f"Your phrase has only negative terms ({shown}); say what the "
+                           "picture should show too, e.g. \"a red circle -snow\".")
+    if len(negatives) > MAX_NEGATIVES:
+        raise InvalidQuery(f"Your phrase has {len(negatives)} negative terms; use at most "
+                           f"{MAX_NEGATIVES}.")
+
+
 def check_candidates(candidates: int) -> int:
     if isinstance(candidates, bool) or not isinstance(candidates, int) \
             or not 1 <= candidates <= MAX_CANDIDATES:
@@ -138,13 +152,17 @@ class Query:
     filters: Filters = field(default_factory=Filters)
     source: str = "pixabay"
     image: bytes | None = field(default=None, repr=False, compare=False)
+    # A picture's vector the caches already hold (one of our results): no image to decode.
+    vector: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tag", check_tag(self.tag))
-        if self.image is None or " ".join(str(self.phrase or "").split()):
+        pictured = self.image is not None or self.vector is not None
+        if not pictured or " ".join(str(self.phrase or "").split()):
             object.__setattr__(self, "phrase", check_phrase(self.phrase or ""))
         else:
             object.__setattr__(self, "phrase", "")
+        check_negatives(self.phrase, by_image=pictured)
         check_candidates(self.candidates)
         _choice("source", self.source, SOURCES)
         if self.image is not None and len(self.image) > MAX_QUERY_IMAGE_BYTES:

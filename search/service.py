@@ -18,17 +18,19 @@ from dataclasses import dataclass, field
 import aiohttp
 import numpy as np
 
+from .attachments import fetch_attachment
 from .clip import ClipEncoder
 from .config import Settings
 from .embed import Embedder
 from .errors import AllImagesFailed, InvalidQuery, NoResults
 from .hub import check_weights_reachable
-from .imagequery import blend, image_pixels
+from .imagequery import blend, image_pixels, unit
 from .images import ImageFetcher
 from .models import MAX_TOP, Filters, Query, Source
 from .openverse import OpenverseClient
-from .pixabay import PixabayClient
-from .ranking import Ranking, ScoredHit, rank
+from .phrase import split_negatives
+from .pixabay import Hit, PixabayClient
+from .ranking import Ranking, ScoredHit, fold_near_duplicates, rank
 from .sources import Retriever, label
 from .store import Store
 
@@ -190,24 +192,30 @@ class SearchService:
                    candidates: int | None = None, filters: Filters | None = None,
                    progress: Progress | None = None, partial: Partial | None = None,
                    partial_interval: float = 0.5, source: str | None = None,
-                   image: bytes | None = None) -> SearchResult:
-        """Rank ``source``'s candidates for ``tag`` by ``phrase``, ``image``, or both."""
+                   image: bytes | None = None, dedupe: bool = True,
+                   vector: np.ndarray | None = None) -> SearchResult:
+        """Rank ``source``'s candidates for ``tag`` by ``phrase``, ``image`` (or a cached
+        image ``vector``), or both."""
         query = Query(tag, phrase, candidates or self.settings.search_candidates,
-                      filters or Filters(), source or self.settings.search_source, image)
+                      filters or Filters(lang=self.settings.search_language),
+                      source or self.settings.search_source, image, vector)
         return await self.find_query(query, top=top, offset=offset, progress=progress,
-                                     partial=partial, partial_interval=partial_interval)
+                                     partial=partial, partial_interval=partial_interval,
+                                     dedupe=dedupe)
 
     async def find_query(self, query: Query, *, top: int = 5, offset: int = 0,
                          progress: Progress | None = None, partial: Partial | None = None,
-                         partial_interval: float = 0.5) -> SearchResult:
+                         partial_interval: float = 0.5, dedupe: bool = True) -> SearchResult:
         """Rank the query's candidates by its phrase, its picture, or both.
 
         ``partial``: called with the ranking so far after newly encoded images, at most
         once every ``partial_interval`` seconds, once the query's vector is known.
+        ``dedupe``: fold near-duplicates (cosine >= DEDUPE_SIMILARITY with a better hit).
         """
+        threshold = self.settings.dedupe_similarity if dedupe else 2.0
         # A Query checks itself when built; a caller's own (a subclass, a copy) is re-checked.
         query = Query(query.tag, query.phrase, query.candidates, query.filters, query.source,
-                      query.image)
+                      query.image, query.vector)
         retriever = self.source(query.source)
         if not 1 <= top <= MAX_TOP:
             raise InvalidQuery(f"top must be from 1 to {MAX_TOP}.")
@@ -221,7 +229,7 @@ class SearchService:
         # then runs beside the API call and the downloads.
         pixels = (None if query.image is None
                   else await image_pixels(self.fetcher, self.encoder, query.image))
-        text_task = asyncio.ensure_future(self._query_vector(phrase, pixels))
+        text_task = asyncio.ensure_future(self._query_vector(phrase, pixels, query.vector))
         try:
             t0 = time.perf_counter()
             found = await retriever.candidates(tag, filters, limit)
@@ -246,9 +254,9 @@ class SearchService:
                     return
                 last_partial = now
                 ranked = [h for h in hits if h.id in so_far]
-                partial(PartialRanking(
+                partial(PartialRanking(fold_near_duplicates(
                     rank(ranked, np.stack([so_far[h.id] for h in ranked]),
-                         text_task.result()[0]), len(ranked), len(hits)))
+                         text_task.result()[0]), so_far, threshold), len(ranked), len(hits)))
 
             deadline = started + self.settings.search_deadline_seconds
             embedded = await self.embedder.embed(missing, self.fetcher, progress=progress,
@@ -270,27 +278,53 @@ class SearchService:
                 text_task.exception()  # a failed encode is reported by whoever awaits it
         t0 = time.perf_counter()
         matrix = np.stack([vectors[h.id] for h in ranked_hits])
-        ranking = rank(ranked_hits, matrix, vector)
+        ranking = fold_near_duplicates(rank(ranked_hits, matrix, vector), vectors, threshold)
         timings["rank"] = _ms(t0)
         timings["total"] = _ms(started)
         return SearchResult(
             tag=tag, phrase=phrase, hits=ranking.page(offset, top), ranking=ranking,
-            offset=offset, top=top, candidates=len(ranking), fetched=len(hits),
+            offset=offset, top=top, candidates=len(ranking) + ranking.folded,
+            fetched=len(hits),
             total_hits=found.total_hits, skipped=dict(skipped), api_cached=found.from_cache,
             embeddings_cached=len(cached), downloaded=len(fresh), truncated=truncated,
             timings=timings, left_out=left_out, source=retriever.name,
-            by_image=query.image is not None)
+            by_image=query.image is not None or query.vector is not None)
 
-    async def _query_vector(self, phrase: str, pixels) -> tuple[np.ndarray, bool]:
-        """The query's unit vector and whether the phrase was cut to the model's length."""
-        if pixels is None:
-            text = await self.encoder.encode_text(phrase)
-            return text.vector, text.truncated
-        vectors, _seconds = await self.encoder.encode_images(pixels[None])
-        if not phrase:
-            return vectors[0], False
-        text = await self.encoder.encode_text(phrase)
-        return blend(vectors[0], text.vector), text.truncated
+    async def _query_vector(self, phrase: str, pixels, vector=None) -> tuple[np.ndarray, bool]:
+        """The query's vector and whether the phrase was cut to the model's length.
+
+        Negative terms (``-snow``) subtract the mean of their unit vectors from the unit
+        query (search/phrase.py has the rule and what it measured).
+        """
+        positive, negatives = split_negatives(phrase)
+        truncated = False
+        if pixels is None and vector is None:
+            text = await self.encoder.encode_text(positive)
+            query, truncated = unit(text.vector), text.truncated
+        else:
+            if vector is None:
+                vectors, _seconds = await self.encoder.encode_images(pixels[None])
+                vector = vectors[0]
+            query = unit(vector)
+            if positive:
+                text = await self.encoder.encode_text(positive)
+                query, truncated = blend(vector, text.vector), text.truncated
+        if not negatives:
+            return query, truncated
+        avoid = [unit((await self.encoder.encode_text(term)).vector) for term in negatives]
+        return query - np.mean(avoid, axis=0), truncated
+
+    async def picture(self, url: str, *, declared_size: int | None = None,
+                      whose: str = "your image") -> bytes:
+        """A member's picture from Discord's CDN (DISCORD_CDN_HOSTS), under the caps."""
+        return await fetch_attachment(self.fetcher, url, self.settings.discord_cdn_hosts,
+                                      declared_size=declared_size, whose=whose)
+
+    async def cached_vector(self, hit: Hit) -> np.ndarray | None:
+        """The stored image vector of one of our results (no download), if it is kept."""
+        found = await self.store.get_embeddings(self.vectors_source(hit.source),
+                                                self.model_key, [hit.id])
+        return found.get(hit.id)
 
     def page(self, ranking: Ranking, offset: int, top: int) -> list[ScoredHit]:
         """Another page of a ranking already computed: no Pixabay call, no model call."""

@@ -39,7 +39,13 @@ SETTINGS: tuple[tuple[str, str], ...] = (
     ("OPENVERSE_API_URL", "the Openverse API; its host joins the image allow-list"),
     ("OPENVERSE_CLIENT_ID", "optional: a registered Openverse application (with the secret)"),
     ("OPENVERSE_CLIENT_SECRET", "that application's secret; set both or neither"),
-    ("RESULTS_LAYOUT", "auto (a contact sheet above 4 a page), list or grid"),
+    ("RESULTS_LAYOUT", "auto (a contact sheet above 5 a page), list or grid"),
+    ("DISCORD_CDN_HOSTS", "hosts members' pictures (image:, Find similar images) may be "
+                          "downloaded from; host or host:port"),
+    ("SEARCH_LANGUAGE", "the language tags are typed in, passed to Pixabay as lang "
+                        "(cs, de, en, es, fr, ... 26 codes)"),
+    ("DEDUPE_SIMILARITY", "images at this cosine or more to a better-ranked one are folded "
+                          "into it as near-duplicates (1: only identical)"),
 )
 
 

@@ -55,7 +55,14 @@ MIGRATIONS = (
         source TEXT NOT NULL, image_id INTEGER NOT NULL, model TEXT NOT NULL,
         dim INTEGER NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (source, image_id, model));
     """,
+    # 3: the tags that cached answers' images carry, for /findimage tag: suggestions
+    # (a prefix is a range on the key; pruned with the answers after 24 h).
+    """
+    CREATE TABLE response_tags (tag TEXT PRIMARY KEY, seen_at REAL NOT NULL);
+    CREATE INDEX response_tags_age ON response_tags (seen_at);
+    """,
 )
+MAX_SUGGESTED_TAG = 100  # Discord's limit on a choice's name and value
 
 
 class Store:
@@ -133,14 +140,32 @@ class Store:
     async def put_response(self, source: Source, request: str, body: dict) -> bool:
         text = json.dumps(body, separators=(",", ":"))
         now = self.clock()
+        tags = [(t, now) for t in hit_tags(body)]
 
         def q(conn: sqlite3.Connection) -> None:
             with write(conn):
                 conn.execute("INSERT OR REPLACE INTO api_cache VALUES (?, ?, ?, ?)",
                              (source.response_scope, request, now, text))
                 conn.execute("DELETE FROM api_cache WHERE fetched_at < ?", (now - API_CACHE_TTL,))
+                conn.executemany("INSERT OR REPLACE INTO response_tags VALUES (?, ?)", tags)
+                conn.execute("DELETE FROM response_tags WHERE seen_at < ?",
+                             (now - API_CACHE_TTL,))
 
         return await self._write(q)
+
+    async def cached_tags(self, prefix: str, limit: int = 25) -> list[str]:
+        """Tags that images in the cached answers carry, starting with ``prefix`` (any
+        source, any server: they are the catalogue's words, not what anyone typed)."""
+        prefix = " ".join(prefix.lower().split())
+        since = self.clock() - API_CACHE_TTL
+
+        def q(conn: sqlite3.Connection) -> list[str]:
+            # A range on the primary key: the index answers it, however many tags there are.
+            return [row[0] for row in conn.execute(
+                "SELECT tag FROM response_tags WHERE tag >= ? AND tag < ? AND seen_at >= ? "
+                "ORDER BY tag LIMIT ?", (prefix, prefix + "\U0010ffff", since, limit))]
+
+        return await self._read(q, default=[])
 
     # -- embeddings -------------------------------------------------------------
     async def get_embeddings(self, source: Source, model: str, ids: Sequence[int | str]
@@ -182,3 +207,23 @@ class Store:
     async def count_embeddings(self) -> int:
         return await self._read(
             lambda conn: conn.execute("SELECT count(*) FROM embeddings").fetchone()[0], default=0)
+
+
+def hit_tags(body: dict) -> set[str]:
+    """The tags of an answer's images: Pixabay's "a, b" strings, Openverse's [{"name"}]."""
+    found: set[str] = set()
+    for key in ("hits", "results"):
+        items = body.get(key) if isinstance(body, dict) else None
+        for raw in items if isinstance(items, list) else ():
+            tags = raw.get("tags") if isinstance(raw, dict) else None
+            if isinstance(tags, str):
+                names = tags.split(",")
+            elif isinstance(tags, list):
+                names = [t.get("name") for t in tags[:30] if isinstance(t, dict)]
+            else:
+                continue
+            for name in names:
+                if isinstance(name, str) and (tag := " ".join(name.lower().split())):
+                    if len(tag) <= MAX_SUGGESTED_TAG:
+                        found.add(tag)
+    return found

@@ -115,6 +115,8 @@ def bot_env(fake_discord, fake_pixabay, data_dir: Path, **extra: str) -> dict[st
         "DISCORD_API_BASE": fake_discord.api_base,
         "DISCORD_GATEWAY_URL": fake_discord.gateway_url,
         "SEARCH_CANDIDATES": "60",
+        # The fake's CDN is the fake itself: its port alone, as Discord's CDN hosts.
+        "DISCORD_CDN_HOSTS": f"127.0.0.1:{fake_discord.port}",
         # The embed list, whose fields the older tests read; grid tests set layout:grid.
         "RESULTS_LAYOUT": "list",
     })

@@ -81,7 +81,7 @@ async def reactions_added(fake, message_id: int, emojis) -> None:
 
 async def test_commands_are_synced_to_the_guild_with_minimal_intents(bot, fake_discord):
     names = {c["name"] for c in fake_discord.synced_commands[fake_discord.guild_id]}
-    assert names == {"findimage", "picks", "findimage-setup"}
+    assert names == {"findimage", "picks", "findimage-setup", "Find similar images"}
     assert None not in fake_discord.synced_commands
     (identify,) = fake_discord.identify_payloads
     assert identify["intents"] & INTENT_GUILD_MESSAGE_REACTIONS

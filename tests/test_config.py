@@ -84,7 +84,8 @@ def test_env_example_lists_every_setting():
              "SEARCH_CANDIDATES", "MAX_CONCURRENT_SEARCHES", "USER_COOLDOWN_SECONDS",
              "RESULTS_KEEP_DAYS", "SEARCH_DEADLINE_SECONDS", "LOG_LEVEL", "LOG_FORMAT",
              "METRICS_PORT", "METRICS_HOST", "SEARCH_SOURCE", "OPENVERSE_API_URL",
-             "OPENVERSE_CLIENT_ID", "OPENVERSE_CLIENT_SECRET", "RESULTS_LAYOUT"]
+             "OPENVERSE_CLIENT_ID", "OPENVERSE_CLIENT_SECRET", "RESULTS_LAYOUT",
+             "DISCORD_CDN_HOSTS", "SEARCH_LANGUAGE", "DEDUPE_SIMILARITY"]
     for name in names:
         assert f"\n{name}=" in example, name
         assert f"`{name}`" in readme, name
