@@ -1,5 +1,5 @@
 """The CLI: python -m search TAG [PHRASE] [--image FILE] [--source S] [--top N] [--offset K]
-[--candidates M] [--json] [--grid FILE]
+[--candidates M] [--lang L] [--no-dedupe] [--json] [--grid FILE]
 
 Exit codes: 0 found; 2 bad input or settings (DATA_DIR included); 3 the source (Pixabay,
 Openverse) refused or failed; 4 rate limited; 5 nothing found (no hits, or no image
@@ -24,6 +24,7 @@ from .errors import (
     AllImagesFailed,
     ConfigError,
     InvalidQuery,
+    LanguageUnsupported,
     ModelLoadError,
     NoResults,
     RateLimited,
@@ -33,6 +34,7 @@ from .errors import (
 from .models import (
     COLORS,
     IMAGE_TYPES,
+    LANGS,
     MAX_CANDIDATES,
     MAX_QUERY_IMAGE_BYTES,
     MAX_TOP,
@@ -75,6 +77,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--orientation", choices=ORIENTATIONS, default="all")
     p.add_argument("--colors", default="", help=f"comma list of: {', '.join(COLORS)}")
     p.add_argument("--order", choices=ORDERS, default="popular")
+    p.add_argument("--lang", choices=LANGS, default=None,
+                   help="the language TAG is typed in (Pixabay only; default SEARCH_LANGUAGE)")
+    p.add_argument("--no-dedupe", action="store_true",
+                   help="keep near-duplicates (default: fold each into the better-ranked "
+                        "image at DEDUPE_SIMILARITY)")
     p.add_argument("--no-safesearch", action="store_true", help="include images unsuitable "
                    "for all ages")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -109,6 +116,7 @@ def to_json(result: SearchResult) -> dict:
         "truncated": result.truncated,
         "cached": result.cached,
         "left_out": result.left_out,
+        "folded": result.ranking.folded,
     }
 
 
@@ -129,6 +137,9 @@ def to_table(result: SearchResult) -> str:
     lines.append(f"{result.candidates} candidates ranked"
                  + (f", {skipped} skipped ({_reasons(result.skipped)})" if skipped else "")
                  + (", from cache" if result.cached else "") + f"; {stages}")
+    if result.ranking.folded:
+        lines.append(f"note: {result.ranking.folded} near-duplicates were folded into "
+                     "better-ranked images (--no-dedupe keeps them).")
     if result.truncated:
         lines.append("note: the phrase was longer than the model reads; its end was ignored.")
     if result.left_out:
@@ -169,8 +180,12 @@ def read_image(path: Path) -> bytes:
 def build_query(args: argparse.Namespace, settings: Settings) -> Query:
     """The request, checked before anything heavy loads (InvalidQuery on bad input)."""
     colors = tuple(c.strip() for c in args.colors.split(",") if c.strip())
+    source = args.source or settings.search_source
+    if args.lang is not None and source == "openverse":
+        raise LanguageUnsupported()
     filters = Filters(image_type=args.image_type, orientation=args.orientation, colors=colors,
-                      order=args.order, safesearch=not args.no_safesearch)
+                      order=args.order, safesearch=not args.no_safesearch,
+                      lang=args.lang or settings.search_language)
     if not 1 <= args.top <= MAX_TOP:
         raise InvalidQuery(f"top must be from 1 to {MAX_TOP}.")
     if args.offset < 0:
@@ -201,7 +216,7 @@ async def run(args: argparse.Namespace, settings: Settings, query: Query) -> Sea
         freeze_heap()
         try:
             result = await service.find_query(query, top=args.top, offset=args.offset,
-                                              progress=progress)
+                                              progress=progress, dedupe=not args.no_dedupe)
         finally:
             if bar is not None:
                 bar.close()

@@ -3,6 +3,7 @@ Discord, the fake Pixabay and the tiny model: embeds by default, grids that page
 downloads, Apps → Find similar images, tag suggestions, languages, and pictures fetched
 from Discord's CDN only, under the caps."""
 
+import json
 import time
 
 import pytest
@@ -259,3 +260,77 @@ async def test_find_similar_on_a_huge_picture_is_cut_at_the_cap_too(bot, fake_di
     assert fake_discord.cdn_bytes_sent < 40 * 1024 * 1024
     assert not [m for m in fake_discord.messages.values()
                 if m.interaction_id == submitted.id and not m.ephemeral]
+
+
+# -- 4. near-duplicates and negative terms, through the CLI and the bot -------------------
+def with_copies(scene: Scene, n: int):
+    """The default catalogue plus ``n`` re-uploads of photos of ``scene`` under new ids."""
+    from dataclasses import replace
+
+    from tests.fakes.pixabay import default_catalogue
+
+    entries = list(default_catalogue(10))
+    originals = [e for e in entries if e.scene == scene][:n]
+    copies = [replace(e, id=990_000 + i * 7) for i, e in enumerate(originals)]
+    return entries + copies, {c.id: o.id for c, o in zip(copies, originals, strict=True)}
+
+
+async def test_cli_folds_near_duplicates_unless_told_not_to(tmp_path):
+    from tests.fakes.pixabay import FakePixabay
+    from tests.test_cli import cli
+
+    entries, copy_of = with_copies(Scene("circle", "red", "snow"), 3)
+    async with FakePixabay(entries) as fake:
+        code, out, err = await cli(fake, tmp_path, "circle red snow", "a red circle on snow",
+                                   "--top", "13", "--json")
+        assert code == 0, err
+        folded = json.loads(out)
+        ids = [h["id"] for h in folded["hits"]]
+        assert folded["folded"] == 3 and folded["candidates"] == 13
+        assert len(ids) == 10 and [h["rank"] for h in folded["hits"]] == list(range(1, 11))
+        for copy, original in copy_of.items():  # one of each pair stands for both
+            assert (copy in ids) != (original in ids)
+        code, out, err = await cli(fake, tmp_path, "circle red snow", "a red circle on snow",
+                                   "--top", "13", "--json", "--no-dedupe")
+        kept = json.loads(out)
+        assert kept["folded"] == 0 and len(kept["hits"]) == 13
+        assert set(copy_of) | set(copy_of.values()) <= {h["id"] for h in kept["hits"]}
+        code, out, err = await cli(fake, tmp_path, "circle red snow", "a red circle on snow",
+                                   "--top", "13")
+        assert "note: 3 near-duplicates were folded into better-ranked images" in out
+
+
+async def test_the_results_footer_says_how_many_were_folded(fake_discord, tmp_path):
+    from tests.fakes.pixabay import FakePixabay
+
+    entries, copy_of = with_copies(Scene("star", "blue", "grass"), 2)
+    async with FakePixabay(entries) as fake:
+        env = bot_env(fake_discord, fake, tmp_path / "data")
+        async with running_bot(Settings.from_mapping(env)):
+            _, reply = await search(fake_discord, tag="star blue grass", phrase="a blue star")
+    assert "12 candidates ranked" in reply.content and "page 1/2" in reply.content
+    assert "· 2 near-duplicates folded into better-ranked images" in reply.content
+    shown = {image_id(e) for e in reply.embeds}
+    for copy, original in copy_of.items():
+        assert not {copy, original} <= shown
+
+
+async def test_a_negative_term_ranks_red_circles_not_on_snow_first(fake_pixabay, tmp_path):
+    from tests.test_cli import cli
+
+    def backgrounds(out: str) -> list[tuple[str, str]]:
+        return [(fake_pixabay.truth[h["id"]].colour, fake_pixabay.truth[h["id"]].background)
+                for h in json.loads(out)["hits"]]
+
+    args = ("--top", "10", "--candidates", "200", "--json")
+    code, plain, err = await cli(fake_pixabay, tmp_path, "circle", "a red circle", *args)
+    assert code == 0, err
+    code, minus, err = await cli(fake_pixabay, tmp_path, "circle", "a red circle -snow", *args)
+    assert code == 0, err
+    assert sum(b == "snow" for _, b in backgrounds(plain)) >= 1, backgrounds(plain)
+    assert backgrounds(minus) and all(c == "red" and b != "snow" for c, b in backgrounds(minus))
+    code, out, err = await cli(fake_pixabay, tmp_path, "circle", "-snow -grass")
+    assert code == 2 and out == ""
+    assert err == ('error: Your phrase has only negative terms (-snow -grass); say what the '
+                   'picture should show too, e.g. "a red circle -snow".\n')
+    assert fake_pixabay.api_requests == 1  # one page, cached; the refusal asked nothing
