@@ -334,3 +334,35 @@ async def test_a_negative_term_ranks_red_circles_not_on_snow_first(fake_pixabay,
     assert err == ('error: Your phrase has only negative terms (-snow -grass); say what the '
                    'picture should show too, e.g. "a red circle -snow".\n')
     assert fake_pixabay.api_requests == 1  # one page, cached; the refusal asked nothing
+
+
+# -- the settings -----------------------------------------------------------------------
+def test_the_new_settings_default_and_refuse_bad_values_in_one_sentence():
+    from search.errors import ConfigError
+
+    s = Settings.from_mapping({})
+    assert s.discord_cdn_hosts == ("cdn.discordapp.com", "media.discordapp.net")
+    assert (s.search_language, s.dedupe_similarity) == ("en", 0.9995)
+    s = Settings.from_mapping({"DISCORD_CDN_HOSTS": "127.0.0.1:8080, cdn.example.org",
+                               "SEARCH_LANGUAGE": "DE", "DEDUPE_SIMILARITY": "0.97"})
+    assert s.discord_cdn_hosts == ("127.0.0.1:8080", "cdn.example.org")
+    assert (s.search_language, s.dedupe_similarity) == ("de", 0.97)
+    for env, sentence in (
+            ({"DISCORD_CDN_HOSTS": "https://cdn.discordapp.com/x"},
+             "DISCORD_CDN_HOSTS must be a comma list of host names such as cdn.discordapp.com"),
+            ({"SEARCH_LANGUAGE": "xx"}, "SEARCH_LANGUAGE must be one of cs, da, de"),
+            ({"DEDUPE_SIMILARITY": "high"}, "DEDUPE_SIMILARITY must be a cosine from 0.5 to 1")):
+        with pytest.raises(ConfigError, match=sentence):
+            Settings.from_mapping(env)
+
+
+def test_a_cdn_host_with_a_port_allows_that_port_only():
+    from search.errors import ImageSkipped
+    from search.images import check_url
+
+    assert check_url("http://127.0.0.1:8080/a.jpg", ["127.0.0.1:8080"])
+    with pytest.raises(ImageSkipped, match="host not allowed"):
+        check_url("http://127.0.0.1:8081/a.jpg", ["127.0.0.1:8080"])
+    with pytest.raises(ImageSkipped, match="host not allowed"):
+        check_url("http://cdn.discordapp.com/a.jpg", ["cdn.discordapp.com"])  # https only
+    assert check_url("https://media.discordapp.net/a.jpg", ["media.discordapp.net"])
