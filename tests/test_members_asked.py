@@ -366,3 +366,13 @@ def test_a_cdn_host_with_a_port_allows_that_port_only():
     with pytest.raises(ImageSkipped, match="host not allowed"):
         check_url("http://cdn.discordapp.com/a.jpg", ["cdn.discordapp.com"])  # https only
     assert check_url("https://media.discordapp.net/a.jpg", ["media.discordapp.net"])
+
+
+def test_cached_answers_give_their_images_tags_for_both_sources():
+    from search.store import hit_tags
+
+    pixabay = {"hits": [{"tags": "Red, circle ,  snow"}, {"tags": 7}, {"id": 1}]}
+    openverse = {"results": [{"tags": [{"name": "Tiger"}, {"name": "big  cat"}, "x"]}]}
+    assert hit_tags(pixabay) == {"red", "circle", "snow"}
+    assert hit_tags(openverse) == {"tiger", "big cat"}
+    assert hit_tags({"hits": "not a list"}) == set()
