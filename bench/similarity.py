@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bench.fakes.scenes import CatalogueEntry, Scene, catalogue, jpeg_bytes
 from search.clip import ClipEncoder
-from tests.scenes import CatalogueEntry, Scene, catalogue, jpeg_bytes
 
 TINY = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "tiny-clip"
 

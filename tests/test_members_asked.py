@@ -8,10 +8,10 @@ import time
 
 import pytest
 
+from bench.fakes.scenes import Scene, jpeg_bytes, render
 from bot.embeds import NEXT, NUMBERS, PREV
 from search.config import Settings
 from tests.conftest import bot_env
-from tests.scenes import Scene, jpeg_bytes, render
 from tests.test_bot import ephemeral_error, image_id, press, reactions_added, running_bot, search
 from tests.test_bot_beyond import share, tiles
 
@@ -267,7 +267,7 @@ def with_copies(scene: Scene, n: int):
     """The default catalogue plus ``n`` re-uploads of photos of ``scene`` under new ids."""
     from dataclasses import replace
 
-    from tests.fakes.pixabay import default_catalogue
+    from bench.fakes.pixabay import default_catalogue
 
     entries = list(default_catalogue(10))
     originals = [e for e in entries if e.scene == scene][:n]
@@ -276,7 +276,7 @@ def with_copies(scene: Scene, n: int):
 
 
 async def test_cli_folds_near_duplicates_unless_told_not_to(tmp_path):
-    from tests.fakes.pixabay import FakePixabay
+    from bench.fakes.pixabay import FakePixabay
     from tests.test_cli import cli
 
     entries, copy_of = with_copies(Scene("circle", "red", "snow"), 3)
@@ -301,7 +301,7 @@ async def test_cli_folds_near_duplicates_unless_told_not_to(tmp_path):
 
 
 async def test_the_results_footer_says_how_many_were_folded(fake_discord, tmp_path):
-    from tests.fakes.pixabay import FakePixabay
+    from bench.fakes.pixabay import FakePixabay
 
     entries, copy_of = with_copies(Scene("star", "blue", "grass"), 2)
     async with FakePixabay(entries) as fake:
