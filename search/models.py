@@ -162,7 +162,7 @@ class Query:
             object.__setattr__(self, "phrase", check_phrase(self.phrase or ""))
         else:
             object.__setattr__(self, "phrase", "")
-        check_negatives(self.phrase, by_image=pictured)
+        check_negatives(self.phrase or "", by_image=pictured)
         check_candidates(self.candidates)
         _choice("source", self.source, SOURCES)
         if self.image is not None and len(self.image) > MAX_QUERY_IMAGE_BYTES:

@@ -116,6 +116,7 @@ class Store:
             self.db.conn = self.db._connect()
 
         self.rebuilt += 1
+        assert self.db.conn is not None  # found broken while open
         try:
             self.db._pool.submit(rebuild, self.db.conn).result()
         except (sqlite3.Error, OSError) as e:
@@ -216,8 +217,9 @@ def hit_tags(body: dict) -> set[str]:
         items = body.get(key) if isinstance(body, dict) else None
         for raw in items if isinstance(items, list) else ():
             tags = raw.get("tags") if isinstance(raw, dict) else None
+            names: list[object]
             if isinstance(tags, str):
-                names = tags.split(",")
+                names = list(tags.split(","))
             elif isinstance(tags, list):
                 names = [t.get("name") for t in tags[:30] if isinstance(t, dict)]
             else:

@@ -63,7 +63,9 @@ class SimilarModal(discord.ui.Modal, title=NAME):
         await self.apps.submitted(interaction, self.target, self.tag.value,
                                   self.phrase.value or None)
 
-    async def on_error(self, interaction: discord.Interaction, error: Exception, /) -> None:
+    # discord.py's Modal.on_error takes no item (its View's does)
+    async def on_error(self, interaction: discord.Interaction,  # type: ignore[override]
+                       error: Exception, /) -> None:
         activity.failed(interaction, error)
         await reply_error(interaction, error)
 
