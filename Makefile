@@ -5,12 +5,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint docs bench model tiny-clip clean
+.PHONY: run test lint docs bench model serve tiny-clip clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,serve]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -27,6 +27,9 @@ lint: $(STAMP)
 
 docs: $(STAMP)
 	$(PY) -m search.settings_doc
+
+serve: $(STAMP)
+	$(PY) -m search.serve
 
 bench: $(STAMP)
 	$(PY) -m bench

@@ -31,6 +31,7 @@ from .errors import (
     SearchError,
     SourceError,
 )
+from .inference import InferenceRefused, InferenceUnavailable
 from .models import (
     COLORS,
     IMAGE_TYPES,
@@ -52,7 +53,8 @@ if TYPE_CHECKING:  # the service imports torch: only once every cheap check has 
 
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (InvalidQuery, 2), (ConfigError, 2), (ModelLoadError, 2), (RateLimited, 4),
-    (SourceError, 3), (NoResults, 5), (AllImagesFailed, 5), (SearchError, 1),
+    (SourceError, 3), (InferenceUnavailable, 3), (InferenceRefused, 3), (NoResults, 5),
+    (AllImagesFailed, 5), (SearchError, 1),
 )
 
 
@@ -209,7 +211,7 @@ async def run(args: argparse.Namespace, settings: Settings, query: Query) -> Sea
 
     from .tuning import freeze_heap, tune_process  # the process is ours: tune it
 
-    tune_process()
+    tune_process(in_process=not settings.inference_url)
     async with SearchService.open(settings.replace(search_source=query.source)) as service:
         freeze_heap()
         encoder = service.encoder

@@ -68,6 +68,10 @@ class Settings:
     # distinct photos of one scene reaches 0.9995 (the closest is 0.9994, 0.1 % pass 0.999),
     # while 84-98 % of the same photo re-encoded or resized do (docs/results.md).
     dedupe_similarity: float = 0.9995
+    inference_url: str | None = None  # None: the encoder runs in this process
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8700
+    serve_replicas: int = 1
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
@@ -195,6 +199,17 @@ class Settings:
                 raise ConfigError("DEDUPE_SIMILARITY must be a cosine from 0.5 to 1 (1: fold "
                                   f"only identical images), not '{raw}'.")
             kw["dedupe_similarity"] = value
+        if (raw := get("INFERENCE_URL")) is not None:
+            kw["inference_url"] = _url("INFERENCE_URL", raw, ("http", "https")).rstrip("/")
+        if (raw := get("SERVE_HOST")) is not None:
+            if any(c in raw for c in "/ @?#"):
+                raise ConfigError(f"SERVE_HOST must be an address such as 127.0.0.1, "
+                                  f"not '{raw}'.")
+            kw["serve_host"] = raw
+        if (raw := get("SERVE_PORT")) is not None:
+            kw["serve_port"] = _int("SERVE_PORT", raw, 1, 65535)
+        if (raw := get("SERVE_REPLICAS")) is not None:
+            kw["serve_replicas"] = _int("SERVE_REPLICAS", raw, 1, 64)
         settings = cls(**kw)  # type: ignore[arg-type]
         settings.check_model_reference()
         return settings

@@ -27,14 +27,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageSkipped
 from .threads import lower_priority
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the tensor path imports torch when it runs: a thin client never does
+    import torch
+
     from .clip import ClipEncoder
 
 MAX_PIXELS = 20_000_000  # JPEG: decoded at 1/2 to 1/8 size with draft, so cheap per pixel
@@ -255,6 +255,8 @@ def resized_size(height: int, width: int, size: tuple[int, int], resize_mode: st
 
 def center_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """torchvision's centre crop on (..., H, W), zero-padding a side that is too short."""
+    import torch.nn.functional as F
+
     th, tw = size
     h, w = x.shape[-2:]
     if th > h or tw > w:
@@ -271,7 +273,7 @@ def center_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def preprocess(images: Sequence[torch.Tensor], *, size: tuple[int, int],
                mean: Sequence[float], std: Sequence[float], interpolation: str = "bicubic",
-               resize_mode: str = "shortest", dtype: torch.dtype = torch.float32
+               resize_mode: str = "shortest", dtype: torch.dtype | None = None
                ) -> torch.Tensor:
     """open_clip's eval transform on decoded images: (3, H, W) uint8 in, (n, 3, h, w) out.
 
@@ -279,6 +281,10 @@ def preprocess(images: Sequence[torch.Tensor], *, size: tuple[int, int],
     shapes costs a few kernel launches. The resize runs in float32 and is rounded
     to whole levels as PIL's 8-bit resize is; the output is on the images' device.
     """
+    import torch
+    import torch.nn.functional as F
+
+    dtype = torch.float32 if dtype is None else dtype
     if not images:
         return torch.empty((0, 3, *size), dtype=dtype)
     device = images[0].device
@@ -310,6 +316,7 @@ def decode_on_device(encoder: ClipEncoder, datas: Sequence[bytes], max_pixels: i
     Runs on the encoder's worker thread (as a ``prepare`` job). Returns the pixels
     and ``(encoded, failed)`` indices into ``datas``.
     """
+    import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
     loaded = encoder.loaded

@@ -36,16 +36,20 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
-from .clip import ClipEncoder
 from .decode import MAX_PIXELS, Decoder, decode_on_device
 from .errors import ImageSkipped
 from .images import ImageFetcher
 from .pixabay import Hit
 from .sources import rank_url
+
+if TYPE_CHECKING:
+    from .clip import ClipEncoder
+
+from .inference import RemoteEncoder
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +97,18 @@ class Embedder:
     # encode of one batch overlap the downloads of the next.
     gpu_batch = 32
 
-    def __init__(self, encoder: ClipEncoder, decoder: Decoder | None = None, *, variant: int,
-                 on_device: bool | None = None) -> None:
+    def __init__(self, encoder: ClipEncoder | RemoteEncoder, decoder: Decoder | None = None, *,
+                 variant: int, on_device: bool | None = None) -> None:
         self.encoder = encoder
         # Its threads start only when an image takes the CPU way.
         self.decoder = decoder or Decoder()
         self.variant = variant
-        self.on_device = encoder.device.startswith("cuda") if on_device is None else on_device
+        # INFERENCE_URL: every file goes to the service as bytes, in batches as the GPU
+        # path's JPEGs do; the service decodes and encodes them, or says why not.
+        self.remote = encoder.device == "remote"
+        self.on_device = (encoder.device.startswith("cuda") if on_device is None
+                          else on_device) and not self.remote
+        self.batched = self.on_device or self.remote
 
     async def embed(self, hits: list[Hit], fetcher: ImageFetcher, *,
                     progress: Progress | None = None, on_vectors: OnVectors | None = None,
@@ -126,6 +135,7 @@ class Embedder:
         """
         if not data:
             return EncodedJpegs(np.zeros((0, 0), np.float32), [], [], 0.0, 0.0)
+        assert not isinstance(self.encoder, RemoteEncoder)
         size = self.encoder.max_batch
         chunks = [list(data[i:i + size]) for i in range(0, len(data), size)]
         parts = await asyncio.gather(*(
@@ -155,6 +165,9 @@ class Embedder:
         the tensor resize, crop and normalise, and the encoder at the batch sizes a
         query hands it (one image, a batch of ``gpu_batch``). Then the text tower.
         """
+        if self.remote:
+            return  # the service warmed itself before it answered its first request
+        assert not isinstance(self.encoder, RemoteEncoder)
         t0 = time.perf_counter()
         jpegs = warm_jpegs(max(self.gpu_batch, 4) if self.on_device else 4)
         prepared = await asyncio.gather(*(self.decoder.for_encoder(data, self.encoder)
@@ -185,6 +198,8 @@ class _Run:
         self.progress = progress
         self.on_vectors = on_vectors
         self.on_device = embedder.on_device
+        self.remote = embedder.remote
+        self.batched = embedder.batched
         self.loop = asyncio.get_running_loop()
         self.vectors: dict[int | str, np.ndarray] = {}
         self.skipped: Counter = Counter()
@@ -232,7 +247,7 @@ class _Run:
         pixels = None
         try:
             async with self.download(hit) as data:
-                if self.on_device and data.startswith(b"\xff\xd8"):
+                if self.remote or self.on_device and data.startswith(b"\xff\xd8"):
                     # The bytes stay counted until their batch is encoded.
                     await self.on_device_batch(hit, data)
                     return
@@ -259,6 +274,7 @@ class _Run:
 
     async def decode(self, hit: Hit, data: bytes):
         """The image as the encoder's 8-bit levels, or None when it is skipped (counted)."""
+        assert not isinstance(self.encoder, RemoteEncoder)  # the service decodes its own
         try:
             pixels, seconds = await self.decoder.for_encoder(data, self.encoder)
         except ImageSkipped as e:
@@ -268,6 +284,7 @@ class _Run:
         return pixels
 
     async def encode(self, hit: Hit, pixels) -> None:
+        assert not isinstance(self.encoder, RemoteEncoder)
         try:
             vectors, seconds = await self.encoder.encode_images(pixels[None])
             self.seconds["encode"] += seconds
@@ -293,7 +310,7 @@ class _Run:
         await encoded
 
     def flush_soon(self) -> None:
-        if self.on_device and not self.flush_scheduled:
+        if self.batched and not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self.flush)
 
@@ -301,7 +318,7 @@ class _Run:
         # Runs once every download that finished in this turn of the loop has queued
         # its bytes: bytes that are all there at once go in one decoder call.
         self.flush_scheduled = False
-        if self.on_device and self.batch_due():
+        if self.batched and self.batch_due():
             batch = self.waiting.copy()
             self.waiting.clear()
             task = asyncio.ensure_future(self.encode_batch(batch))
@@ -315,6 +332,9 @@ class _Run:
                                        or held >= self.fetcher.budget.capacity // 2)
 
     async def encode_batch(self, batch: list[Waiting]) -> None:
+        if self.remote:
+            await self.encode_remote(batch)
+            return
         try:
             result = await self.embedder.encode_jpegs([data for _, data, _ in batch],
                                                       max_pixels=self.decoder.max_pixels)
@@ -324,6 +344,27 @@ class _Run:
                        for row, index in enumerate(result.encoded)})
             self.finished(len(result.encoded))
             await asyncio.gather(*(self.on_cpu(*batch[i][:2]) for i in result.failed))
+        except Exception as e:  # each download waiting on this batch raises it
+            for _, _, encoded in batch:
+                if not encoded.done():
+                    encoded.set_exception(e)
+        finally:
+            for _, _, encoded in batch:
+                if not encoded.done():
+                    encoded.set_result(None)
+
+    async def encode_remote(self, batch: list[Waiting]) -> None:
+        """The batch's files to the service, which decodes and encodes them there."""
+        assert isinstance(self.encoder, RemoteEncoder)
+        try:
+            result = await self.encoder.encode_images([data for _, data, _ in batch])
+            self.seconds["decode"] += result.decode_seconds
+            self.seconds["encode"] += result.encode_seconds
+            self.keep({batch[index][0].id: result.vectors[row]
+                       for row, index in enumerate(result.ok)})
+            self.finished(len(result.ok))
+            for index, reason in result.failed.items():
+                self.skip(batch[index][0], ImageSkipped(reason, "the service could not read it"))
         except Exception as e:  # each download waiting on this batch raises it
             for _, _, encoded in batch:
                 if not encoded.done():

@@ -17,12 +17,12 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aiohttp
 import numpy as np
 
 from .attachments import fetch_attachment
-from .clip import ClipEncoder
 from .config import Settings
 from .decode import Decoder
 from .embed import Embedder
@@ -31,6 +31,7 @@ from .grid import encode, hits_sheet
 from .hub import check_weights_reachable
 from .imagequery import blend, image_pixels, more_like, unit
 from .images import ImageFetcher
+from .inference import RemoteEncoder, model_label
 from .models import MAX_TOP, Filters, Query, Source
 from .openverse import OpenverseClient
 from .phrase import split_negatives
@@ -38,6 +39,9 @@ from .pixabay import Hit, PixabayClient
 from .ranking import Ranking, ScoredHit, fold_near_duplicates, rank
 from .sources import Retriever, label, share_urls, short_credit
 from .store import Store
+
+if TYPE_CHECKING:  # torch comes with the in-process encoder only: a thin client has none
+    from .clip import ClipEncoder
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +109,8 @@ async def load_encoder(settings: Settings, *, cache: bool = True,
     """Start-up's model steps, shared by the service and ``--check``: the model's name, then
     the weights cached or the hub reachable (one line in seconds instead of a download's
     retries), then the load. Returns a started encoder; the caller closes it."""
+    from .clip import ClipEncoder
+
     await asyncio.to_thread(settings.check_model)
     await asyncio.to_thread(check_weights_reachable, settings.clip_model,
                             settings.clip_pretrained)
@@ -119,9 +125,21 @@ async def load_encoder(settings: Settings, *, cache: bool = True,
     return encoder
 
 
+async def connect_encoder(settings: Settings, session: aiohttp.ClientSession, *,
+                          timeout: float = 10.0) -> RemoteEncoder:
+    """INFERENCE_URL's service, asked what it serves: one sentence naming the URL when it
+    does not answer, and one when it serves another model than CLIP_MODEL names."""
+    assert settings.inference_url is not None
+    encoder = RemoteEncoder(session, settings.inference_url,
+                            timeout=settings.search_deadline_seconds,
+                            expect=model_label(settings.clip_model, settings.clip_pretrained))
+    await encoder.start(timeout=timeout)
+    return encoder
+
+
 class SearchService:
     def __init__(self, settings: Settings, *, pixabay: PixabayClient | None,
-                 fetcher: ImageFetcher, encoder: ClipEncoder, store: Store,
+                 fetcher: ImageFetcher, encoder: ClipEncoder | RemoteEncoder, store: Store,
                  openverse: OpenverseClient | None = None, decoder: Decoder | None = None
                  ) -> None:
         self.settings = settings
@@ -137,7 +155,7 @@ class SearchService:
     @classmethod
     @asynccontextmanager
     async def open(cls, settings: Settings, *, session: aiohttp.ClientSession | None = None,
-                   encoder: ClipEncoder | None = None, **pixabay_options
+                   encoder: ClipEncoder | RemoteEncoder | None = None, **pixabay_options
                    ) -> AsyncIterator[SearchService]:
         """Open every resource the service needs, load and warm the model, close on exit.
 
@@ -154,7 +172,9 @@ class SearchService:
                     aiohttp.ClientSession(connector=connector))
             store = await asyncio.to_thread(Store, settings.db_path)
             stack.push_async_callback(asyncio.to_thread, store.close)
-            if encoder is None:
+            if encoder is None and settings.inference_url:
+                encoder = await connect_encoder(settings, session)
+            elif encoder is None:
                 # The model comes last: every cheaper check has passed by now.
                 encoder = await load_encoder(settings)
                 stack.push_async_callback(encoder.close)
@@ -254,7 +274,7 @@ class SearchService:
         # A bad picture is refused before any candidate is fetched; the query's encode
         # then runs beside the API call and the downloads.
         pixels = (None if query.image is None
-                  else await image_pixels(self.decoder, self.encoder, query.image))
+                  else await self._query_image(query.image))
         text_task = asyncio.ensure_future(self._query_vector(phrase, pixels, query.vector))
         try:
             t0 = time.perf_counter()
@@ -316,6 +336,18 @@ class SearchService:
             timings=timings, left_out=left_out, source=retriever.name,
             by_image=query.image is not None or query.vector is not None)
 
+    async def _query_image(self, data: bytes):
+        """The query picture ready for ``_query_vector``: its pixels, or with INFERENCE_URL
+        its vector (the service decodes it); InvalidQuery when it is no picture."""
+        if not isinstance(self.encoder, RemoteEncoder):
+            return await image_pixels(self.decoder, self.encoder, data)
+        await image_pixels(None, None, data, size_only=True)
+        got = await self.encoder.encode_images([data])
+        if got.failed:
+            raise InvalidQuery(f"The attached file is not an image I can read ({got.failed[0]});"
+                               " attach a JPEG, PNG, GIF or WebP picture.")
+        return got.vectors[0]
+
     async def _query_vector(self, phrase: str | None, pixels, vector=None) -> tuple[np.ndarray, bool]:
         """The query's vector and whether the phrase was cut to the model's length.
 
@@ -329,8 +361,11 @@ class SearchService:
             query, truncated = unit(text.vector), text.truncated
         else:
             if vector is None:
-                vectors, _seconds = await self.encoder.encode_images(pixels[None])
-                vector = vectors[0]
+                if isinstance(self.encoder, RemoteEncoder):
+                    vector = pixels  # the inference service already made it a vector
+                else:
+                    vectors, _seconds = await self.encoder.encode_images(pixels[None])
+                    vector = vectors[0]
             query = unit(vector)
             if positive:
                 text = await self.encoder.encode_text(positive)
