@@ -20,7 +20,7 @@ from discord import app_commands
 
 from search import metrics
 from search.errors import AllImagesFailed, InvalidQuery, NoResults, SearchError
-from search.pixabay import PROVIDER
+from search.models import SOURCES
 
 from .errors import Busy, Refusal
 
@@ -128,7 +128,7 @@ def begin(interaction: discord.Interaction, tag: str, phrase: str) -> SearchReco
     """The record of this search, kept on the interaction until it is finished."""
     record = interaction.extras.get(_KEY)
     if record is None:
-        source = str(getattr(interaction.namespace, "source", None) or PROVIDER)
+        source = str(getattr(interaction.namespace, "source", None) or SOURCES[0])
         record = SearchRecord(
             interaction_id=interaction.id, guild_id=interaction.guild_id,
             channel_id=interaction.channel_id, member_id=interaction.user.id, source=source,

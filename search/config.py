@@ -239,11 +239,6 @@ class Settings:
     def openverse_host(self) -> str:
         return (URL(self.openverse_api_url).host or "").lower()
 
-    def require_source(self, source: str) -> None:
-        """Pixabay needs a key; Openverse needs nothing."""
-        if source == "pixabay":
-            self.require("PIXABAY_API_KEY")
-
     @property
     def db_path(self) -> Path:
         return self.data_dir / "search.sqlite3"

@@ -32,7 +32,7 @@ import torch
 from .clip import ClipEncoder
 from .errors import ImageSkipped
 from .images import ImageFetcher
-from .pixabay import Hit
+from .models import Hit
 from .preprocess import batch_decodable, jpeg_info, preprocess
 from .sources import rank_url
 

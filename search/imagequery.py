@@ -14,8 +14,7 @@ import numpy as np
 
 from .errors import ImageSkipped, InvalidQuery
 from .images import ImageFetcher
-from .models import MAX_QUERY_IMAGE_BYTES
-from .pixabay import Hit
+from .models import MAX_QUERY_IMAGE_BYTES, Hit
 from .ranking import Ranking, rank
 
 

@@ -17,7 +17,7 @@ from search.clip import ClipEncoder
 from search.config import Settings
 from search.errors import ConfigError, ModelLoadError
 from search.images import decode_image
-from search.pixabay import Hit
+from search.models import Hit
 from search.ranking import rank
 from tests.scenes import ALL_SCENES, jpeg_bytes, render
 

@@ -23,6 +23,7 @@ from search.embed import Embedder
 from search.images import decode_image
 from search.preprocess import batch_decodable, jpeg_info, preprocess
 from search.service import SearchService
+from search.sources import rank_url
 from tests.scenes import ALL_SCENES, jpeg_bytes, render
 
 TINY_CLIP = Path(__file__).parent / "fixtures" / "tiny-clip"
@@ -214,8 +215,8 @@ async def test_bytes_already_downloaded_are_decoded_in_one_call_and_trickling_on
                            max_batch=256) as encoder:
         async with SearchService.open(settings, encoder=encoder) as svc:
             svc.embedder.on_device = True
-            hits = (await svc.pixabay.candidates("circle", None, 100)).hits
-            urls = [h.variant_url(settings.image_variant) for h in hits]
+            hits = (await svc.sources["pixabay"].candidates("circle", None, 100)).hits
+            urls = [rank_url(h, settings.image_variant) for h in hits]
             blobs = dict(zip(urls, await asyncio.gather(*map(svc.fetcher.fetch, urls)),
                              strict=True))
             memory = MemoryFetcher(blobs, svc.fetcher.session, settings.image_hosts)

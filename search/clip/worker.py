@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .. import metrics
-from ..store import FeatureVector
+from ..models import FeatureVector
 from .backends import Backend, choose, from_cache, open_backend
 from .model import LoadedModel, default_threads, from_levels, load_model, resolve_device
 from .text import is_truncated
