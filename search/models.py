@@ -22,9 +22,13 @@ MAX_PHRASE_CHARS = 300
 MAX_CANDIDATES = 500  # Pixabay returns at most 500 hits per query
 MAX_TOP = 50
 MAX_QUERY_IMAGE_BYTES = 10 * 1024 * 1024  # a query picture; Discord's own cap for bot uploads
-# The sources a query may name, in the registry's order (search.sources.ADAPTERS; a
-# test keeps the two the same: this module stays free of the adapters' imports).
-SOURCES = ("pixabay", "openverse")
+# The registry of sources, the default first: each name is a module of search/sources/
+# holding its adapter (search.sources.ADAPTERS imports them). A new source is its module
+# and one line here.
+SOURCES = (
+    "pixabay",
+    "openverse",
+)
 
 FeatureVector = NDArray[np.float32]  # one image's or phrase's unit vector
 

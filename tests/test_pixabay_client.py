@@ -3,6 +3,7 @@
 import aiohttp
 import pytest
 
+from bench.fakes.pixabay import FakePixabay
 from search.errors import (
     InvalidApiKey,
     InvalidQuery,
@@ -14,7 +15,6 @@ from search.errors import (
 from search.models import Filters
 from search.sources.pixabay import PixabayClient
 from search.store import Store
-from tests.fakes.pixabay import FakePixabay
 
 
 @pytest.fixture

@@ -4,24 +4,28 @@ A source turns a tag into candidate ``Hit``s and answers what its hits mean. Pix
 needs a key and serves sized webformat images from its CDN; Openverse needs no account
 and serves a thumbnail of every result from its own API host. Everything else
 (embedding, ranking, paging, sharing) is the same for all, keyed by ``Hit.source`` so
-ids never meet. A new source is one module here and one line in ``ADAPTERS``.
+ids never meet.
+
+A new source is one module here (``search/sources/<name>.py`` with an ``ADAPTER``) and
+its name in ``search.models.SOURCES``, the registry that queries, settings and the CLI
+check names against.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
+
 from ..config import Settings
 from ..errors import InvalidQuery
-from ..models import Hit
-from . import openverse, pixabay
+from ..models import SOURCES, Hit
 from .base import Adapter, Retriever
 
 __all__ = ["ADAPTERS", "Adapter", "Retriever", "adapter", "credit", "display_url", "label",
            "licence_label", "rank_url", "require", "share_urls", "short_credit", "tile_url"]
 
-ADAPTERS: dict[str, Adapter] = {a.name: a for a in (
-    pixabay.ADAPTER,
-    openverse.ADAPTER,
-)}
+# Each name in SOURCES is the module of its adapter, imported once here.
+ADAPTERS: dict[str, Adapter] = {name: import_module(f"{__name__}.{name}").ADAPTER
+                                for name in SOURCES}
 
 
 def adapter(source: str | Hit) -> Adapter:
