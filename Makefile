@@ -1,11 +1,11 @@
-# Two commands: `make run` starts the bot, `make test` runs ruff and the whole suite.
+# Two commands: `make run` starts the bot, `make test` runs ruff, mypy and the whole suite.
 # `make docs` rewrites .env.example and docs/configuration.md from search/settings_doc.py.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint docs bench tiny-clip clean
+.PHONY: run test lint docs bench model tiny-clip clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,10 +18,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(PY) -m mypy
 
 docs: $(STAMP)
 	$(PY) -m search.settings_doc
@@ -29,8 +31,12 @@ docs: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench
 
+# The ONNX files for CLIP_MODEL, ahead of time, into MODEL_CACHE_DIR (default DATA_DIR/models).
+model: $(STAMP)
+	$(PY) -m search.export
+
 tiny-clip: $(STAMP)
 	$(PY) -m tests.fixtures.train_tiny_clip
 
 clean:
-	rm -rf $(VENV) data .pytest_cache
+	rm -rf $(VENV) data .pytest_cache .mypy_cache

@@ -128,7 +128,8 @@ def begin(interaction: discord.Interaction, tag: str, phrase: str) -> SearchReco
     """The record of this search, kept on the interaction until it is finished."""
     record = interaction.extras.get(_KEY)
     if record is None:
-        source = str(getattr(interaction.namespace, "source", None) or SOURCES[0])
+        default = getattr(getattr(interaction.client, "settings", None), "search_source", None)
+        source = str(getattr(interaction.namespace, "source", None) or default or SOURCES[0])
         record = SearchRecord(
             interaction_id=interaction.id, guild_id=interaction.guild_id,
             channel_id=interaction.channel_id, member_id=interaction.user.id, source=source,

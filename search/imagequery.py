@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .decode import Decoder
 from .errors import ImageSkipped, InvalidQuery
-from .images import ImageFetcher
 from .models import MAX_QUERY_IMAGE_BYTES, Hit
 from .ranking import Ranking, rank
 
@@ -28,7 +28,7 @@ def blend(image: np.ndarray, text: np.ndarray) -> np.ndarray:
     return unit(unit(image) + unit(text))
 
 
-async def image_pixels(fetcher: ImageFetcher, encoder, data: bytes):
+async def image_pixels(decoder: Decoder, encoder, data: bytes):
     """An image a user gave, decoded and preprocessed for the encoder (on the decode
     threads); InvalidQuery when it cannot serve as a query. Cheap, so a bad file is
     refused before any candidate is fetched."""
@@ -36,8 +36,7 @@ async def image_pixels(fetcher: ImageFetcher, encoder, data: bytes):
         raise InvalidQuery(f"The image is {len(data) / 1e6:.1f} MB; attach one of at most "
                            f"{MAX_QUERY_IMAGE_BYTES // (1024 * 1024)} MB.")
     try:
-        pixels, _seconds = await fetcher.prepare(data, encoder.preprocess_levels,
-                                                 min_side=min(encoder.image_size))
+        pixels, _seconds = await decoder.for_encoder(data, encoder)
     except ImageSkipped as e:
         raise InvalidQuery(f"The attached file is not an image I can read ({e.reason}); "
                            "attach a JPEG, PNG, GIF or WebP picture.") from None

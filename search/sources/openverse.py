@@ -126,7 +126,8 @@ def hit_from_api(raw: Mapping) -> Hit | None:
     if not isinstance(image_id, str) or not _UUID.match(image_id) or not thumbnail:
         return None
     tags = raw.get("tags")
-    tags = tags if isinstance(tags, list) else []
+    if not isinstance(tags, list):
+        tags = []
     names = tuple(dict.fromkeys(
         _text(t.get("name"), 40) for t in tags[:30] if isinstance(t, Mapping)
         and _text(t.get("name"), 40)))
