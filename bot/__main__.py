@@ -22,6 +22,7 @@ from search import logs, metrics, settings_doc
 from search.config import Settings
 from search.errors import ConfigError, ModelLoadError
 from search.inference import InferenceUnavailable
+from search.sources import require
 from search.sqlite import check_data_dir
 
 from .app import FindImageBot, point_at
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.for_entry_point(args.env_file)
         settings.require("DISCORD_TOKEN")
-        settings.require_source(settings.search_source)
+        require(settings, settings.search_source)
         check_data_dir(settings.data_dir)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -138,12 +138,14 @@ async def discord_login(settings: Settings) -> Row:
 
 
 async def pixabay_key(settings: Settings, *, cache: bool) -> Row:
-    from search.pixabay import PixabayClient
+    from search.sources import adapter
+    from search.sources.pixabay import PixabayClient
     from search.store import Store
 
-    if not settings.pixabay_api_key and settings.search_source == "openverse":
+    if not settings.pixabay_api_key and \
+            "PIXABAY_API_KEY" not in adapter(settings.search_source).required:
         return Row("pixabay", True, "PIXABAY_API_KEY is not set: only Openverse is offered "
-                                    "(SEARCH_SOURCE=openverse)")
+                                    f"(SEARCH_SOURCE={settings.search_source})")
     if not settings.pixabay_api_key:
         return Row("pixabay", False, "PIXABAY_API_KEY is not set; put it in the environment or "
                                      "in the env file (https://pixabay.com/api/docs/).")

@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.models import Filters
-from search.pixabay import Hit
+from search.models import Filters, Hit
 from search.ranking import Ranking
 from search.sqlite import Corrupt, Database, StorageError, write
 

@@ -43,7 +43,7 @@ from .models import (
     Filters,
     Query,
 )
-from .sources import HOMES, label, licence_label
+from .sources import adapter, require
 from .sqlite import check_data_dir
 
 if TYPE_CHECKING:  # the service imports torch: only once every cheap check has passed
@@ -92,9 +92,7 @@ def hit_json(h) -> dict:
     data = {"rank": h.rank, "id": h.hit.id, "score": round(h.score, 6),
             "page_url": h.hit.page_url, "image_url": h.hit.image_url,
             "preview_url": h.hit.preview_url, "tags": list(h.hit.tags), "user": h.hit.user}
-    if h.hit.source == "openverse":
-        data.update(license=licence_label(h.hit), license_url=h.hit.license_url,
-                    provider=h.hit.provider)
+    data.update(adapter(h.hit).json_fields(h.hit))
     return data
 
 
@@ -116,12 +114,10 @@ def to_json(result: SearchResult) -> dict:
 
 def to_table(result: SearchResult) -> str:
     width = max([9, *(len(str(h.hit.id)) for h in result.hits)])
-    openverse = result.source == "openverse"
-    about = "credit" if openverse else "tags"
-    lines = [f"{'rank':>4}  {'score':>5}  {'id':>{width}}  {about:<32}  page"]
+    source = adapter(result.source)
+    lines = [f"{'rank':>4}  {'score':>5}  {'id':>{width}}  {source.table_column:<32}  page"]
     for h in result.hits:
-        text = (f"{licence_label(h.hit) or '?'} · {h.hit.user}" if openverse
-                else ", ".join(h.hit.tags))[:32]
+        text = source.table_text(h.hit)[:32]
         lines.append(f"{h.rank:>4}  {h.display:>5.1f}  {str(h.hit.id):>{width}}  {text:<32}  "
                      f"{h.hit.page_url}")
     t = result.timings
@@ -136,9 +132,7 @@ def to_table(result: SearchResult) -> str:
     if result.left_out:
         lines.append(f"note: {result.left_out} images were still downloading at the search's "
                      "deadline (SEARCH_DEADLINE_SECONDS) and were left out.")
-    lines.append(f"Images from {label(result.source)} ({HOMES[result.source]})"
-                 + ("; each under the licence shown (--json: license_url)." if openverse
-                    else "."))
+    lines.append(source.cli_footer())
     return "\n".join(lines)
 
 
@@ -242,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         logs.setup("INFO" if args.verbose else "ERROR", settings.log_format,
                    secrets=(settings.pixabay_api_key or "",))
         query = build_query(args, settings)
-        settings.require_source(query.source)
+        require(settings, query.source)
         check_data_dir(settings.data_dir)
         result = asyncio.run(run(args, settings, query))
     except SearchError as e:

@@ -257,11 +257,6 @@ class Settings:
     def openverse_host(self) -> str:
         return (URL(self.openverse_api_url).host or "").lower()
 
-    def require_source(self, source: str) -> None:
-        """Pixabay needs a key; Openverse needs nothing."""
-        if source == "pixabay":
-            self.require("PIXABAY_API_KEY")
-
     @property
     def models_dir(self) -> Path:
         """Where the exported ONNX files live: MODEL_CACHE_DIR, or DATA_DIR/models."""

@@ -14,8 +14,7 @@ import numpy as np
 
 from .decode import Decoder
 from .errors import ImageSkipped, InvalidQuery
-from .models import MAX_QUERY_IMAGE_BYTES
-from .pixabay import Hit
+from .models import MAX_QUERY_IMAGE_BYTES, Hit
 from .ranking import Ranking, rank
 
 

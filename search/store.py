@@ -20,16 +20,14 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from numpy.typing import NDArray
 
-from .models import Source
+from .models import FeatureVector, Source
 from .sqlite import BUSY_TIMEOUT, BUSY_TRIES, Corrupt, Database, StorageError, write
 
 log = logging.getLogger(__name__)
 
 API_CACHE_TTL = 24 * 3600.0  # Pixabay's terms: cache responses for 24 hours.
 
-FeatureVector = NDArray[np.float32]
 
 MIGRATIONS = (
     # 1: the first release (kept so its files upgrade through 2).

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from search.pixabay import PixabayClient
 from search.settings_doc import SETTINGS
+from search.sources.pixabay import PixabayClient
 from search.store import Store
 from tests.conftest import TINY_CLIP, bot_env
 

@@ -11,9 +11,9 @@ from search.errors import (
     OpenverseUnavailable,
     RateLimited,
 )
-from search.openverse import OpenverseClient
-from search.pixabay import Filters
+from search.models import Filters
 from search.sources import credit, licence_label, share_urls
+from search.sources.openverse import OpenverseClient
 from search.store import Store
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .. import metrics
-from ..store import FeatureVector
+from ..models import FeatureVector
 from . import backends
 from .backends import Backend, TorchBackend, choose, from_cache
 from .model import LoadedModel, default_threads, from_levels, load_model, resolve_device
