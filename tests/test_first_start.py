@@ -20,6 +20,9 @@ import pytest
 from search.clip import ClipEncoder
 from tests.conftest import TINY_CLIP
 
+# Each export is a child interpreter: minutes when other jobs share the two cores.
+pytestmark = pytest.mark.timeout(900)
+
 TINY = f"local-dir:{TINY_CLIP}"
 EXPORT_TIMEOUT = 400.0  # a whole export of the tiny model, on a loaded 2-core host
 

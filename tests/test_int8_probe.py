@@ -25,6 +25,9 @@ from search.clip.quality import MIN_SPEARMAN, TIE, judge, probe_set, spearman
 from tests.conftest import TINY_CLIP, bot_env
 from tests.test_check import rows, run_bot
 
+# Each export is a child interpreter: minutes when other jobs share the two cores.
+pytestmark = pytest.mark.timeout(900)
+
 TINY = f"local-dir:{TINY_CLIP}"
 
 
