@@ -55,6 +55,7 @@ async def run(a: argparse.Namespace) -> dict:
             until_onnx = time.perf_counter() - STARTED
     return {"until_onnx_s": until_onnx, "export_child_peak_mb": encoder.export_child_peak_mb,
             "export_done_before_exit": exported_by_then, "note": encoder.note,
+            "export_facts": encoder.export_facts,
             "served_at_exit": f"{encoder.backend.name} {encoder.backend.precision}","import_torch_s": t1 - t0, "import_search_s": t2 - t1, "open_s": t3 - t2,
             "query_ms": (t4 - t3) * 1000.0, "timings": result.timings,
             "downloaded": result.downloaded, "candidates": result.candidates,

@@ -218,6 +218,18 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGTERM the export when the thread that started it dies (a bot killed with
+    SIGKILL leaves no export running; its staging folder goes at the next start)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not glibc: close() still stops it
+        pass
+
+
 def _status_mb(field: str) -> float | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -264,6 +276,7 @@ class ExportChild:
         limit = None if ceiling_mb is None else int(ceiling_mb * 2**20) + ADDRESS_SPACE_SLACK
 
         def setup() -> None:  # in the child, before exec
+            _die_with_parent()
             if nice:
                 os.nice(nice)  # beside the serving process, out of its way
             if limit is not None:
