@@ -2,7 +2,8 @@
 
 ``export_model`` does it in the calling process (``python -m search.export`` calls it
 there, with a progress bar). A serving process never does: ``ExportChild`` runs
-``python -m search.clip.export`` beside it, niced, under a memory ceiling, and reads
+``python -m search.clip.export`` beside it, at the encoder's niceness, under a memory
+ceiling, and reads
 its progress as JSON lines, so an export killed for memory takes only itself down.
 
 Each step's files are written into a staging folder ``MODELS/.export-*`` that holds a
@@ -262,7 +263,7 @@ class ExportChild:
     """
 
     def __init__(self, model_name: str, pretrained: str | None, precision: str, root: Path, *,
-                 random_weights: bool, ceiling_mb: float | None, nice: int = 10,
+                 random_weights: bool, ceiling_mb: float | None, nice: int = 0,
                  on_progress: Progress, on_exit: Callable[[str | None, dict], None]) -> None:
         cmd = [sys.executable, "-m", "search.clip.export", "--model", model_name,
                "--precision", precision, "--cache-dir", str(root)]
