@@ -219,16 +219,21 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGTERM the export when the thread that started it dies (a bot killed with
-    SIGKILL leaves no export running; its staging folder goes at the next start)."""
+def _load_prctl():
     try:
         import ctypes
-        import signal
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not glibc: close() still stops it
-        pass
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):  # not glibc: close() still stops the export
+        return None
+
+
+def _die_with_parent(prctl) -> None:
+    """Linux: SIGTERM the export when the thread that started it dies (a bot killed with
+    SIGKILL leaves no export running; its staging folder goes at the next start). Runs
+    between fork and exec, so libc was loaded before the fork (dlopen there can hang)."""
+    if prctl is not None:
+        prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM
 
 
 def _status_mb(field: str) -> float | None:
@@ -276,8 +281,10 @@ class ExportChild:
         self._stopping = False
         limit = None if ceiling_mb is None else int(ceiling_mb * 2**20) + ADDRESS_SPACE_SLACK
 
-        def setup() -> None:  # in the child, before exec
-            _die_with_parent()
+        prctl = _load_prctl()  # before the fork
+
+        def setup() -> None:  # in the child, before exec: nothing that takes a lock
+            _die_with_parent(prctl)
             if nice:
                 os.nice(nice)  # beside the serving process, out of its way
             if limit is not None:
