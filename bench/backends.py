@@ -36,7 +36,7 @@ from bench.fakes.scenes import ALL_SCENES, jpeg_bytes, render
 from bench.measure import machine
 from search.clip import ClipEncoder
 from search.clip.quality import judge
-from search.images import decode_image
+from search.decode import decode_image
 from search.tuning import freeze_heap, tune_process
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -21,6 +21,7 @@ import discord
 from search import logs, metrics, settings_doc
 from search.config import Settings
 from search.errors import ConfigError, ModelLoadError
+from search.inference import InferenceUnavailable
 from search.sqlite import check_data_dir
 
 from .app import FindImageBot, point_at
@@ -66,7 +67,7 @@ async def run(settings: Settings, *, bot_options: dict | None = None,
         from search.service import SearchService  # imports torch: last
         from search.tuning import freeze_heap, tune_process  # the process is ours: tune it
 
-        tune_process()
+        tune_process(in_process=not settings.inference_url)
         bot.service = await stack.enter_async_context(SearchService.open(settings))
         freeze_heap()
         if handle_signals:
@@ -104,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ModelLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except InferenceUnavailable as e:  # a service that may come back: a restartable exit
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except (aiohttp.ClientError, OSError) as e:
         print(f"error: cannot reach Discord at {settings.discord_api_base} "
               f"({type(e).__name__}); check the network or DISCORD_API_BASE.", file=sys.stderr)

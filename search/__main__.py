@@ -30,6 +30,7 @@ from .errors import (
     SearchError,
     SourceError,
 )
+from .inference import InferenceRefused, InferenceUnavailable
 from .models import (
     COLORS,
     IMAGE_TYPES,
@@ -50,7 +51,8 @@ if TYPE_CHECKING:  # the service imports torch: only once every cheap check has 
 
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (InvalidQuery, 2), (ConfigError, 2), (ModelLoadError, 2), (RateLimited, 4),
-    (SourceError, 3), (NoResults, 5), (AllImagesFailed, 5), (SearchError, 1),
+    (SourceError, 3), (InferenceUnavailable, 3), (InferenceRefused, 3), (NoResults, 5),
+    (AllImagesFailed, 5), (SearchError, 1),
 )
 
 
@@ -145,12 +147,10 @@ def _reasons(skipped: dict[str, int]) -> str:
 
 
 async def write_grid(service: SearchService, result: SearchResult, path: Path) -> int:
-    from .grid import hits_sheet  # the bot's layout:grid draws with it too
-
     labels = [f"#{h.rank}  {h.display:.1f}" for h in result.hits]
     captions = [str(h.hit.id) for h in result.hits]
-    sheet = await hits_sheet(service.fetcher, result.hits, labels, captions)
-    await asyncio.to_thread(sheet.save, path, "PNG")
+    data = await service.contact_sheet(result.hits, labels, captions=captions, fmt="PNG")
+    await asyncio.to_thread(path.write_bytes, data)
     return len(labels)
 
 
@@ -196,7 +196,7 @@ async def run(args: argparse.Namespace, settings: Settings, query: Query) -> Sea
 
     from .tuning import freeze_heap, tune_process  # the process is ours: tune it
 
-    tune_process()
+    tune_process(in_process=not settings.inference_url)
     async with SearchService.open(settings.replace(search_source=query.source)) as service:
         freeze_heap()
         encoder = service.encoder

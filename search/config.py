@@ -24,8 +24,8 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 IMAGE_VARIANTS = (180, 340, 640, 960)
 DEVICES = ("auto", "cpu", "cuda")
 LAYOUTS = ("auto", "list", "grid")
-CLIP_BACKENDS = ("auto", "torch", "onnx")
-CLIP_PRECISIONS = ("auto", "fp32", "fp16", "int8")
+CLIP_BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx")
+CLIP_PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "int8")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 
@@ -62,6 +62,10 @@ class Settings:
     openverse_client_id: str | None = field(default=None, repr=False)
     openverse_client_secret: str | None = field(default=None, repr=False)
     results_layout: str = "auto"
+    inference_url: str | None = None  # None: the encoder runs in this process
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8700
+    serve_replicas: int = 1
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
@@ -119,11 +123,11 @@ class Settings:
             if raw not in DEVICES and not (raw.startswith("cuda:") and raw[5:].isdigit()):
                 raise ConfigError(f"CLIP_DEVICE must be auto, cpu, cuda or cuda:N, not '{raw}'.")
             kw["clip_device"] = raw
-        for name, allowed in (("CLIP_BACKEND", CLIP_BACKENDS),
+        for name, choices in (("CLIP_BACKEND", CLIP_BACKENDS),
                               ("CLIP_PRECISION", CLIP_PRECISIONS)):
             if (raw := get(name)) is not None:
-                if raw.lower() not in allowed:
-                    raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not '{raw}'.")
+                if raw.lower() not in choices:
+                    raise ConfigError(f"{name} must be one of {', '.join(choices)}, not '{raw}'.")
                 kw[name.lower()] = raw.lower()
         if kw.get("clip_backend") == "torch" and kw.get("clip_precision") == "int8":
             raise ConfigError("CLIP_PRECISION=int8 runs on ONNX Runtime; set CLIP_BACKEND to "
@@ -176,6 +180,17 @@ class Settings:
             if raw.lower() not in LAYOUTS:
                 raise ConfigError(f"RESULTS_LAYOUT must be auto, list or grid, not '{raw}'.")
             kw["results_layout"] = raw.lower()
+        if (raw := get("INFERENCE_URL")) is not None:
+            kw["inference_url"] = _url("INFERENCE_URL", raw, ("http", "https")).rstrip("/")
+        if (raw := get("SERVE_HOST")) is not None:
+            if any(c in raw for c in "/ @?#"):
+                raise ConfigError(f"SERVE_HOST must be an address such as 127.0.0.1, "
+                                  f"not '{raw}'.")
+            kw["serve_host"] = raw
+        if (raw := get("SERVE_PORT")) is not None:
+            kw["serve_port"] = _int("SERVE_PORT", raw, 1, 65535)
+        if (raw := get("SERVE_REPLICAS")) is not None:
+            kw["serve_replicas"] = _int("SERVE_REPLICAS", raw, 1, 64)
         settings = cls(**kw)  # type: ignore[arg-type]
         settings.check_model_reference()
         return settings
@@ -183,7 +198,7 @@ class Settings:
     def replace(self, **changes: object) -> Settings:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data.update(changes)
-        return type(self)(**data)  # type: ignore[arg-type]
+        return type(self)(**data)
 
     def check_model_reference(self) -> bool:
         """Check CLIP_MODEL's form without importing torch; True if nothing is left to check.

@@ -120,6 +120,18 @@ SETTINGS: tuple[Setting, ...] = (
             "0 picks any free port and logs it."),
     Setting("METRICS_HOST", "Logs and metrics", "the address /metrics listens on",
             "Keep it on a private network."),
+    Setting("INFERENCE_URL", "Inference service",
+            "http://host:port of a `python -m search.serve` service; empty: the encoder runs "
+            "in this process",
+            "Set, this process sends downloaded images and phrases there and imports neither "
+            "torch nor ONNX Runtime; the service must serve the model CLIP_MODEL and "
+            "CLIP_PRETRAINED name. See docs/scaling.md."),
+    Setting("SERVE_HOST", "Inference service",
+            "the address `python -m search.serve` listens on",
+            "Only a trusted network should reach it: the service has no authentication."),
+    Setting("SERVE_PORT", "Inference service", "the port `python -m search.serve` listens on"),
+    Setting("SERVE_REPLICAS", "Inference service",
+            "encoder replicas `python -m search.serve` runs (1-64; one GPU each on CUDA)"),
 )
 
 ENV_EXAMPLE_HEAD = """\

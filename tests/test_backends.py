@@ -17,8 +17,8 @@ from onnx import numpy_helper
 from bench.fakes.scenes import ALL_SCENES, jpeg_bytes, render
 from search.clip import ClipEncoder
 from search.config import Settings
+from search.decode import decode_image
 from search.errors import ConfigError, ModelLoadError
-from search.images import decode_image
 from search.pixabay import Hit
 from search.ranking import rank
 

@@ -22,8 +22,9 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -62,7 +63,8 @@ class ImageTower(torch.nn.Module):
         self.m = model
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.normalize(self.m.encode_image(pixels).float(), dim=-1)
+        m: Any = self.m  # open_clip's CLIP: its attributes are not typed
+        return torch.nn.functional.normalize(m.encode_image(pixels).float(), dim=-1)
 
 
 class TorchBackend:
@@ -320,8 +322,11 @@ def _read_meta(folder: Path) -> ExportedFiles | None:
 def _digest(files: ExportedFiles) -> str:
     digest = hashlib.sha256()
     for path in (files.image, files.text):
+        whole = hashlib.sha256()  # hashlib.file_digest is Python 3.11+
         with path.open("rb") as f:
-            digest.update(hashlib.file_digest(f, "sha256").digest())
+            for block in iter(partial(f.read, 1 << 20), b""):
+                whole.update(block)
+        digest.update(whole.digest())
     return digest.hexdigest()
 
 

@@ -25,6 +25,7 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -36,6 +37,9 @@ from . import backends
 from .backends import Backend, TorchBackend, choose, from_cache
 from .model import LoadedModel, default_threads, from_levels, load_model, resolve_device
 from .text import is_truncated
+
+if TYPE_CHECKING:
+    from .export import ExportChild
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +145,7 @@ class ClipEncoder:
         self.export_facts: dict[str, str] = {}  # the serving files' export.txt
         self.export_step: tuple[int, int, str] | None = None
         self.export_child_peak_mb: float | None = None
-        self._child = None  # an ExportChild while one runs
+        self._child: ExportChild | None = None  # while an export runs
         self._root: Path | None = None  # where ONNX files are looked for and exported
         self._own_root = False
         self._ask: tuple[LoadedModel, str] | None = None  # (skeleton, precision asked)
@@ -163,6 +167,11 @@ class ClipEncoder:
         if self.loaded is None:
             raise RuntimeError("the CLIP encoder is not started")
         return self.loaded
+
+    def _serving(self) -> Backend:
+        if self.backend is None:
+            raise RuntimeError("the CLIP encoder is not started")
+        return self.backend
 
     @property
     def identity(self) -> str:
@@ -281,6 +290,7 @@ class ClipEncoder:
                               else self.cache_dir)
             from .export import remove_stale_staging  # deferred: it is the export's module
 
+            assert self._root is not None
             remove_stale_staging(self._root)
             skeleton = load_model(self.model_name, self.pretrained, self.device,
                                   random_weights=self.random_weights, weights=False)
@@ -305,9 +315,10 @@ class ClipEncoder:
             if self.export_mode == "wait" and child is not None:
                 child.thread.join()
                 self._swap_if_ready()
-        self._warm(self.backend)
+        backend = self._serving()
+        self._warm(backend)
         log.info("CLIP %s loaded on %s with %s %s (%s, %s threads)", self.model_name,
-                 self.device, self.backend.name, self.backend.precision, self.identity,
+                 self.device, backend.name, backend.precision, self.identity,
                  self.threads or torch.get_num_threads())
 
     def _warm(self, backend: Backend) -> None:
@@ -377,9 +388,11 @@ class ClipEncoder:
             if self.on_export_progress is not None:
                 self.on_export_progress(done, of, what)
 
+        root = self._root
+
         def finished(error: str | None, final: dict) -> None:
             if error is not None:
-                backends.record_failure(skeleton, self._root, precision, error)
+                backends.record_failure(skeleton, root, precision, error)
                 self._say(f"the ONNX export failed ({error}); torch serves. Run "
                           "`python -m search.export` (make model) to try again")
                 return
@@ -418,9 +431,10 @@ class ClipEncoder:
         before = self.backend
         try:
             if self._serve_cached(skeleton, precision):
-                self._warm(self.backend)
+                served = self._serving()
+                self._warm(served)
                 log.info("CLIP %s: switched from torch to ONNX Runtime (%s) between batches",
-                         self.model_name, self.backend.precision)
+                         self.model_name, served.precision)
                 return
             why = "its files were not found after the export"
         except Exception as e:  # torch keeps serving; the files are exported again next start
@@ -504,11 +518,12 @@ class ClipEncoder:
         pixels = pixels.to(self.device, non_blocking=True)
         if pixels.dtype == torch.uint8:
             self.stats.stages["normalise:levels"] += 1
-            pixels = from_levels(pixels, self.loaded.mean, self.loaded.std)
+            loaded = self._need()
+            pixels = from_levels(pixels, loaded.mean, loaded.std)
         return pixels.to(self.dtype)
 
     def _encode(self, batch: torch.Tensor) -> np.ndarray:
-        vectors = self.backend.encode_image(batch)
+        vectors = self._serving().encode_image(batch)
         if not self.device.startswith("cuda"):
             for hook in AFTER_CPU_BATCH:
                 hook()
@@ -523,7 +538,7 @@ class ClipEncoder:
                 (pixels, extra), seconds = _timed(job.payload, self.device)
                 prepared[k] = (extra, seconds)
             else:
-                pixels = job.payload  # type: ignore[assignment]
+                pixels = job.payload
             if pixels is not None and len(pixels):
                 parts.append(pixels)
             rows.append(0 if pixels is None else len(pixels))
@@ -559,14 +574,15 @@ class ClipEncoder:
 
     def _forward_texts(self, jobs: list[_Job]) -> list[object]:
         started = time.perf_counter()
-        phrases = [p for j in jobs for p in j.payload]
-        tokens = self.loaded.tokenizer(phrases).to(self.device)
-        feats = self.backend.encode_text(tokens)
+        phrases = [p for j in jobs for p in cast(list[str], j.payload)]
+        tokens = self._need().tokenizer(phrases).to(self.device)
+        feats = self._serving().encode_text(tokens)
         self.stats.stages["encode:text"] += 1
         self.stats.texts += len(phrases)
         self.stats.record("text", len(phrases))
         elapsed = time.perf_counter() - started
-        out, start = [], 0
+        out: list[object] = []
+        start = 0
         for job in jobs:
             out.append((feats[start:start + job.n], elapsed * job.n / len(phrases)))
             start += job.n
