@@ -22,6 +22,9 @@ from search.errors import ConfigError, ModelLoadError
 from search.models import Hit
 from search.ranking import rank
 
+# Each export is a child interpreter: minutes when other jobs share the two cores.
+pytestmark = pytest.mark.timeout(900)
+
 TINY = f"local-dir:{Path(__file__).parent / 'fixtures' / 'tiny-clip'}"
 HITS = [Hit(id=i, page_url="", image_url="") for i in range(200)]
 PHRASES = [s.caption for s in ALL_SCENES[::9]]  # 16 phrases across colours, shapes, grounds
