@@ -30,6 +30,7 @@ from .openverse import OpenverseClient
 from .pixabay import PixabayClient
 from .ranking import Ranking, ScoredHit, rank
 from .sources import Retriever, label
+from .storage import Unavailable
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -135,8 +136,13 @@ class SearchService:
                                                  keepalive_timeout=30)
                 session = await stack.enter_async_context(
                     aiohttp.ClientSession(connector=connector))
-            store = await asyncio.to_thread(Store, settings.db_path)
-            stack.push_async_callback(asyncio.to_thread, store.close)
+            store = await asyncio.to_thread(Store, settings.cache_target,
+                                            **settings.database_pool)
+            stack.push_async_callback(store.aclose)
+            try:
+                await store.open()  # a wrong DATABASE_URL is said now, before the model loads
+            except Unavailable as e:  # a cache: searches go on, and it is tried again later
+                log.warning("the search cache is not available yet (%s)", e.detail)
             if encoder is None:
                 # The model comes last: every cheaper check has passed by now.
                 encoder = await load_encoder(settings)

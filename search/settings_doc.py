@@ -40,6 +40,11 @@ SETTINGS: tuple[tuple[str, str], ...] = (
     ("OPENVERSE_CLIENT_ID", "optional: a registered Openverse application (with the secret)"),
     ("OPENVERSE_CLIENT_SECRET", "that application's secret; set both or neither"),
     ("RESULTS_LAYOUT", "auto (a contact sheet above 4 a page), list or grid"),
+    ("DATABASE_URL", "postgresql://user@host:5432/db: state and caches in PostgreSQL, shared by "
+                     "every process; empty: SQLite files in DATA_DIR"),
+    ("DATABASE_POOL_SIZE", "PostgreSQL connections kept open by the cache and by the state, each"),
+    ("DATABASE_MAX_OVERFLOW", "connections each may open beyond the pool under load, then wait "
+                              "up to 10 s"),
 )
 
 

@@ -17,7 +17,7 @@ from search.settings_doc import SETTINGS
 from search.store import Store
 from tests.conftest import TINY_CLIP, bot_env
 
-ITEMS = ["settings", "data dir", "discord", "pixabay", "model", "encode"]
+ITEMS = ["settings", "data dir", "database", "discord", "pixabay", "model", "encode"]
 
 
 @pytest.fixture
@@ -72,7 +72,7 @@ async def test_check_passes_every_item_and_stays_offline(env, fake_discord, fake
                                    store=store)
             await client.candidates("nature", limit=1)
     finally:
-        store.close()
+        await store.aclose()
     assert fake_pixabay.api_requests == 1
 
 

@@ -213,13 +213,14 @@ async def test_bot_corrupt_state_file_is_one_line_naming_it(env, tmp_path):
 
 
 async def test_bot_state_from_a_newer_release_is_refused(env, tmp_path):
-    data = make_data_dir(Path(env["DATA_DIR"]), state_version=5)
-    code, out, err = await probe("bot", env, tmp_path)
-    from bot.state import MIGRATIONS
+    from search.storage.database import head_number
 
+    newer = head_number("state") + 1
+    data = make_data_dir(Path(env["DATA_DIR"]), state_version=newer)
+    code, out, err = await probe("bot", env, tmp_path)
     assert (code, one_line(err)) == (
-        2, f"{data / 'bot.sqlite3'} was written by a newer findimage (schema 5; this one reads "
-           f"up to {len(MIGRATIONS)}); upgrade findimage or point DATA_DIR at another folder.")
+        2, f"{data / 'bot.sqlite3'} was written by a newer findimage (schema {newer}; this one "
+           f"reads up to {head_number('state')}); upgrade findimage or point DATA_DIR at another folder.")
 
 
 

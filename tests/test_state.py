@@ -1,12 +1,13 @@
 """bot/state.py on real files: a first-release file is upgraded with its results kept, and
-every call runs on the database's own thread."""
+every statement runs on the database's own thread."""
 
 import sqlite3
 import threading
 
-from bot.state import MIGRATIONS, State
+from bot.state import State
 from search.models import Filters
 from search.ranking import Ranking
+from search.storage.database import head_number
 
 FIRST_RELEASE = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -51,12 +52,18 @@ async def test_a_first_release_state_file_is_upgraded_and_keeps_everything(tmp_p
         assert await state.picks_channel(7) == 8
         assert (await state.get_view(42)).layout == "list"  # older messages are lists
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == head_number("state")
 
 
-async def test_every_call_runs_on_the_database_thread(tmp_path):
+async def test_every_statement_runs_on_the_database_thread_never_the_event_loop(tmp_path):
     async with State(tmp_path / "bot.sqlite3") as state:
-        names = {await state.db.run(lambda conn: threading.current_thread().name)
-                 for _ in range(5)}
-    assert len(names) == 1 and names.pop().startswith("sqlite")
-    assert threading.current_thread().name == "MainThread"
+        async def where(conn):
+            raw = await conn.get_raw_connection()
+            # SQLite calls a function on the thread that runs the statement.
+            await raw.driver_connection.create_function(
+                "thread_name", 0, lambda: threading.current_thread().name)
+            return (await conn.exec_driver_sql("SELECT thread_name()")).scalar()
+
+        names = {await state.db.run(where, write=False) for _ in range(5)}
+        await state.get_results(1)
+    assert len(names) == 1 and names.pop() != threading.current_thread().name
