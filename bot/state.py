@@ -61,7 +61,7 @@ PRUNE_EVERY = 3600.0
 # well inside an interaction token's 15 minutes, and a slow beat is never taken for death.
 HEARTBEAT = 5.0
 RUN_TIMEOUT = 20.0
-PICK_LOCK = zlib.crc32(b"findimage pick")  # pg_advisory_xact_lock's first key for claims
+PICK_LOCK = zlib.crc32(b"findimage pick") - 2**31  # int4; pg_advisory_xact_lock's first key for claims
 
 
 @dataclass

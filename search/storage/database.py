@@ -376,10 +376,13 @@ class Database:
                     if self.url is not None and not conn.invalidated:
                         await conn.execute(sa.select(sa.func.pg_advisory_unlock(SCHEMA_LOCK)))
                         await conn.commit()
-        except (DataDirError, StorageError):
+        except (ConfigError, StorageError):
             raise
         except Exception as e:
-            raise self._error(e) from e
+            error = self._error(e)
+            if error is None:
+                raise
+            raise error from e
 
     async def _schema_lock(self, conn: AsyncConnection) -> None:
         """PostgreSQL: wait (bounded) for the schema lock; a session lock, freed if we die."""
