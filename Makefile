@@ -1,10 +1,11 @@
 # Two commands: `make run` starts the bot, `make test` runs ruff and the whole suite.
+# `make docs` rewrites .env.example and docs/configuration.md from search/settings_doc.py.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench tiny-clip clean
+.PHONY: run test lint docs bench tiny-clip clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +22,9 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+docs: $(STAMP)
+	$(PY) -m search.settings_doc
 
 bench: $(STAMP)
 	$(PY) -m bench

@@ -86,7 +86,7 @@ async def data_dir(settings: Settings) -> Row:
                 notes.append(f"{name} is corrupt and will be rebuilt")
                 continue
             return Row("data dir", False, f"DATA_DIR file {file} is corrupt ({e}); restore it "
-                                          "from a backup (see the README) or move it aside.")
+                                          "from a backup (see docs/operations.md) or move it aside.")
         except (StorageError, DataDirError) as e:  # busy, unreadable, or from a newer release
             return Row("data dir", False, str(e))
     held = ", ".join([f"{p.name} {_size(p.stat().st_size)}"
@@ -202,7 +202,7 @@ async def model(settings: Settings, *, cache: bool):
         if ";" not in said:  # the loader's own sentences say what to do; others get a hint
             said = (f"{said.rstrip('. ')}; check CLIP_MODEL, CLIP_PRETRAINED and CLIP_DEVICE "
                     "(a first start downloads the weights: check the network, or fetch them "
-                    "ahead as the README shows).")
+                    "ahead as docs/operations.md shows).")
         return Row("model", False, said), None
     name = settings.clip_model
     weights = (f"weights {settings.clip_pretrained}" if encoder.pretrained

@@ -180,7 +180,7 @@ class State:
             await self.db.aclose()
             raise DataDirError(
                 f"DATA_DIR file {self.path} is corrupt ({e}); restore it from a backup "
-                "(see the README) or move it aside to start with no saved results.") from None
+                "(see docs/operations.md) or move it aside to start with no saved results.") from None
         now = self.clock()
 
         async def start(conn: AsyncConnection) -> int:

@@ -157,8 +157,8 @@ async def test_help_prints_usage_and_every_setting_without_starting(env, fake_di
     code, out, err = await run_bot(env, "--help", cwd=tmp_path)
     assert code == 0 and err == ""
     assert out.startswith("usage: python -m bot [-h] [--check] [--env-file PATH]")
-    for name, _ in SETTINGS:
-        assert f"\n  {name} " in out, name
+    for s in SETTINGS:
+        assert f"\n  {s.name} " in out, s.name
     assert "[default: ViT-B-32-256]" in out
     assert fake_discord.requests == []
 
@@ -204,4 +204,4 @@ def test_help_lists_every_setting():
 
     from search.config import Settings
 
-    assert {f.name.upper() for f in fields(Settings)} == {name for name, _ in SETTINGS}
+    assert {f.name.upper() for f in fields(Settings)} == {s.name for s in SETTINGS}

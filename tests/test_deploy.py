@@ -1,4 +1,4 @@
-"""deploy/findimage.service: the systemd unit the README's "Deploying" section installs."""
+"""deploy/findimage.service: the systemd unit docs/operations.md installs."""
 
 import shutil
 import subprocess

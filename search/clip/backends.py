@@ -36,10 +36,10 @@ OPSET = 18
 # Cosine between an exported tower's vectors and torch's on the probe batch below
 # which the file is refused. fp32 must be the same function; dynamic int8 is only
 # checked for sanity here (a broken file gives ~0): its ranking quality is what the
-# README's measurement of top-10 overlap is about.
+# docs/performance.md's measurement of top-10 overlap is about.
 AGREEMENT = {"fp32": 0.999, "int8": 0.95}
 # What ``auto`` picks on CPU: int8 through ONNX Runtime. Measured on this project's
-# 2-core machine (bench/reference, README "Performance"): int8 keeps >= 9 of the
+# 2-core machine (bench/reference, docs/performance.md): int8 keeps >= 9 of the
 # fp32 top 10 on the tiny model and on ViT-B-32, and is the fastest.
 AUTO_CPU_PRECISION = "int8"
 
@@ -220,7 +220,7 @@ def _export(loaded: LoadedModel, folder: Path, precision: str) -> ExportedFiles:
             with _quiet_exporters():
                 for src, dst in ((image_fp32, image_out), (text_fp32, text_out)):
                     # per channel: one scale per output row keeps ViT-B-32's top 10
-                    # (9.0 of 10 against 8.5 with one scale per matrix, README)
+                    # (9.0 of 10 against 8.5 with one scale per matrix, docs/performance.md)
                     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
                                      per_channel=True, op_types_to_quantize=["MatMul", "Gemm"])
                     src.unlink()
