@@ -332,8 +332,8 @@ class Database:
                 await self._migrate(engine)
             except BaseException as e:
                 await engine.dispose()
-                if isinstance(e, Unavailable):
-                    self._went_down(e.detail)
+                if isinstance(e, Unavailable):  # the caller says so: start-up, or a cache miss
+                    self._went_down(e.detail, quiet=True)
                 raise
             self.engine = engine
 
@@ -494,11 +494,12 @@ class Database:
             return Unavailable(f"PostgreSQL at {self.where} is not answering ({reason})")
         return kind(reason)
 
-    def _went_down(self, detail: str) -> None:
+    def _went_down(self, detail: str, *, quiet: bool = False) -> None:
         self._down_until = time.monotonic() + DOWN_FOR
         self._down_detail = detail
-        log.warning("%s: %s; going on without it, trying again in %.0f s", self.what, detail,
-                    DOWN_FOR)
+        if not quiet:
+            log.warning("%s: %s; going on without it, trying again in %.0f s", self.what,
+                        detail, DOWN_FOR)
 
     def _fail_fast(self) -> None:
         if time.monotonic() < self._down_until:
