@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import sqlalchemy as sa
 from numpy.typing import NDArray
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .models import Source
@@ -86,8 +87,15 @@ class Store:
         return default
 
     async def _write(self, work) -> bool:
+        async def cached(conn: AsyncConnection):
+            if conn.dialect.name == "postgresql":
+                # A cache row lost in a server crash is fetched again: its commit need not
+                # wait for the WAL flush.
+                await conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+            return await work(conn)
+
         try:
-            await self.db.run(work)
+            await self.db.run(cached)
             return True
         except Corrupt as e:
             await self._corrupt(e)
@@ -146,10 +154,16 @@ class Store:
         async def q(conn: AsyncConnection):
             rows = []
             for start in range(0, len(keys), CHUNK):
+                chunk = keys[start:start + CHUNK]
+                if conn.dialect.name == "postgresql":  # one array parameter, not 500
+                    among = embeddings.c.image_id == sa.any_(sa.cast(
+                        sa.bindparam("ids", chunk, type_=ARRAY(sa.Text)), ARRAY(sa.Text)))
+                else:
+                    among = embeddings.c.image_id.in_(chunk)
                 rows += (await conn.execute(
                     sa.select(embeddings.c.image_id, embeddings.c.dim, embeddings.c.vector)
                     .where(embeddings.c.source == source.id, embeddings.c.model == model,
-                           embeddings.c.image_id.in_(keys[start:start + CHUNK])))).all()
+                           among))).all()
             return rows
 
         out: dict[int | str, FeatureVector] = {}

@@ -17,9 +17,9 @@ SQLite (the default, a file in DATA_DIR), as issue 10 made it:
 PostgreSQL (``DATABASE_URL``), shared by every process:
 - the schema is created or upgraded at start-up under ``pg_try_advisory_lock``, so
   processes starting together take turns instead of racing to create a table;
-- a lost connection is retried: ``pool_pre_ping`` replaces a dead pooled connection, and a
-  transaction that fails on a lost connection is tried again, ``len(RETRY_WAITS) + 1``
-  times in all; then calls fail fast (``Unavailable``) for ``DOWN_FOR`` seconds, so a
+- a lost connection is retried: a transaction that fails on a lost connection (a server
+  restart drops every pooled one; SQLAlchemy then empties the pool) is tried again,
+  ``len(RETRY_WAITS) + 1`` times in all; then calls fail fast (``Unavailable``) for ``DOWN_FOR`` seconds, so a
   search that can go on without the database does not wait on each call;
 - the pool is bounded (DATABASE_POOL_SIZE + DATABASE_MAX_OVERFLOW connections a database
   object, POOL_TIMEOUT to wait for one); every connect and statement has a timeout.
@@ -341,7 +341,10 @@ class Database:
         if self.url is not None:
             return create_async_engine(
                 engine_url(self.url), pool_size=self.pool_size, max_overflow=self.max_overflow,
-                pool_timeout=POOL_TIMEOUT, pool_pre_ping=True, pool_recycle=1800,
+                # No pool_pre_ping: it cost ~7 ms a checkout here (bench/storage.py). A dead
+                # connection fails its first statement instead; SQLAlchemy then drops the
+                # whole pool and ``run`` tries again on a fresh connection.
+                pool_timeout=POOL_TIMEOUT, pool_recycle=1800,
                 connect_args={"timeout": CONNECT_TIMEOUT, "command_timeout": COMMAND_TIMEOUT,
                               "server_settings": {"application_name": "findimage"}})
         engine = create_async_engine(
@@ -442,6 +445,10 @@ class Database:
         for attempt in range(tries):
             try:
                 async with self.engine.connect() as conn:
+                    if not write and self.url is not None:
+                        # a read is its own snapshot: no BEGIN/COMMIT round trips
+                        await conn.execution_options(isolation_level="AUTOCOMMIT")
+                        return await work(conn)
                     if not write:
                         await conn.execution_options(findimage_read=True)
                     async with conn.begin():
