@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.fakes.scenes import ALL_SCENES, jpeg_bytes, render
 from bench.measure import machine
 from search.clip import ClipEncoder
 from search.images import decode_image
 from search.tuning import freeze_heap, tune_process
-from tests.scenes import ALL_SCENES, jpeg_bytes, render
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = (("torch", "fp32"), ("onnx", "fp32"), ("onnx", "int8"))

@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.fakes.scenes import Scene, jpeg_bytes, render
 from bench.measure import machine
 from bench.run import ROOT, FakeProcess, log
 from bot.pages import render_page
@@ -32,7 +33,6 @@ from search.config import Settings
 from search.imagequery import more_like
 from search.pixabay import Filters
 from search.service import SearchService
-from tests.scenes import Scene, jpeg_bytes, render
 
 
 def _p(values: list[float], q: float) -> float:

@@ -11,8 +11,8 @@ import asyncio
 import json
 import sys
 
-import tests.fakes.pixabay as fake_module
-from tests.fakes.pixabay import FakePixabay, default_catalogue
+import bench.fakes.pixabay as fake_module
+from bench.fakes.pixabay import FakePixabay, default_catalogue
 
 
 async def serve(latency: float, per_scene: int) -> None:

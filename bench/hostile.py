@@ -35,8 +35,8 @@ SCENARIOS = ("big", "png", "slow", "huge")
 
 # -- the child: a fake Pixabay with one hostile behaviour ---------------------------------
 async def serve(kind: str) -> None:
-    import tests.fakes.pixabay as fake_module
-    from tests.fakes.pixabay import FakePixabay, default_catalogue
+    import bench.fakes.pixabay as fake_module
+    from bench.fakes.pixabay import FakePixabay, default_catalogue
 
     fake_module._CACHE_BUDGET = 1 << 34  # renders are shared bytes: keep them all
     fake = FakePixabay(default_catalogue(10), rate_limit=10**9)
@@ -182,5 +182,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.append(str(ROOT))  # tests.fakes when run as a file; PYTHONPATH goes first
+    sys.path.append(str(ROOT))  # bench.fakes when run as a file; PYTHONPATH goes first
     main()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fakes.pixabay import FakePixabay, default_catalogue
+from bench.fakes.pixabay import FakePixabay, default_catalogue
 
 
 @pytest.fixture(scope="session")
 def catalogue():
-    """The default stock library (``tests.scenes.catalogue(per_scene=10)``), as a tuple."""
+    """The default stock library (``bench.fakes.scenes.catalogue(per_scene=10)``), as a tuple."""
     return default_catalogue(10)
 
 
@@ -23,7 +23,7 @@ async def fake_pixabay(catalogue):
 @pytest.fixture
 async def fake_openverse(catalogue):
     """A FakeOpenverse with the same catalogue; one registered client app-id/app-secret."""
-    from tests.fakes.openverse import FakeOpenverse
+    from bench.fakes.openverse import FakeOpenverse
 
     async with FakeOpenverse(catalogue, clients={"app-id": "app-secret"}) as fake:
         yield fake
@@ -93,7 +93,7 @@ async def fake_discord(monkeypatch):
     import discord.gateway
     import discord.http
 
-    from tests.fakes.discord import FakeDiscord
+    from bench.fakes.discord import FakeDiscord
 
     # The bot points these at the fake itself; monkeypatch restores the real ones after.
     monkeypatch.setattr(discord.http.Route, "BASE", discord.http.Route.BASE)

@@ -10,8 +10,8 @@ import inspect
 
 import pytest
 
-from tests.fakes.discord import FakeDiscord
-from tests.fakes.pixabay import FakePixabay
+from bench.fakes.discord import FakeDiscord
+from bench.fakes.pixabay import FakePixabay
 
 SECRETS = (inspect.signature(FakeDiscord).parameters["token"].default,
            inspect.signature(FakePixabay).parameters["key"].default)

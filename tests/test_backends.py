@@ -13,13 +13,13 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from bench.fakes.scenes import ALL_SCENES, jpeg_bytes, render
 from search.clip import ClipEncoder
 from search.config import Settings
 from search.errors import ConfigError, ModelLoadError
 from search.images import decode_image
 from search.pixabay import Hit
 from search.ranking import rank
-from tests.scenes import ALL_SCENES, jpeg_bytes, render
 
 TINY = f"local-dir:{Path(__file__).parent / 'fixtures' / 'tiny-clip'}"
 HITS = [Hit(id=i, page_url="", image_url="") for i in range(200)]

@@ -6,9 +6,9 @@ import io
 import pytest
 from PIL import Image
 
+from bench.fakes.scenes import Scene, jpeg_bytes, render
 from bot.embeds import MAGNIFIER, NEXT, NUMBERS, PREV
 from search.config import Settings
-from tests.scenes import Scene, jpeg_bytes, render
 from tests.test_bot import (
     ephemeral_error,
     press,

@@ -4,7 +4,7 @@ import json
 
 from PIL import Image
 
-from tests.scenes import Scene, jpeg_bytes, render
+from bench.fakes.scenes import Scene, jpeg_bytes, render
 from tests.test_cli import cli
 
 

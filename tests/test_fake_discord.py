@@ -1,4 +1,4 @@
-"""The fake Discord (tests/fakes/discord.py) against the real, unmodified discord.py client."""
+"""The fake Discord (bench/fakes/discord.py) against the real, unmodified discord.py client."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import yarl
 from discord import app_commands
 from discord.ext import commands
 
-from tests.fakes.discord import INTENT_GUILD_MESSAGE_REACTIONS, INTENT_MESSAGE_CONTENT, FakeDiscord
+from bench.fakes.discord import INTENT_GUILD_MESSAGE_REACTIONS, INTENT_MESSAGE_CONTENT, FakeDiscord
 
 pytestmark = pytest.mark.timeout(60)
 

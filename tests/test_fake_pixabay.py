@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, UnidentifiedImageError
 from yarl import URL
 
-from tests.fakes.pixabay import (
+from bench.fakes.pixabay import (
     KEY_ERROR,
     PAGE_ERROR,
     PER_PAGE_ERROR,
@@ -20,7 +20,7 @@ from tests.fakes.pixabay import (
     SIZES,
     FakePixabay,
 )
-from tests.scenes import ALL_SCENES, CatalogueEntry, size_for
+from bench.fakes.scenes import ALL_SCENES, CatalogueEntry, size_for
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -17,13 +17,13 @@ from open_clip.transform import image_transform
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from bench.fakes.scenes import ALL_SCENES, jpeg_bytes, render
 from search.clip import ClipEncoder
 from search.config import Settings
 from search.embed import Embedder
 from search.images import decode_image
 from search.preprocess import batch_decodable, jpeg_info, preprocess
 from search.service import SearchService
-from tests.scenes import ALL_SCENES, jpeg_bytes, render
 
 TINY_CLIP = Path(__file__).parent / "fixtures" / "tiny-clip"
 # torchvision 0.29 warns on every decode_jpeg call; the call is what we test.

@@ -6,10 +6,10 @@ import time
 
 import pytest
 
+from bench.fakes.pixabay import big_jpeg
 from search.errors import AllImagesFailed
 from search.images import HELD_BYTES
 from search.service import SearchService
-from tests.fakes.pixabay import big_jpeg
 
 
 def entries(fake, shape: str, colour: str, background: str) -> list[int]:
@@ -51,8 +51,8 @@ async def test_pngs_near_the_pixel_cap_are_refused_before_decoding(service, fake
 
 
 def test_only_jpegs_may_come_near_20_megapixels():
+    from bench.fakes.pixabay import near_cap_png
     from search.images import decode_image
-    from tests.fakes.pixabay import near_cap_png
 
     with pytest.raises(Exception, match="too large"):
         decode_image(near_cap_png(), min_side=224)

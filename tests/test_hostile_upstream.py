@@ -7,10 +7,10 @@ import logging
 import aiohttp
 import pytest
 
+from bench.fakes.pixabay import FakePixabay
 from search.errors import InvalidApiKey, MalformedResponse, PixabayRejected, RateLimited
 from search.pixabay import MAX_BODY_BYTES, PixabayClient
 from search.store import Store
-from tests.fakes.pixabay import FakePixabay
 from tests.test_cli import cli
 
 UNREADABLE = "Pixabay sent a response that could not be read; try again in a minute."

@@ -5,6 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from bench.fakes.scenes import Scene, jpeg_bytes, render
 from search.config import Settings
 from search.errors import InvalidQuery
 from search.imagequery import blend, more_like
@@ -12,7 +13,6 @@ from search.models import Source
 from search.service import SearchService
 from search.store import Store
 from tests.conftest import engine_env
-from tests.scenes import Scene, jpeg_bytes, render
 
 
 def picture(shape: str, colour: str, background: str, seed: int = 4242) -> bytes:

@@ -3,6 +3,8 @@
 import aiohttp
 import pytest
 
+from bench.fakes.openverse import FakeOpenverse
+from bench.fakes.pixabay import default_catalogue
 from search.errors import (
     InvalidOpenverseCredentials,
     InvalidQuery,
@@ -13,8 +15,6 @@ from search.openverse import OpenverseClient
 from search.pixabay import Filters
 from search.sources import credit, licence_label, share_urls
 from search.store import Store
-from tests.fakes.openverse import FakeOpenverse
-from tests.fakes.pixabay import default_catalogue
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 import aiohttp
 import pytest
 
+from bench.fakes.pixabay import FakePixabay
 from search.errors import (
     InvalidApiKey,
     InvalidQuery,
@@ -13,7 +14,6 @@ from search.errors import (
 )
 from search.pixabay import Filters, PixabayClient
 from search.store import Store
-from tests.fakes.pixabay import FakePixabay
 
 
 @pytest.fixture

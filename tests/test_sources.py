@@ -5,9 +5,9 @@ import sqlite3
 
 import pytest
 
+from bench.fakes.pixabay import FakePixabay
 from search.errors import InvalidApiKey
 from search.service import SearchService
-from tests.fakes.pixabay import FakePixabay
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from tests.scenes import ALL_SCENES, ASPECTS, jpeg_bytes, render, size_for
+from bench.fakes.scenes import ALL_SCENES, ASPECTS, jpeg_bytes, render, size_for
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "tiny-clip"
 MODEL_ID = f"local-dir:{FIXTURE}"

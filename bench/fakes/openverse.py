@@ -1,7 +1,7 @@
 """A fake Openverse API on 127.0.0.1, for testing the real aiohttp client.
 
 It follows the documented API (https://api.openverse.org/v1/, docs.openverse.org
-"Authentication and throttling") and serves the synthetic scenes of ``tests/scenes.py``
+"Authentication and throttling") and serves the synthetic scenes of ``bench/fakes/scenes.py``
 so every ranking has a ground truth (``fake.truth[uuid] -> Scene``).
 
 ``FakeOpenverse(entries=None, *, clients=None, per_scene=10)``; ``async with`` or
@@ -58,8 +58,8 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.pixabay import _cache_get, _cache_put, _render, default_catalogue
-from tests.scenes import CatalogueEntry
+from bench.fakes.pixabay import _cache_get, _cache_put, _render, default_catalogue
+from bench.fakes.scenes import CatalogueEntry
 
 NAMESPACE = uuid.UUID("6f1c2a3e-0000-4000-8000-0000000f0b5e")
 MAX_PAGE = 20

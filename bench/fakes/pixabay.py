@@ -1,7 +1,7 @@
 """A fake Pixabay (API + image CDN) on 127.0.0.1, for testing the real aiohttp client.
 
 It follows https://pixabay.com/api/docs/ for ``GET /api/`` and serves real JPEGs of
-the synthetic scenes in ``tests/scenes.py`` under ``/get/<token>_<size>.jpg``, so
+the synthetic scenes in ``bench/fakes/scenes.py`` under ``/get/<token>_<size>.jpg``, so
 every ranking has a ground truth (``fake.truth[id] -> Scene``).
 
 Quick use::
@@ -14,7 +14,7 @@ Construction and lifecycle
 --------------------------
 ``FakePixabay(entries=None, *, key="test-key", per_scene=10, rate_limit=100, window=60.0)``
     ``entries``: the stock library (``CatalogueEntry`` list); default
-    ``default_catalogue(per_scene)`` = ``tests.scenes.catalogue(per_scene)``
+    ``default_catalogue(per_scene)`` = ``bench.fakes.scenes.catalogue(per_scene)``
     (1440 photos, 240 per shape, 60 per shape+colour, 10 per scene).
 ``await fake.start()`` / ``await fake.close()``, or ``async with FakePixabay() as fake``.
     ``close()`` releases hung requests (their connections are dropped) and stops the
@@ -139,7 +139,7 @@ from typing import Any
 from aiohttp import web
 from PIL import Image, ImageDraw
 
-from tests.scenes import CatalogueEntry, Scene, catalogue, jpeg_bytes, size_for
+from bench.fakes.scenes import CatalogueEntry, Scene, catalogue, jpeg_bytes, size_for
 
 LANGS = ("cs", "da", "de", "en", "es", "fr", "id", "it", "hu", "nl", "no", "pl", "pt", "ro",
          "sk", "fi", "sv", "tr", "vi", "th", "bg", "ru", "el", "ja", "ko", "zh")
@@ -173,7 +173,7 @@ RATE_ERROR = "API rate limit exceeded"
 
 @functools.lru_cache(maxsize=4)
 def default_catalogue(per_scene: int = 10) -> tuple[CatalogueEntry, ...]:
-    """``tests.scenes.catalogue(per_scene)``, built once per process."""
+    """``bench.fakes.scenes.catalogue(per_scene)``, built once per process."""
     return tuple(catalogue(per_scene))
 
 
