@@ -14,6 +14,7 @@ loud log line.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -69,6 +70,21 @@ class Store:
 
     async def aclose(self) -> None:
         await self.db.aclose()
+
+    def close(self) -> None:
+        """For callers from before the store was async: ``aclose`` on the store's loop,
+        waited for from another thread, scheduled from the loop's own."""
+        loop = self.db.loop
+        if self.db.engine is None or loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            loop.create_task(self.aclose())
+        else:
+            asyncio.run_coroutine_threadsafe(self.aclose(), loop).result()
 
     async def __aenter__(self) -> Store:
         return await self.open()

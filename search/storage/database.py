@@ -249,6 +249,7 @@ class Database:
         self.pool_size = pool_size
         self.max_overflow = max_overflow
         self.engine: AsyncEngine | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._checked = False
         self._found = 0  # SQLite: the schema number the file had at open
         self._lock: asyncio.Lock | None = None
@@ -335,6 +336,7 @@ class Database:
                 if isinstance(e, Unavailable):  # the caller says so: start-up, or a cache miss
                     self._went_down(e.detail, quiet=True)
                 raise
+            self.loop = asyncio.get_running_loop()  # the engine's connections belong to it
             self.engine = engine
 
     def _create_engine(self) -> AsyncEngine:
