@@ -21,6 +21,7 @@ import discord
 from search import logs, metrics, settings_doc
 from search.config import Settings
 from search.errors import ConfigError, ModelLoadError
+from search.inference import InferenceUnavailable
 from search.storage import Unavailable, check_data_dir
 
 from .app import FindImageBot, point_at
@@ -70,7 +71,7 @@ async def run(settings: Settings, *, bot_options: dict | None = None,
         from search.service import SearchService  # imports torch: last
         from search.tuning import freeze_heap, tune_process  # the process is ours: tune it
 
-        tune_process()
+        tune_process(in_process=not settings.inference_url)
         bot.service = await stack.enter_async_context(SearchService.open(settings))
         freeze_heap()
         if handle_signals:
@@ -111,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     except Unavailable as e:  # the server may be starting: exit 1, so systemd tries again
         print(f"error: {e.detail or 'PostgreSQL is not answering'}; start it, or check "
               "DATABASE_URL.", file=sys.stderr)
+        return 1
+    except InferenceUnavailable as e:  # a service that may come back: a restartable exit
+        print(f"error: {e}", file=sys.stderr)
         return 1
     except (aiohttp.ClientError, OSError) as e:
         print(f"error: cannot reach Discord at {settings.discord_api_base} "

@@ -27,6 +27,7 @@ from search.errors import (
     PixabayError,
     PixabayUnavailable,
     PixabayUnreachable,
+    SearchError,
 )
 
 from .app import INVITE_PERMISSIONS, intents, point_at
@@ -121,6 +122,7 @@ async def discord_login(settings: Settings) -> Row:
     try:
         await asyncio.wait_for(client.login(settings.discord_token), TIMEOUT)
         user, app_id = client.user, client.application_id
+        assert user is not None  # login() sets it
         guild_id = settings.discord_guild_id
         invite = discord.utils.oauth_url(
             app_id or 0, permissions=INVITE_PERMISSIONS, scopes=("bot", "applications.commands"),
@@ -193,7 +195,9 @@ async def model(settings: Settings, *, cache: bool):
 
     t0 = time.perf_counter()
     try:
-        encoder = await load_encoder(settings, cache=cache, timeout=MODEL_TIMEOUT)
+        # export="off": --check reports the ONNX files' state; a start exports them
+        encoder = await load_encoder(settings, cache=cache, timeout=MODEL_TIMEOUT,
+                                     export="off")
     except Exception as e:  # every way a model fails to load is this row's ✘
         if isinstance(e, asyncio.TimeoutError):
             said = f"the model did not load within {MODEL_TIMEOUT:.0f} s"
@@ -208,12 +212,55 @@ async def model(settings: Settings, *, cache: bool):
     weights = (f"weights {settings.clip_pretrained}" if encoder.pretrained
                else "weights from the folder" if name.startswith("local-dir:")
                else "weights from the hub")
+    assert encoder.backend is not None  # a started encoder has one
     backend, precision = encoder.backend.name, encoder.backend.precision
     n = encoder.threads
     threads = f", {n} thread{'s' if n != 1 else ''}" if n else ""
-    return Row("model", True, f"{name} with {weights}, on {encoder.device} ({backend}, "
-                              f"{precision}{threads}), loaded in {time.perf_counter() - t0:.1f} s"
-               ), encoder
+    said = (f"{name} with {weights}, on {encoder.device} ({backend}, {precision}{threads}), "
+            f"loaded in {time.perf_counter() - t0:.1f} s")
+    facts = encoder.export_facts
+    if facts.get("int8_top1"):
+        said += (f"; int8 against fp32 on the probe photographs at export: top-1 "
+                 f"{facts['int8_top1']}, Spearman {facts.get('int8_spearman', '?')}")
+    if encoder.note:
+        said += f"; {encoder.note}"
+    return Row("model", True, said), encoder
+
+
+async def inference_service(settings: Settings, session: aiohttp.ClientSession):
+    """INFERENCE_URL's row: the service answers and serves the model the settings name.
+    Returns the row and the connected client (None when it failed)."""
+    from search.service import connect_encoder
+
+    t0 = time.perf_counter()
+    try:
+        remote = await connect_encoder(settings, session, timeout=TIMEOUT)
+    except SearchError as e:
+        return Row("service", False, str(e)), None
+    ident = remote.service
+    assert ident is not None
+    return Row("service", True, f"{settings.inference_url} serves {ident.identity} "
+                                f"({ident.backend} {ident.precision} on {ident.device}), "
+                                f"answered in {(time.perf_counter() - t0) * 1000:.0f} ms"), remote
+
+
+async def encode_remote(remote) -> Row:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.radial_gradient("L").convert("RGB").save(buf, "JPEG")
+    t0 = time.perf_counter()
+    try:
+        got = await asyncio.wait_for(remote.encode_images([buf.getvalue()]), TIMEOUT)
+    except Exception as e:
+        return Row("encode", False, " ".join(str(e).split()))
+    if got.failed:
+        return Row("encode", False, f"the service could not read a plain JPEG "
+                                    f"({got.failed[0]}); read its log.")
+    return Row("encode", True, f"one image through the service in "
+                               f"{(time.perf_counter() - t0) * 1000:.0f} ms")
 
 
 async def encode_one(encoder) -> Row:
@@ -264,6 +311,13 @@ async def run(env_file: Path | None, out: TextIO = sys.stdout, *, setup_logs: bo
     writable = writable and bool(rows[-1].ok)
     show(await discord_login(settings))
     show(await pixabay_key(settings, cache=writable))  # no cache where DATA_DIR fails
+    if settings.inference_url:
+        async with aiohttp.ClientSession() as session:
+            row, remote = await inference_service(settings, session)
+            show(row)
+            show(Row("encode", None, "not checked: the service must answer first")
+                 if remote is None else await encode_remote(remote))
+        return 0 if all(r.ok for r in rows) else 1
     row, encoder = await model(settings, cache=writable)
     show(row)
     if encoder is not None:

@@ -24,8 +24,8 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 IMAGE_VARIANTS = (180, 340, 640, 960)
 DEVICES = ("auto", "cpu", "cuda")
 LAYOUTS = ("auto", "list", "grid")
-CLIP_BACKENDS = ("auto", "torch", "onnx")
-CLIP_PRECISIONS = ("auto", "fp32", "fp16", "int8")
+CLIP_BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx")
+CLIP_PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "int8")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 
@@ -47,6 +47,7 @@ class Settings:
     clip_backend: str = "auto"
     clip_precision: str = "auto"
     data_dir: Path = Path("./data")
+    model_cache_dir: Path | None = None  # None: DATA_DIR/models
     search_candidates: int = 200
     max_concurrent_searches: int = 4
     user_cooldown_seconds: float = 10.0
@@ -64,6 +65,10 @@ class Settings:
     database_url: str | None = field(default=None, repr=False)  # may carry a password
     database_pool_size: int = 5
     database_max_overflow: int = 5
+    inference_url: str | None = None  # None: the encoder runs in this process
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8700
+    serve_replicas: int = 1
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
@@ -121,11 +126,11 @@ class Settings:
             if raw not in DEVICES and not (raw.startswith("cuda:") and raw[5:].isdigit()):
                 raise ConfigError(f"CLIP_DEVICE must be auto, cpu, cuda or cuda:N, not '{raw}'.")
             kw["clip_device"] = raw
-        for name, allowed in (("CLIP_BACKEND", CLIP_BACKENDS),
+        for name, choices in (("CLIP_BACKEND", CLIP_BACKENDS),
                               ("CLIP_PRECISION", CLIP_PRECISIONS)):
             if (raw := get(name)) is not None:
-                if raw.lower() not in allowed:
-                    raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not '{raw}'.")
+                if raw.lower() not in choices:
+                    raise ConfigError(f"{name} must be one of {', '.join(choices)}, not '{raw}'.")
                 kw[name.lower()] = raw.lower()
         if kw.get("clip_backend") == "torch" and kw.get("clip_precision") == "int8":
             raise ConfigError("CLIP_PRECISION=int8 runs on ONNX Runtime; set CLIP_BACKEND to "
@@ -139,6 +144,8 @@ class Settings:
             kw["clip_pretrained"] = pretrained
         if (raw := get("DATA_DIR")) is not None:
             kw["data_dir"] = Path(raw)
+        if (raw := get("MODEL_CACHE_DIR")) is not None:
+            kw["model_cache_dir"] = Path(raw)
         if (raw := get("SEARCH_CANDIDATES")) is not None:
             kw["search_candidates"] = _int("SEARCH_CANDIDATES", raw, 1, MAX_CANDIDATES)
         if (raw := get("MAX_CONCURRENT_SEARCHES")) is not None:
@@ -182,6 +189,17 @@ class Settings:
             kw["database_pool_size"] = _int("DATABASE_POOL_SIZE", raw, 1, 100)
         if (raw := get("DATABASE_MAX_OVERFLOW")) is not None:
             kw["database_max_overflow"] = _int("DATABASE_MAX_OVERFLOW", raw, 0, 100)
+        if (raw := get("INFERENCE_URL")) is not None:
+            kw["inference_url"] = _url("INFERENCE_URL", raw, ("http", "https")).rstrip("/")
+        if (raw := get("SERVE_HOST")) is not None:
+            if any(c in raw for c in "/ @?#"):
+                raise ConfigError(f"SERVE_HOST must be an address such as 127.0.0.1, "
+                                  f"not '{raw}'.")
+            kw["serve_host"] = raw
+        if (raw := get("SERVE_PORT")) is not None:
+            kw["serve_port"] = _int("SERVE_PORT", raw, 1, 65535)
+        if (raw := get("SERVE_REPLICAS")) is not None:
+            kw["serve_replicas"] = _int("SERVE_REPLICAS", raw, 1, 64)
         settings = cls(**kw)  # type: ignore[arg-type]
         settings.check_model_reference()
         return settings
@@ -189,7 +207,7 @@ class Settings:
     def replace(self, **changes: object) -> Settings:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data.update(changes)
-        return type(self)(**data)  # type: ignore[arg-type]
+        return type(self)(**data)
 
     def check_model_reference(self) -> bool:
         """Check CLIP_MODEL's form without importing torch; True if nothing is left to check.
@@ -252,6 +270,11 @@ class Settings:
         """Pixabay needs a key; Openverse needs nothing."""
         if source == "pixabay":
             self.require("PIXABAY_API_KEY")
+
+    @property
+    def models_dir(self) -> Path:
+        """Where the exported ONNX files live: MODEL_CACHE_DIR, or DATA_DIR/models."""
+        return self.model_cache_dir or self.data_dir / "models"
 
     @property
     def db_path(self) -> Path:

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .decode import Decoder
 from .errors import ImageSkipped, InvalidQuery
-from .images import ImageFetcher
 from .models import MAX_QUERY_IMAGE_BYTES
 from .pixabay import Hit
 from .ranking import Ranking, rank
@@ -29,16 +29,18 @@ def blend(image: np.ndarray, text: np.ndarray) -> np.ndarray:
     return unit(unit(image) + unit(text))
 
 
-async def image_pixels(fetcher: ImageFetcher, encoder, data: bytes):
+async def image_pixels(decoder: Decoder | None, encoder, data: bytes, *,
+                       size_only: bool = False):
     """An image a user gave, decoded and preprocessed for the encoder (on the decode
     threads); InvalidQuery when it cannot serve as a query. Cheap, so a bad file is
-    refused before any candidate is fetched."""
+    refused before any candidate is fetched. ``size_only``: the size check alone."""
     if len(data) > MAX_QUERY_IMAGE_BYTES:
         raise InvalidQuery(f"The image is {len(data) / 1e6:.1f} MB; attach one of at most "
                            f"{MAX_QUERY_IMAGE_BYTES // (1024 * 1024)} MB.")
+    if size_only or decoder is None:
+        return None
     try:
-        pixels, _seconds = await fetcher.prepare(data, encoder.preprocess_levels,
-                                                 min_side=min(encoder.image_size))
+        pixels, _seconds = await decoder.for_encoder(data, encoder)
     except ImageSkipped as e:
         raise InvalidQuery(f"The attached file is not an image I can read ({e.reason}); "
                            "attach a JPEG, PNG, GIF or WebP picture.") from None

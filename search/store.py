@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
@@ -168,7 +169,7 @@ class Store:
         keys = list(wanted)
 
         async def q(conn: AsyncConnection):
-            rows = []
+            rows: list[Any] = []
             for start in range(0, len(keys), CHUNK):
                 chunk = keys[start:start + CHUNK]
                 if conn.dialect.name == "postgresql":  # one array parameter, not 500

@@ -9,7 +9,6 @@ from __future__ import annotations
 import gc
 import warnings
 
-from .clip import worker
 from .threads import lower_priority
 
 
@@ -35,11 +34,18 @@ def trim_heap() -> None:
         _MALLOC_TRIM(0)
 
 
-def tune_process() -> None:
-    """Before the model loads: quiet warnings, a niced encoder, trimmed heaps."""
+def tune_process(*, in_process: bool = True) -> None:
+    """Before the model loads: quiet warnings, a niced encoder, trimmed heaps.
+
+    ``in_process=False`` (INFERENCE_URL): no encoder here, so neither torch nor its hooks.
+    """
     # torchvision 0.29 warns on every decode_jpeg call; the call is what we want.
     warnings.filterwarnings("ignore", category=DeprecationWarning,
                             message=".*image decoding and encoding capabilities of TorchVision")
+    if not in_process:
+        return
+    from .clip import worker
+
     # The encoder thread yields the CPU to the event loop (see search.threads).
     if lower_priority not in worker.THREAD_SETUP:
         worker.THREAD_SETUP.append(lower_priority)

@@ -298,6 +298,7 @@ class Database:
                 raise kind(str(e)) from e
 
     def _check_file(self) -> int:
+        assert self.path is not None
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
         try:
             verdict = conn.execute("PRAGMA quick_check").fetchone()
