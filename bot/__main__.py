@@ -23,10 +23,10 @@ from search.config import Settings
 from search.errors import ConfigError, ModelLoadError
 from search.inference import InferenceUnavailable
 from search.sources import require
-from search.sqlite import check_data_dir
+from search.storage import Unavailable, check_data_dir
 
 from .app import FindImageBot, point_at
-from .recovery import answer_pending, reconcile_picks
+from .recovery import answer_pending, reconcile_picks, sweep_forever
 from .state import State
 
 log = logging.getLogger("bot")
@@ -58,13 +58,17 @@ async def run(settings: Settings, *, bot_options: dict | None = None,
         else:
             metrics_url = None
         state = await stack.enter_async_context(
-            State(settings.data_dir / "bot.sqlite3", keep_days=settings.results_keep_days))
+            State(settings.state_target, keep_days=settings.results_keep_days,
+                  **settings.database_pool))
         bot = FindImageBot(settings, None, state, **(bot_options or {}))
         bot.metrics_url = metrics_url
         await stack.enter_async_context(bot)
         await bot.login(settings.discord_token or "")  # REST: a wrong token fails here
         await answer_pending(bot)
         await reconcile_picks(bot)
+        if state.shared:  # other processes may die while this one runs: finish their work
+            sweeper = asyncio.create_task(sweep_forever(bot, state.heartbeat), name="sweep")
+            stack.callback(sweeper.cancel)
         from search.service import SearchService  # imports torch: last
         from search.tuning import freeze_heap, tune_process  # the process is ours: tune it
 
@@ -106,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ModelLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Unavailable as e:  # the server may be starting: exit 1, so systemd tries again
+        print(f"error: {e.detail or 'PostgreSQL is not answering'}; start it, or check "
+              "DATABASE_URL.", file=sys.stderr)
+        return 1
     except InferenceUnavailable as e:  # a service that may come back: a restartable exit
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -62,6 +62,9 @@ class Settings:
     openverse_client_id: str | None = field(default=None, repr=False)
     openverse_client_secret: str | None = field(default=None, repr=False)
     results_layout: str = "auto"
+    database_url: str | None = field(default=None, repr=False)  # may carry a password
+    database_pool_size: int = 5
+    database_max_overflow: int = 5
     inference_url: str | None = None  # None: the encoder runs in this process
     serve_host: str = "127.0.0.1"
     serve_port: int = 8700
@@ -180,6 +183,12 @@ class Settings:
             if raw.lower() not in LAYOUTS:
                 raise ConfigError(f"RESULTS_LAYOUT must be auto, list or grid, not '{raw}'.")
             kw["results_layout"] = raw.lower()
+        if (raw := get("DATABASE_URL")) is not None:
+            kw["database_url"] = _database_url(raw)
+        if (raw := get("DATABASE_POOL_SIZE")) is not None:
+            kw["database_pool_size"] = _int("DATABASE_POOL_SIZE", raw, 1, 100)
+        if (raw := get("DATABASE_MAX_OVERFLOW")) is not None:
+            kw["database_max_overflow"] = _int("DATABASE_MAX_OVERFLOW", raw, 0, 100)
         if (raw := get("INFERENCE_URL")) is not None:
             kw["inference_url"] = _url("INFERENCE_URL", raw, ("http", "https")).rstrip("/")
         if (raw := get("SERVE_HOST")) is not None:
@@ -266,6 +275,22 @@ class Settings:
     def db_path(self) -> Path:
         return self.data_dir / "search.sqlite3"
 
+    @property
+    def cache_target(self) -> Path | str:
+        """Where the response and embedding caches live: DATABASE_URL, else DATA_DIR."""
+        return self.database_url or self.db_path
+
+    @property
+    def state_target(self) -> Path | str:
+        """Where the bot's state lives: DATABASE_URL, else DATA_DIR/bot.sqlite3."""
+        return self.database_url or self.data_dir / "bot.sqlite3"
+
+    @property
+    def database_pool(self) -> dict[str, int]:
+        """The connection bounds for each database object (Store, State)."""
+        return {"pool_size": self.database_pool_size,
+                "max_overflow": self.database_max_overflow}
+
 
 def _url(name: str, raw: str, schemes: tuple[str, ...]) -> str:
     try:
@@ -275,6 +300,20 @@ def _url(name: str, raw: str, schemes: tuple[str, ...]) -> str:
     if url is None or url.scheme not in schemes or not url.host:
         allowed = " or ".join(f"{s}://" for s in schemes)
         raise ConfigError(f"{name} must be a URL starting with {allowed} and a host, not '{raw}'.")
+    return raw
+
+
+def _database_url(raw: str) -> str:
+    """postgresql://user[:password]@host[:port]/database; the sentence never shows a password."""
+    try:
+        url = URL(raw)
+    except (ValueError, TypeError):
+        url = None
+    if url is None or url.scheme not in ("postgresql", "postgres") or not url.path.strip("/"):
+        # user:password before the @ is never echoed
+        shown = raw if "@" not in raw else raw.split("://", 1)[0] + "://…@" + raw.rsplit("@", 1)[1]
+        raise ConfigError("DATABASE_URL must look like postgresql://user@host:5432/database "
+                          f"(leave it empty for SQLite in DATA_DIR), not '{shown}'.")
     return raw
 
 

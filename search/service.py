@@ -34,6 +34,7 @@ from .inference import RemoteEncoder, model_label
 from .models import MAX_TOP, Filters, Hit, Query, Source
 from .ranking import Ranking, ScoredHit, rank
 from .sources import ADAPTERS, Retriever, adapter, label, require, share_urls, short_credit
+from .storage import Unavailable
 from .store import Store
 
 if TYPE_CHECKING:  # torch comes with the in-process encoder only: a thin client has none
@@ -165,8 +166,13 @@ class SearchService:
                                                  keepalive_timeout=30)
                 session = await stack.enter_async_context(
                     aiohttp.ClientSession(connector=connector))
-            store = await asyncio.to_thread(Store, settings.db_path)
-            stack.push_async_callback(asyncio.to_thread, store.close)
+            store = await asyncio.to_thread(Store, settings.cache_target,
+                                            **settings.database_pool)
+            stack.push_async_callback(store.aclose)
+            try:
+                await store.open()  # a wrong DATABASE_URL is said now, before the model loads
+            except Unavailable as e:  # a cache: searches go on, and it is tried again later
+                log.warning("the search cache is not available yet (%s)", e.detail)
             if encoder is None and settings.inference_url:
                 encoder = await connect_encoder(settings, session)
             elif encoder is None:

@@ -110,6 +110,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RESULTS_LAYOUT", "Searches and data",
             "auto (a contact sheet above 4 a page), list or grid",
             "list posts embeds, grid one contact sheet."),
+    Setting("DATABASE_URL", "Several processes",
+            "postgresql://user@host:5432/db: the bot's state and the caches in PostgreSQL, "
+            "shared by every process; empty: SQLite files in DATA_DIR",
+            "Each process creates or upgrades the schema at start-up. docs/scaling.md says "
+            "what is kept, the faults handled and how to back it up (pg_dump)."),
+    Setting("DATABASE_POOL_SIZE", "Several processes",
+            "PostgreSQL connections the cache and the state each keep open (1-100)",
+            "So a process holds up to 2 x (DATABASE_POOL_SIZE + DATABASE_MAX_OVERFLOW) "
+            "connections: size max_connections for every process."),
+    Setting("DATABASE_MAX_OVERFLOW", "Several processes",
+            "connections each may open beyond the pool under load (0-100); then a call "
+            "waits up to 10 s"),
     Setting("LOG_LEVEL", "Logs and metrics",
             "DEBUG, INFO, WARNING or ERROR; other libraries log at WARNING unless DEBUG",
             "Reading the logs: docs/operations.md."),

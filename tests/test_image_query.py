@@ -95,4 +95,4 @@ async def test_embedding_cache_keeps_sources_apart(tmp_path):
     assert await store.get_embeddings(openverse, "m", [100001]) == {}
     assert list(await store.get_embeddings(openverse, "m", [uuid])) == [uuid]
     assert list(await store.get_embeddings(pixabay, "m", [100001])) == [100001]
-    store.close()
+    await store.aclose()

@@ -26,6 +26,7 @@ from search.models import (
     Filters,
 )
 from search.sources import label
+from search.storage import Unavailable
 
 from .. import activity
 from ..embeds import NEXT, PREV, provisional_line, results_embeds
@@ -271,6 +272,12 @@ class FindImage(commands.Cog):
     # -- paging ---------------------------------------------------------------
     @commands.Cog.listener()
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        try:
+            await self._pressed(payload)
+        except Unavailable:  # the database is down: one sentence, never silence
+            await self.bot.say_database_down(payload)
+
+    async def _pressed(self, payload: discord.RawReactionActionEvent) -> None:
         if not self._is_page_press(payload):
             return
         if not await self.bot.state.is_results(payload.message_id):
