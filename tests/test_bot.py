@@ -317,6 +317,27 @@ async def test_cooldown_tells_the_member_how_long_to_wait(env, fake_discord):
         assert not reply.ephemeral
 
 
+async def test_a_refused_command_does_not_use_up_the_members_cooldown(env, fake_discord):
+    env["USER_COOLDOWN_SECONDS"] = "60"
+    async with running_bot(Settings.from_mapping(env)):
+        text = await ephemeral_error(fake_discord, tag="circle")  # no phrase: refused
+        assert text.startswith("Give a phrase, an image, or both")
+        _, reply = await search(fake_discord, tag="circle", phrase="a red circle")
+        assert not reply.ephemeral and len(reply.embeds) == 5  # not "Slow down"
+        # a query the search itself refuses (a tag of spaces) gives the turn back too
+        inter = await fake_discord.invoke("findimage", {"tag": "   ", "phrase": "x"},
+                                          user="bob")
+        await fake_discord.wait_for(lambda: any(m.ephemeral for m in inter.followups), 60,
+                                    what="bob's refusal")
+        refused = next(m for m in inter.followups if m.ephemeral)
+        assert refused.content.startswith("The tag is empty")
+        _, reply = await search(fake_discord, tag="star", phrase="a blue star", user="bob")
+        assert not reply.ephemeral
+        # a search that ran does count
+        text = await ephemeral_error(fake_discord, tag="circle", phrase="a blue circle")
+        assert text.startswith("Slow down: you can search again in ")
+
+
 async def test_full_queue_says_busy_instead_of_hanging(env, fake_discord, fake_pixabay):
     env["MAX_CONCURRENT_SEARCHES"] = "1"  # one running, two waiting, the fourth is turned away
     async with running_bot(Settings.from_mapping(env)):
