@@ -40,8 +40,9 @@ async def image_pixels(fetcher: ImageFetcher, encoder, data: bytes):
         pixels, _seconds = await fetcher.prepare(data, encoder.preprocess_levels,
                                                  min_side=min(encoder.image_size))
     except ImageSkipped as e:
-        raise InvalidQuery(f"The attached file is not an image I can read ({e.reason}); "
-                           "attach a JPEG, PNG, GIF or WebP picture.") from None
+        # The bot and the CLI both say this: words for neither Discord nor a terminal.
+        raise InvalidQuery(f"The picture is not one I can read ({e.reason}); use a JPEG, "
+                           "PNG, GIF or WebP picture.") from None
     return pixels
 
 

@@ -366,13 +366,17 @@ async def run_bot_process(env: dict[str, str]) -> tuple[int, str]:
     return proc.returncode, err.decode()
 
 
-@pytest.mark.parametrize("missing", ["DISCORD_TOKEN", "PIXABAY_API_KEY"])
-async def test_missing_setting_exits_2_with_one_line(env, tmp_path, missing):
+@pytest.mark.parametrize(("missing", "fix"), [
+    ("DISCORD_TOKEN", "put it in the environment or in .env (see .env.example)."),
+    ("PIXABAY_API_KEY", "put your key from https://pixabay.com/api/docs/ in the environment or "
+                        "in .env (see .env.example), or search Openverse, which needs no key: "
+                        "SEARCH_SOURCE=openverse (the CLI: --source openverse)."),
+])
+async def test_missing_setting_exits_2_with_one_line(env, tmp_path, missing, fix):
     env.pop(missing)
     code, err = await run_bot_process(env)
     assert code == 2
-    assert err == (f"error: {missing} is not set; put it in the environment or in .env "
-                   "(see .env.example).\n")
+    assert err == f"error: {missing} is not set; {fix}\n"
 
 
 async def search_in_a_bot_process(env, fake_discord, tmp_path) -> tuple[int, str]:
