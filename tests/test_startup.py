@@ -241,7 +241,7 @@ async def test_cli_without_the_hub_and_without_cached_weights_is_one_line(fake_p
         sys.executable, "-m", "search", "circle", "a red circle", cwd=tmp_path, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     _, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode == 2
+    assert proc.returncode == 75  # the hub may come back: a temporary failure, not a setting
     assert one_line(err.decode()) == (
         "The CLIP weights for 'ViT-B-32-256' are not downloaded yet and the model hub at "
         "http://127.0.0.1 cannot be reached (Connection refused); connect this machine once, "
