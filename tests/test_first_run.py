@@ -207,6 +207,19 @@ async def test_cli_help_explains_the_table_and_json_score_scales(fake_pixabay, t
     assert "`--json` the cosine itself (`0.749622`)" in readme
 
 
+# -- what --check contacts ----------------------------------------------------------------
+def test_check_help_says_what_it_contacts():
+    done = subprocess.run([sys.executable, "-m", "bot", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    text = " ".join(done.stdout.split())
+    assert "never goes online" not in text
+    assert ("It logs in to Discord over REST (never the gateway: the bot does not appear "
+            "online), sends Pixabay one search, and asks the model hub when the weights are "
+            "not cached") in text
+    operations = " ".join((ROOT / "docs" / "operations.md").read_text().split())
+    assert "sudo sh deploy/check-as-service.sh" in operations
+
+
 # -- messages that name the right thing ---------------------------------------------------
 async def test_an_overlong_tag_for_openverse_does_not_mention_pixabay(fake_pixabay, tmp_path):
     code, out, err = await cli(fake_pixabay, tmp_path, "t" * 500, "x", "--source", "openverse")
