@@ -1,4 +1,4 @@
-# Two commands: `make run` starts the bot, `make test` runs ruff and the whole suite.
+# Two commands: `make run` starts the bot, `make test` runs ruff, mypy and the whole suite.
 # `make docs` rewrites .env.example and docs/configuration.md from search/settings_doc.py.
 PYTHON ?= python3
 VENV := .venv
@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA_DIR ?= ./data
 
-.PHONY: run test lint docs bench demo fakes tiny-clip clean clean-data
+.PHONY: run test lint docs bench demo fakes model tiny-clip clean clean-data
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(PY) -m mypy
 
 docs: $(STAMP)
 	$(PY) -m search.settings_doc
@@ -38,12 +40,16 @@ demo: $(STAMP)
 fakes: $(STAMP)
 	$(PY) -m bench.fakes
 
+# The ONNX files for CLIP_MODEL, ahead of time, into MODEL_CACHE_DIR (default DATA_DIR/models).
+model: $(STAMP)
+	$(PY) -m search.export
+
 tiny-clip: $(STAMP)
 	$(PY) -m tests.fixtures.train_tiny_clip
 
 # Build outputs only; DATA_DIR (the members' picks) is never touched here.
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # DATA_DIR (./data unless given: make clean-data DATA_DIR=path; .env is not read here).

@@ -8,7 +8,14 @@ same 200 thumbnails (the product's CPU path: 8-bit levels, micro-batches of 16, 
 thread count), a phrase's text encode, the load time (first start exports, a second
 start loads the cached files), and, against torch fp32 on the same weights, the
 smallest cosine and the top-10 overlap over 16 phrases. Random weights are seeded, so
-every backend serves the same model. Prints a table and writes JSON beside the bench's.
+every backend serves the same model. Then the quality row: the bundled probe photographs
+(``search/clip/probe``) ranked against their phrases by each backend, against torch fp32:
+how many phrases keep torch's best photograph (and within a tie), and Spearman's rho over
+all pairs, the export's own rule for keeping int8. With real weights:
+
+    .venv/bin/python -m bench.backends --model ViT-B-32 --pretrained laion2b_s34b_b79k
+
+Prints a table and writes JSON beside the bench's.
 """
 
 from __future__ import annotations
@@ -28,7 +35,8 @@ import torch
 from bench.fakes.scenes import ALL_SCENES, jpeg_bytes, render
 from bench.measure import machine
 from search.clip import ClipEncoder
-from search.images import decode_image
+from search.clip.quality import judge
+from search.decode import decode_image
 from search.tuning import freeze_heap, tune_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,14 +54,16 @@ def thumbnails(n: int) -> list[bytes]:
     return out
 
 
-async def measure(model: str, backend: str, precision: str, datas: list[bytes],
-                  cache: Path, threads: int | None) -> dict:
-    random_weights = not model.startswith("local-dir:")
+async def measure(model: str, pretrained: str | None, backend: str, precision: str,
+                  datas: list[bytes], cache: Path, threads: int | None) -> dict:
+    random_weights = not model.startswith("local-dir:") and pretrained is None
     row: dict = {"backend": backend, "precision": precision}
     for start in ("first", "cached"):
         t0 = time.perf_counter()
-        enc = ClipEncoder(model, None, "cpu", backend=backend, precision=precision,
-                          cache_dir=cache, random_weights=random_weights, threads=threads)
+        # export="wait": the first start returns once ONNX Runtime serves what it exported
+        enc = ClipEncoder(model, pretrained, "cpu", backend=backend, precision=precision,
+                          cache_dir=cache, random_weights=random_weights, threads=threads,
+                          export="wait")
         await enc.start()
         row[f"load_{start}_s"] = time.perf_counter() - t0
         if start == "first" and backend == "onnx" and not random_weights:
@@ -74,22 +84,42 @@ async def measure(model: str, backend: str, precision: str, datas: list[bytes],
         texts.append((await enc.encode_text(phrase)).vector)
         seconds.append(time.perf_counter() - t0)
     row["text_ms_p50"] = statistics.median(seconds) * 1000.0
+    row["probe_scores"] = await probe_scores(enc)
+    row["export_note"] = enc.note
     await enc.close()
     return row | {"_images": images, "_texts": np.stack(texts)}
+
+
+async def probe_scores(enc: ClipEncoder) -> list[list[float]]:
+    """The bundled photographs against their phrases (phrases x photographs), through the
+    encoder as a search runs it (its preprocessing, micro-batches, text path)."""
+    from PIL import Image
+
+    from search.clip.quality import probe_set
+
+    paths, phrases = probe_set()
+    pixels = []
+    for path in paths:
+        with Image.open(path) as im:
+            pixels.append(enc.preprocess(im.convert("RGB")))
+    images, _ = await enc.encode_images(torch.stack(pixels))
+    texts = np.stack([(await enc.encode_texts_uncached([p]))[0] for p in phrases])
+    return (texts @ images.T).tolist()
 
 
 def top10(images: np.ndarray, text: np.ndarray) -> set[int]:
     return set(np.argsort(-(images @ text), kind="stable")[:10].tolist())
 
 
-async def run(model: str, n: int, threads: int | None) -> dict:
+async def run(model: str, n: int, threads: int | None, pretrained: str | None = None) -> dict:
     tune_process()
     datas = thumbnails(n)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-backends-") as cache:
         for backend, precision in CONFIGS:
             print(f"[bench.backends] {backend} {precision} ...", flush=True)
-            rows.append(await measure(model, backend, precision, datas, Path(cache), threads))
+            rows.append(await measure(model, pretrained, backend, precision, datas,
+                                      Path(cache), threads))
     ref = rows[0]
     for row in rows:
         row["x_torch"] = row["images_per_s"] / ref["images_per_s"]
@@ -98,9 +128,14 @@ async def run(model: str, n: int, threads: int | None) -> dict:
                     for t, r in zip(row["_texts"], ref["_texts"], strict=True)]
         row["top10_overlap_mean"] = float(np.mean(overlaps))
         row["top10_overlap_min"] = int(min(overlaps))
+        verdict = judge(np.array(ref["probe_scores"]), np.array(row["probe_scores"]))
+        row["probe"] = {"top1": verdict.top1_same, "top1_strict": verdict.top1_strict,
+                        "phrases": verdict.phrases, "spearman": verdict.spearman,
+                        "keeps_int8_rule": verdict.passed, "why": verdict.why}
     for row in rows:
         del row["_images"], row["_texts"]
-    return {"model": model, "candidates": n, "machine": machine("cpu"), "rows": rows}
+    return {"model": model, "pretrained": pretrained, "candidates": n,
+            "machine": machine("cpu"), "rows": rows}
 
 
 def table(report: dict) -> str:
@@ -115,17 +150,27 @@ def table(report: dict) -> str:
                      f"{r['text_ms_p50']:>9.1f}{r['load_first_s']:>8.1f}"
                      f"{(f'{cached:.1f}' if cached else '-'):>9}{r['min_cosine_images']:>9.4f}"
                      f"{r['top10_overlap_mean']:>11.2f}{r['top10_overlap_min']:>5}")
+    lines.append(f"quality on the {len(report['rows'][0]['probe_scores'])} probe phrases x "
+                 "photographs, against torch fp32 (the export's rule: every top-1, rho >= "
+                 "0.95):")
+    for r in report["rows"]:
+        q = r["probe"]
+        lines.append(f"  {r['served_by']:<12} top-1 {q['top1']}/{q['phrases']} (strict "
+                     f"{q['top1_strict']}), Spearman {q['spearman']:.4f}"
+                     + (f"  [{r['export_note']}]" if r.get("export_note") else ""))
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.backends", description=__doc__)
     p.add_argument("--model", default="ViT-B-32")
+    p.add_argument("--pretrained", help="a pretrained tag or weights file (default: seeded "
+                                        "random weights, or the local-dir: folder's)")
     p.add_argument("--candidates", type=int, default=200)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path)
     a = p.parse_args(argv)
-    report = asyncio.run(run(a.model, a.candidates, a.threads))
+    report = asyncio.run(run(a.model, a.candidates, a.threads, a.pretrained))
     text = table(report)
     print(text)
     out = a.out or ROOT / "bench" / "results" / f"backends-{time.strftime('%Y%m%d-%H%M%S')}.json"

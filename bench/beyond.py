@@ -30,7 +30,6 @@ from bot.pages import render_page
 from bot.state import ResultsState, State, View
 from search.clip import ClipEncoder, resolve_device
 from search.config import Settings
-from search.imagequery import more_like
 from search.pixabay import Filters
 from search.service import SearchService
 
@@ -76,11 +75,7 @@ async def measure(model: str, runs: int, latency_ms: float, candidates: int,
                     async def magnifier() -> float:
                         t = time.perf_counter()
                         origin = await state.get_results(1)
-                        hits = [h for h, _ in origin.ranking.entries]
-                        vectors = await svc.store.get_embeddings(
-                            svc.vectors_source(pick.source), svc.model_key,
-                            [h.id for h in hits])
-                        ranking = more_like(hits, vectors, pick)
+                        ranking = await svc.more_like(pick, origin.ranking)
                         ranking.page(0, 5)
                         return (time.perf_counter() - t) * 1000
 

@@ -38,12 +38,22 @@ async def run(a: argparse.Namespace) -> dict:
     encoder = ClipEncoder(a.model, None, a.device, backend=a.backend, precision=a.precision,
                           cache_dir=a.data_dir / "models",
                           random_weights=not a.model.startswith("local-dir:"))
+    until_onnx = None
     async with encoder, SearchService.open(settings, encoder=encoder) as svc:
         freeze_heap()
         t3 = time.perf_counter()
         result = await svc.find(a.tag, a.phrase, candidates=a.candidates)
         t4 = time.perf_counter()
-    return {"import_torch_s": t1 - t0, "import_search_s": t2 - t1, "open_s": t3 - t2,
+        exported_by_then = not encoder.exporting
+        if a.until_onnx:  # a bot stays up: wait for the export beside it and the switch
+            deadline = time.monotonic() + 900
+            while (encoder.backend.name != "onnx"  # noqa: ASYNC110 (another process decides)
+                   and "failed" not in encoder.note and time.monotonic() < deadline):
+                await asyncio.sleep(0.2)
+            until_onnx = time.perf_counter() - STARTED
+    return {"until_onnx_s": until_onnx, "export_child_peak_mb": encoder.export_child_peak_mb,
+            "export_done_before_exit": exported_by_then, "note": encoder.note,
+            "served_at_exit": f"{encoder.backend.name} {encoder.backend.precision}","import_torch_s": t1 - t0, "import_search_s": t2 - t1, "open_s": t3 - t2,
             "query_ms": (t4 - t3) * 1000.0, "timings": result.timings,
             "downloaded": result.downloaded, "candidates": result.candidates,
             "served_by": f"{encoder.backend.name} {encoder.backend.precision}",
@@ -57,6 +67,8 @@ def main() -> None:
         p.add_argument(name, required=True)
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--candidates", type=int, required=True)
+    p.add_argument("--until-onnx", action="store_true",
+                   help="after the query, stay until ONNX Runtime serves (a first start)")
     a = p.parse_args()
     report = asyncio.run(run(a))
     report["process_s"] = time.perf_counter() - STARTED

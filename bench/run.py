@@ -254,23 +254,20 @@ class Bench:
         """Download every image the scenarios use, once: it fills the fake's render cache
         and gives the ``downloaded`` scenarios their bytes."""
         fetcher = ImageFetcher(self.session, self.hosts)
-        try:
-            for tag, count in zip(tags, counts, strict=True):
-                params = {"key": self.fake.key, "q": tag, **Filters().params(), "page": "1",
-                          "per_page": "200"}
-                async with self.session.get(self.fake.api_url, params=params) as resp:
-                    body = await resp.json()
-                hits = [Hit.from_api(raw) for raw in body["hits"]][:count]
-                if len(hits) < count:
-                    raise SystemExit(f"bench: the fake has {len(hits)} photos for '{tag}', "
-                                     f"fewer than {count}")
-                urls = [h.variant_url(self.settings.image_variant) for h in hits]
-                datas = await asyncio.gather(*(fetcher.fetch(u) for u in urls))
-                self.blobs.update(zip(urls, datas, strict=True))
-                if tag == COLD_TAG:
-                    self.cold_ids = [h.id for h in hits]
-        finally:
-            await fetcher.close()
+        for tag, count in zip(tags, counts, strict=True):
+            params = {"key": self.fake.key, "q": tag, **Filters().params(), "page": "1",
+                      "per_page": "200"}
+            async with self.session.get(self.fake.api_url, params=params) as resp:
+                body = await resp.json()
+            hits = [Hit.from_api(raw) for raw in body["hits"]][:count]
+            if len(hits) < count:
+                raise SystemExit(f"bench: the fake has {len(hits)} photos for '{tag}', "
+                                 f"fewer than {count}")
+            urls = [h.variant_url(self.settings.image_variant) for h in hits]
+            datas = await asyncio.gather(*(fetcher.fetch(u) for u in urls))
+            self.blobs.update(zip(urls, datas, strict=True))
+            if tag == COLD_TAG:
+                self.cold_ids = [h.id for h in hits]
 
     # -- scenarios ------------------------------------------------------------------
     async def _find(self, svc: SearchService, tag: str, candidates: int) -> dict:
@@ -337,11 +334,7 @@ class Bench:
                                        concurrency=self.o.fetch_concurrency)
             if swapped is not None:
                 svc.fetcher = swapped
-            try:
-                yield svc
-            finally:
-                if swapped is not None:
-                    await swapped.close()
+            yield svc
 
     async def downloaded(self) -> dict:
         """Decode through scores for candidates already downloaded (P1)."""

@@ -20,7 +20,6 @@ from discord import app_commands
 
 from search import metrics
 from search.errors import AllImagesFailed, InvalidQuery, NoResults, SearchError
-from search.pixabay import PROVIDER
 
 from .errors import Busy, Refusal
 
@@ -128,7 +127,8 @@ def begin(interaction: discord.Interaction, tag: str, phrase: str) -> SearchReco
     """The record of this search, kept on the interaction until it is finished."""
     record = interaction.extras.get(_KEY)
     if record is None:
-        source = str(getattr(interaction.namespace, "source", None) or PROVIDER)
+        default = getattr(getattr(interaction.client, "settings", None), "search_source", None)
+        source = str(getattr(interaction.namespace, "source", None) or default or "pixabay")
         record = SearchRecord(
             interaction_id=interaction.id, guild_id=interaction.guild_id,
             channel_id=interaction.channel_id, member_id=interaction.user.id, source=source,

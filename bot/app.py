@@ -50,10 +50,21 @@ class FindImageBot(commands.Bot):
         super().__init__(command_prefix=commands.when_mentioned, intents=intents(),
                          help_command=None, **options)
         self.settings = settings
-        self.service = service  # set once the model has loaded, before the gateway connects
+        self._service = service  # set once the model has loaded, before the gateway connects
         self.state = state
         self.synced: list[discord.app_commands.AppCommand] = []
         self.metrics_url: str | None = None  # where /metrics is served, when it is
+
+    @property
+    def service(self) -> SearchService:
+        """The search service; commands arrive only after it is open (see bot/__main__.py)."""
+        if self._service is None:
+            raise RuntimeError("the search service is not open yet")
+        return self._service
+
+    @service.setter
+    def service(self, service: SearchService) -> None:
+        self._service = service
 
     async def setup_hook(self) -> None:
         for name in COGS:

@@ -109,6 +109,7 @@ async def discord_login(settings: Settings) -> Row:
     try:
         await asyncio.wait_for(client.login(settings.discord_token), TIMEOUT)
         user, app_id = client.user, client.application_id
+        assert user is not None  # login() sets it
         guild_id = settings.discord_guild_id
         invite = discord.utils.oauth_url(
             app_id or 0, permissions=INVITE_PERMISSIONS, scopes=("bot", "applications.commands"),
@@ -180,7 +181,9 @@ async def model(settings: Settings, *, cache: bool):
 
     t0 = time.perf_counter()
     try:
-        encoder = await load_encoder(settings, cache=cache, timeout=MODEL_TIMEOUT)
+        # export="off": --check reports the ONNX files' state; a start exports them
+        encoder = await load_encoder(settings, cache=cache, timeout=MODEL_TIMEOUT,
+                                     export="off")
     except Exception as e:  # every way a model fails to load is this row's ✘
         if isinstance(e, asyncio.TimeoutError):
             said = f"the model did not load within {MODEL_TIMEOUT:.0f} s"
@@ -195,12 +198,19 @@ async def model(settings: Settings, *, cache: bool):
     weights = (f"weights {settings.clip_pretrained}" if encoder.pretrained
                else "weights from the folder" if name.startswith("local-dir:")
                else "weights from the hub")
+    assert encoder.backend is not None  # a started encoder has one
     backend, precision = encoder.backend.name, encoder.backend.precision
     n = encoder.threads
     threads = f", {n} thread{'s' if n != 1 else ''}" if n else ""
-    return Row("model", True, f"{name} with {weights}, on {encoder.device} ({backend}, "
-                              f"{precision}{threads}), loaded in {time.perf_counter() - t0:.1f} s"
-               ), encoder
+    said = (f"{name} with {weights}, on {encoder.device} ({backend}, {precision}{threads}), "
+            f"loaded in {time.perf_counter() - t0:.1f} s")
+    facts = encoder.export_facts
+    if facts.get("int8_top1"):
+        said += (f"; int8 against fp32 on the probe photographs at export: top-1 "
+                 f"{facts['int8_top1']}, Spearman {facts.get('int8_spearman', '?')}")
+    if encoder.note:
+        said += f"; {encoder.note}"
+    return Row("model", True, said), encoder
 
 
 async def encode_one(encoder) -> Row:

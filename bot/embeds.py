@@ -8,7 +8,7 @@ import discord
 
 from search.pixabay import Hit
 from search.ranking import ScoredHit
-from search.sources import HOMES, credit, display_url, label, licence_label
+from search.sources import HOMES, credit, display_url, label, licence_label, tile_url
 
 from .discord_text import (
     AUTHOR,
@@ -134,15 +134,16 @@ def picks_list_embed(lines: Sequence[str], *, title: str) -> discord.Embed:
                                      colour=PIXABAY_GREEN)])[0]
 
 
-def picks_embeds(lines: Sequence[str], thumbnails: Sequence[str | None], *, title: str
+def picks_embeds(lines: Sequence[str], hits: Sequence[Hit | None], *, title: str
                  ) -> list[discord.Embed]:
-    """One small embed per pick (at most 10), each with the pick's thumbnail."""
+    """One small embed per pick (at most 10), each with the pick's thumbnail if known."""
     if not lines:
         return [picks_list_embed([], title=title)]
     embeds = []
-    for i, (line, thumb) in enumerate(zip(lines[:10], thumbnails, strict=False)):
+    for i, (line, hit) in enumerate(zip(lines[:10], hits, strict=False)):
         embed = discord.Embed(title=title if i == 0 else None, description=line,
                               colour=PIXABAY_GREEN)
+        thumb = tile_url(hit) if hit is not None else None
         if thumb and http_url(thumb):
             embed.set_thumbnail(url=thumb)
         embeds.append(embed)

@@ -1,26 +1,26 @@
 """One page of a results message: a list of embeds, or one contact sheet (``layout:grid``).
 
 The first answer, every page turn and every "more like this" message are drawn here,
-so they look the same.
+so they look the same; ``post_results`` is the one way a new results message is sent
+and recorded.
 """
 
 from __future__ import annotations
 
-import asyncio
 import io
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import discord
 
-from search.grid import encode, hits_sheet
-from search.sources import short_credit
-
-from .embeds import grid_embed, results_embeds, summary_line
+from .embeds import NEXT, NUMBERS, PREV, grid_embed, results_embeds, summary_line
 from .state import ResultsState, View
 
 if TYPE_CHECKING:
     from search.service import SearchService
+
+    from .app import FindImageBot
 
 GRID_FILE = "results.jpg"
 # With more than 4 hits a list page is several screens of stacked embeds; a contact
@@ -66,8 +66,31 @@ async def render_page(service: SearchService, state: ResultsState, view: View, p
         return Page(content, results_embeds(hits), None)
     # Tiles are numbered as the reactions are: 1️⃣ shares the first tile of this page.
     labels = [f"{n} · {item.display:.1f}" for n, item in enumerate(hits, 1)]
-    captions = [short_credit(item.hit) for item in hits]
-    sheet = await hits_sheet(service.fetcher, hits, labels, captions)
-    data = await asyncio.to_thread(encode, sheet)
+    data = await service.contact_sheet(hits, labels)
     return Page(content, [grid_embed(hits, GRID_FILE, view.source)],
                 discord.File(io.BytesIO(data), filename=GRID_FILE))
+
+
+async def post_results(bot: FindImageBot, state: ResultsState, view: View,
+                       send: Callable[[Page], Awaitable[discord.Message]], *, note: str = "",
+                       before_reactions: Callable[[], Awaitable[object]] | None = None
+                       ) -> discord.Message:
+    """Send a new results message and record it, for /findimage and "more like this" alike.
+
+    The first page is drawn and handed to ``send``; the message's view, then its results,
+    are saved (a refused write keeps them in memory: paging still works); last come the
+    reactions, ◀️ ▶️ and one number for each hit shown, so a press always finds a record.
+    """
+    page = await render_page(bot.service, state, view, 0, note)
+    message = await send(page)
+    state.message_id = message.id
+    state.channel_id = message.channel.id if message.channel else state.channel_id
+    await bot.state.save_view(message.id, view)
+    await bot.state.save_results(state)
+    if before_reactions is not None:
+        await before_reactions()
+    target = bot.get_partial_messageable(state.channel_id).get_partial_message(message.id)
+    shown = len(state.ranking.page(0, state.per_page))
+    for emoji in (PREV, NEXT, *NUMBERS[:shown]):
+        await target.add_reaction(emoji)
+    return message

@@ -173,8 +173,10 @@ class State:
 
         def start(conn: sqlite3.Connection) -> int:
             with write(conn):
-                return conn.execute("INSERT INTO runs (started_at) VALUES (?)",
-                                    (self.clock(),)).lastrowid
+                run_id = conn.execute("INSERT INTO runs (started_at) VALUES (?)",
+                                      (self.clock(),)).lastrowid
+                assert run_id is not None  # an INSERT always sets it
+                return run_id
 
         self.run_id = await self.db.run(start)
         await self.prune()
@@ -352,7 +354,7 @@ class State:
         return [PendingInteraction(*row) for row in await self.db.run(q)]
 
     # -- picks ----------------------------------------------------------------
-    async def claim_pick(self, guild_id: int, image_id: int, member_id: int, phrase: str,
+    async def claim_pick(self, guild_id: int, image_id: int | str, member_id: int, phrase: str,
                          page_url: str, source_message_id: int, window: float = 60.0
                          ) -> int | None:
         """Claim a pick unless the same image was shared here within ``window``.

@@ -162,12 +162,10 @@ def _reasons(skipped: dict[str, int]) -> str:
 
 
 async def write_grid(service: SearchService, result: SearchResult, path: Path) -> int:
-    from .grid import hits_sheet  # the bot's layout:grid draws with it too
-
     labels = [f"#{h.rank}  {h.display:.1f}" for h in result.hits]
     captions = [str(h.hit.id) for h in result.hits]
-    sheet = await hits_sheet(service.fetcher, result.hits, labels, captions)
-    await asyncio.to_thread(sheet.save, path, "PNG")
+    data = await service.contact_sheet(result.hits, labels, captions=captions, fmt="PNG")
+    await asyncio.to_thread(path.write_bytes, data)
     return len(labels)
 
 
@@ -226,12 +224,33 @@ async def run(args: argparse.Namespace, settings: Settings, query: Query) -> Sea
     tune_process()
     async with SearchService.open(settings.replace(search_source=query.source)) as service:
         freeze_heap()
+        encoder = service.encoder
+        export_bar = None
+        if progress is not None and encoder.exporting:
+            from tqdm import tqdm
+
+            export_bar = tqdm(total=5, desc="ONNX export (torch serves meanwhile)",
+                              unit="step", leave=False, position=1)
+
+            def exported(done: int, of: int, what: str) -> None:
+                export_bar.total = of
+                export_bar.set_postfix_str(what)
+                export_bar.update(done - export_bar.n)
+
+            encoder.on_export_progress = exported
         try:
             result = await service.find_query(query, top=args.top, offset=args.offset,
                                               progress=progress)
         finally:
             if bar is not None:
                 bar.close()
+            if export_bar is not None:
+                encoder.on_export_progress = None
+                export_bar.close()
+        if encoder.exporting and not args.json:
+            print("note: torch served this query while the ONNX export ran beside it; it stops "
+                  "now. `python -m search.export` (make model) makes the files once, and "
+                  "later queries are faster.", file=sys.stderr)
         if args.grid:
             try:
                 await write_grid(service, result, args.grid)

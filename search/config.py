@@ -28,8 +28,8 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 IMAGE_VARIANTS = (180, 340, 640, 960)
 DEVICES = ("auto", "cpu", "cuda")
 LAYOUTS = ("auto", "list", "grid")
-CLIP_BACKENDS = ("auto", "torch", "onnx")
-CLIP_PRECISIONS = ("auto", "fp32", "fp16", "int8")
+CLIP_BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx")
+CLIP_PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "int8")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 # Names that are ours whatever follows; anything else unknown is ours only when it is a
@@ -57,6 +57,7 @@ class Settings:
     clip_backend: str = "auto"
     clip_precision: str = "auto"
     data_dir: Path = Path("./data")
+    model_cache_dir: Path | None = None  # None: DATA_DIR/models
     search_candidates: int = 200
     max_concurrent_searches: int = 4
     user_cooldown_seconds: float = 10.0
@@ -131,11 +132,11 @@ class Settings:
             if raw not in DEVICES and not (raw.startswith("cuda:") and raw[5:].isdigit()):
                 raise ConfigError(f"CLIP_DEVICE must be auto, cpu, cuda or cuda:N, not '{raw}'.")
             kw["clip_device"] = raw
-        for name, allowed in (("CLIP_BACKEND", CLIP_BACKENDS),
+        for name, choices in (("CLIP_BACKEND", CLIP_BACKENDS),
                               ("CLIP_PRECISION", CLIP_PRECISIONS)):
             if (raw := get(name)) is not None:
-                if raw.lower() not in allowed:
-                    raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not '{raw}'.")
+                if raw.lower() not in choices:
+                    raise ConfigError(f"{name} must be one of {', '.join(choices)}, not '{raw}'.")
                 kw[name.lower()] = raw.lower()
         if kw.get("clip_backend") == "torch" and kw.get("clip_precision") == "int8":
             raise ConfigError("CLIP_PRECISION=int8 runs on ONNX Runtime; set CLIP_BACKEND to "
@@ -149,6 +150,8 @@ class Settings:
             kw["clip_pretrained"] = pretrained
         if (raw := get("DATA_DIR")) is not None:
             kw["data_dir"] = Path(raw)
+        if (raw := get("MODEL_CACHE_DIR")) is not None:
+            kw["model_cache_dir"] = Path(raw)
         if (raw := get("SEARCH_CANDIDATES")) is not None:
             kw["search_candidates"] = _int("SEARCH_CANDIDATES", raw, 1, MAX_CANDIDATES)
         if (raw := get("MAX_CONCURRENT_SEARCHES")) is not None:
@@ -193,7 +196,7 @@ class Settings:
     def replace(self, **changes: object) -> Settings:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data.update(changes)
-        return type(self)(**data)  # type: ignore[arg-type]
+        return type(self)(**data)
 
     def check_model_reference(self) -> bool:
         """Check CLIP_MODEL's form without importing torch; True if nothing is left to check.
@@ -259,6 +262,11 @@ class Settings:
                 "PIXABAY_API_KEY is not set; put your key from https://pixabay.com/api/docs/ in "
                 "the environment or in .env (see .env.example), or search Openverse, which "
                 "needs no key: SEARCH_SOURCE=openverse (the CLI: --source openverse).")
+
+    @property
+    def models_dir(self) -> Path:
+        """Where the exported ONNX files live: MODEL_CACHE_DIR, or DATA_DIR/models."""
+        return self.model_cache_dir or self.data_dir / "models"
 
     @property
     def db_path(self) -> Path:

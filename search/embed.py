@@ -1,15 +1,24 @@
-"""Hits to vectors: download, decode, preprocess, encode, overlapped.
+"""Hits to vectors, a pipeline that reads top to bottom: download → decode → encode → keep.
 
-Two strategies share ``Embedder.embed``:
+Every image goes through ``_Run.image``, and the images overlap one another:
 
-- CPU (PIL): each image is decoded and preprocessed on the decode threads as soon
-  as it arrives and handed to the encoder, whose worker batches what is waiting.
-- GPU (nvjpeg): JPEG bytes go to the encoder's worker, which decodes a whole batch
-  on the device in one call, resizes, crops and normalises it there
-  (``search.preprocess``) and encodes it, so the pixels never cross the bus. Bytes
-  that arrive together (already downloaded) are decoded in one call; bytes that
-  trickle in from the network go in batches of ``gpu_batch`` that overlap the
-  downloads. Files the batched decoder should not take go the CPU way.
+1. download (``search.images``): from allow-listed hosts; the bytes count against the
+   fetcher's byte budget until they are decoded (on the GPU path, until their batch is
+   encoded), not while the pixels wait for the encoder.
+2. decode (``search.decode``): on a CPU, Pillow on the decode threads, to the encoder's
+   8-bit levels, as soon as the bytes arrive. On a GPU, JPEG bytes wait for a batch that
+   the encoder's worker decodes in one nvjpeg call, then resizes, crops and normalises
+   on the device, so the pixels never cross the bus. Bytes that arrive together (already
+   downloaded) go in one call; bytes that trickle in from the network go in batches of
+   ``gpu_batch`` that overlap the downloads. What that decoder should not take, or
+   refuses, goes the CPU way.
+3. encode: the encoder's worker batches what is waiting.
+4. keep: each new vector is kept and handed to ``on_vectors`` (the service ranks partial
+   answers from them, and writes them to the cache).
+
+A skipped image is counted by its reason. At the deadline, downloads still on their way
+are given up; what has arrived is still decoded, encoded and ranked. Nothing here blocks
+the event loop: decoding runs on threads, encoding on the worker.
 
 ``warm_up`` runs every one of those stages once at start, on JPEGs it makes, so the
 first query of a process meets no first-call costs (nvjpeg's set-up, the resize
@@ -23,27 +32,32 @@ import io
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
+from typing import cast
 
 import numpy as np
-import torch
 
 from .clip import ClipEncoder
+from .decode import MAX_PIXELS, Decoder, decode_on_device
 from .errors import ImageSkipped
 from .images import ImageFetcher
 from .pixabay import Hit
-from .preprocess import batch_decodable, jpeg_info, preprocess
 from .sources import rank_url
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
 # Called with the vectors of each newly encoded group of hits (image id -> vector).
-OnVectors = Callable[[dict[int, np.ndarray]], None]
+OnVectors = Callable[[dict[int | str, np.ndarray]], None]
+# A JPEG waiting for a device batch, and the future its download waits on meanwhile.
+Waiting = tuple[Hit, bytes, "asyncio.Future[None]"]
 
 # Shapes of Pixabay's _340 thumbnails seen most (landscape 3:2, portrait, square, 16:9).
 WARM_SHAPES = ((340, 227), (227, 340), (340, 340), (340, 191))
+STAGES = ("download", "decode", "encode")
 
 
 @dataclass(frozen=True)
@@ -67,49 +81,9 @@ class EncodedJpegs:
 
 @dataclass
 class Embedded:
-    vectors: dict[int, np.ndarray]
+    vectors: dict[int | str, np.ndarray]
     skipped: Counter
     timings: dict[str, float] = field(default_factory=dict)  # milliseconds per stage
-
-
-def decode_on_device(encoder: ClipEncoder, datas: Sequence[bytes], max_pixels: int
-                     ) -> tuple[torch.Tensor | None, tuple[list[int], list[int]]]:
-    """Decode and preprocess JPEGs on the encoder's device, in one decoder call.
-
-    Runs on the encoder's worker thread (as a ``prepare`` job). Returns the pixels
-    and ``(encoded, failed)`` indices into ``datas``.
-    """
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    loaded = encoder.loaded
-    stats = encoder.stats
-    take = [i for i, d in enumerate(datas) if batch_decodable(jpeg_info(d), max_pixels=max_pixels)]
-    raw = [torch.frombuffer(bytearray(datas[i]), dtype=torch.uint8) for i in take]
-    decoded: list[torch.Tensor | None] = []
-    try:
-        if raw:
-            decoded = list(decode_jpeg(raw, mode=ImageReadMode.RGB, device=encoder.device))
-    except RuntimeError:  # one bad file fails the whole call; find it
-        decoded = []
-        for tensor in raw:
-            try:
-                decoded.append(decode_jpeg(tensor, mode=ImageReadMode.RGB,
-                                           device=encoder.device))
-            except RuntimeError:
-                decoded.append(None)
-    encoded = [i for i, img in zip(take, decoded, strict=True) if img is not None]
-    kept = set(encoded)
-    failed = [i for i in range(len(datas)) if i not in kept]
-    stats.jpegs_decoded += len(encoded)
-    stats.jpegs_refused += len(failed)
-    if not encoded:
-        return None, (encoded, failed)
-    stats.stages["decode:batched"] += 1
-    pixels = preprocess([img for img in decoded if img is not None], size=loaded.image_size,
-                        mean=loaded.mean, std=loaded.std, interpolation=loaded.interpolation,
-                        resize_mode=loaded.resize_mode, dtype=encoder.dtype)
-    stats.stages["preprocess:tensor"] += 1
-    return pixels, (encoded, failed)
 
 
 class Embedder:
@@ -119,14 +93,30 @@ class Embedder:
     # encode of one batch overlap the downloads of the next.
     gpu_batch = 32
 
-    def __init__(self, encoder: ClipEncoder, *, variant: int, on_device: bool | None = None
-                 ) -> None:
+    def __init__(self, encoder: ClipEncoder, decoder: Decoder | None = None, *, variant: int,
+                 on_device: bool | None = None) -> None:
         self.encoder = encoder
+        # Its threads start only when an image takes the CPU way.
+        self.decoder = decoder or Decoder()
         self.variant = variant
         self.on_device = encoder.device.startswith("cuda") if on_device is None else on_device
 
+    async def embed(self, hits: list[Hit], fetcher: ImageFetcher, *,
+                    progress: Progress | None = None, on_vectors: OnVectors | None = None,
+                    deadline: float | None = None) -> Embedded:
+        """Download, decode and encode ``hits`` concurrently; skips are counted.
+
+        At ``deadline`` (a ``perf_counter`` time) images still on their way are given
+        up: what has arrived is ranked, the caller counts the rest.
+        """
+        if not hits:
+            return Embedded({}, Counter(), {stage: 0.0 for stage in STAGES})
+        run = _Run(self, fetcher, hits, progress, on_vectors)
+        await run.until(deadline)
+        return Embedded(run.vectors, run.skipped, run.timings())
+
     # -- the GPU strategy's batch call --------------------------------------------
-    async def encode_jpegs(self, data: Sequence[bytes], *, max_pixels: int = 20_000_000
+    async def encode_jpegs(self, data: Sequence[bytes], *, max_pixels: int = MAX_PIXELS
                            ) -> EncodedJpegs:
         """Decode, preprocess and encode JPEG files on the encoder's worker.
 
@@ -140,13 +130,13 @@ class Embedder:
         chunks = [list(data[i:i + size]) for i in range(0, len(data), size)]
         parts = await asyncio.gather(*(
             self.encoder.encode_prepared(
-                lambda chunk=chunk: decode_on_device(self.encoder, chunk, max_pixels),
+                partial(decode_on_device, self.encoder, chunk, max_pixels),
                 len(chunk))
             for chunk in chunks))
         encoded, failed, vectors = [], [], []
         for k, part in enumerate(parts):
             base = k * size
-            got, refused = part.extra
+            got, refused = cast(tuple[list[int], list[int]], part.extra)
             encoded += [base + i for i in got]
             failed += [base + i for i in refused]
             if len(part.vectors):
@@ -156,173 +146,8 @@ class Embedder:
             encoded, failed, sum(p.prepare_seconds for p in parts),
             sum(p.encode_seconds for p in parts))
 
-    # -- hits to vectors ----------------------------------------------------------
-    async def embed(self, hits: list[Hit], fetcher: ImageFetcher, *,
-                    progress: Progress | None = None, on_vectors: OnVectors | None = None,
-                    deadline: float | None = None) -> Embedded:
-        """Download, decode and encode ``hits`` concurrently; skips are counted.
-
-        Downloaded bytes count against the fetcher's byte budget until they are decoded
-        (until their batch is encoded, on the GPU path), not while they wait for the
-        encoder. At ``deadline`` (a ``perf_counter`` time) images still on their way are
-        given up: what has arrived is ranked, the caller counts the rest.
-        """
-        skipped: Counter = Counter()
-        vectors: dict[int, np.ndarray] = {}
-        spent = {"download": 0.0, "decode": 0.0, "encode": 0.0}
-        if not hits:
-            return Embedded(vectors, skipped, {k: 0.0 for k in spent})
-        encoder = self.encoder
-        on_device = self.on_device
-        min_side = min(encoder.image_size)
-        loop = asyncio.get_running_loop()
-        pending: list[tuple[Hit, bytes, asyncio.Future]] = []
-        arrived: set[asyncio.Task] = set()  # downloads that are complete
-        flush_scheduled = False
-        remaining = len(hits)
-        done = 0
-        download_end = 0.0
-        t_start = time.perf_counter()
-
-        def finished(n: int = 1) -> None:
-            nonlocal done
-            done += n
-            if progress is not None:
-                progress("images", done, len(hits))
-
-        def got(new: dict[int, np.ndarray]) -> None:
-            vectors.update(new)
-            if on_vectors is not None and new:
-                on_vectors(new)
-
-        def skip(hit: Hit, error: ImageSkipped) -> None:
-            skipped[error.reason] += 1
-            log.info("skipping image %s: %s", hit.id, error)
-
-        async def decode(hit: Hit, data: bytes):
-            """The image as 8-bit levels, or None when it is skipped (counted)."""
-            try:
-                # 8-bit levels: on CPU the encoder lags the downloads, so most of the
-                # decoded images wait in its queue; levels take a quarter of floats' room.
-                pixels, seconds = await fetcher.prepare(data, encoder.preprocess_levels,
-                                                        min_side=min_side)
-            except ImageSkipped as e:
-                skip(hit, e)
-                finished()
-                return None
-            encoder.stats.stages["decode:pil"] += 1
-            spent["decode"] += seconds
-            return pixels
-
-        async def encode(hit: Hit, pixels) -> None:
-            try:
-                vecs, seconds = await encoder.encode_images(pixels[None])
-                spent["encode"] += seconds
-                got({hit.id: vecs[0]})
-            finally:
-                finished()
-
-        async def on_cpu(hit: Hit, data: bytes) -> None:
-            pixels = await decode(hit, data)
-            if pixels is not None:
-                await encode(hit, pixels)
-
-        async def on_device_batch(batch: list[tuple[Hit, bytes, asyncio.Future]]) -> None:
-            try:
-                result = await self.encode_jpegs([data for _, data, _ in batch],
-                                                 max_pixels=fetcher.max_pixels)
-                spent["decode"] += result.decode_seconds
-                spent["encode"] += result.encode_seconds
-                got({batch[index][0].id: result.vectors[row]
-                     for row, index in enumerate(result.encoded)})
-                finished(len(result.encoded))
-                await asyncio.gather(*(on_cpu(*batch[i][:2]) for i in result.failed))
-            except Exception as e:  # each download waiting on this batch raises it
-                for _, _, encoded in batch:
-                    if not encoded.done():
-                        encoded.set_exception(e)
-            finally:
-                for _, _, encoded in batch:
-                    if not encoded.done():
-                        encoded.set_result(None)
-
-        def batch_due() -> bool:
-            waiting = sum(len(data) for _, data, _ in pending)
-            return bool(pending) and (len(pending) >= self.gpu_batch or remaining == 0
-                                      or waiting >= fetcher.budget.capacity // 2)
-
-        def flush() -> None:
-            # Runs once every download that finished in this turn of the loop has queued
-            # its bytes: bytes that are all there at once go in one decoder call.
-            nonlocal flush_scheduled
-            flush_scheduled = False
-            if on_device and batch_due():
-                batch = pending.copy()
-                pending.clear()
-                asyncio.ensure_future(on_device_batch(batch))
-
-        def flush_soon() -> None:
-            nonlocal flush_scheduled
-            if on_device and not flush_scheduled:
-                flush_scheduled = True
-                loop.call_soon(flush)
-
-        async def one(hit: Hit) -> None:
-            nonlocal download_end, remaining
-            pixels = None
-            try:
-                async with fetcher.held(rank_url(hit, self.variant)) as data:
-                    arrived.add(asyncio.current_task())
-                    download_end = max(download_end, time.perf_counter())
-                    remaining -= 1
-                    if on_device and data.startswith(b"\xff\xd8"):
-                        encoded = loop.create_future()
-                        pending.append((hit, data, encoded))
-                        flush_soon()
-                        await encoded  # the bytes stay counted until their batch is encoded
-                        return
-                    flush_soon()
-                    # Only the decode holds the bytes: the encoder's queue holds levels.
-                    pixels = await decode(hit, data)
-            except ImageSkipped as e:
-                if asyncio.current_task() in arrived:
-                    raise
-                remaining -= 1
-                skip(hit, e)
-                finished()
-                flush_soon()
-            if pixels is not None:
-                await encode(hit, pixels)
-
-        tasks = [asyncio.ensure_future(one(h)) for h in hits]
-        timeout = None if deadline is None else max(0.0, deadline - time.perf_counter())
-        try:
-            _, late = await asyncio.wait(tasks, timeout=timeout)
-            if late:
-                # Past the deadline: downloads still on their way are given up; what has
-                # arrived is still decoded and encoded (bounded work), and ranked.
-                coming = [t for t in late if t not in arrived]
-                log.info("search deadline passed: %d images left out", len(coming))
-                for task in coming:
-                    task.cancel()
-                remaining = 0  # the last JPEG batch goes now
-                flush()
-                await asyncio.gather(*late, return_exceptions=True)
-        finally:
-            for task in tasks:
-                task.cancel()
-        for task in tasks:
-            if not task.cancelled() and task.exception() is not None:
-                raise task.exception()
-        timings = {
-            "download": (max(download_end, t_start) - t_start) * 1000.0,
-            "decode": spent["decode"] * 1000.0,
-            "encode": spent["encode"] * 1000.0,
-        }
-        return Embedded(vectors, skipped, timings)
-
     # -- warm-up ---------------------------------------------------------------------
-    async def warm_up(self, fetcher: ImageFetcher) -> None:
+    async def warm_up(self) -> None:
         """Run every stage a query runs once, on JPEGs made here, before the first query.
 
         The CPU path: a PIL decode and preprocess on the decode threads, and the encoder.
@@ -332,11 +157,8 @@ class Embedder:
         """
         t0 = time.perf_counter()
         jpegs = warm_jpegs(max(self.gpu_batch, 4) if self.on_device else 4)
-        min_side = min(self.encoder.image_size)
-        prepared = await asyncio.gather(*(
-            fetcher.prepare(data, self.encoder.preprocess_levels, min_side=min_side)
-            for data in jpegs[:len(WARM_SHAPES)]))
-        self.encoder.stats.stages["decode:pil"] += len(prepared)
+        prepared = await asyncio.gather(*(self.decoder.for_encoder(data, self.encoder)
+                                          for data in jpegs[:len(WARM_SHAPES)]))
         one = prepared[0][0][None]
         await self.encoder.encode_images(one)
         if self.on_device:
@@ -344,10 +166,183 @@ class Embedder:
             # batch there would cost most of a second of every start.
             batch = min(self.encoder.max_batch, self.gpu_batch)
             await self.encoder.encode_images(one.expand(batch, -1, -1, -1).contiguous())
-            await self.encode_jpegs(jpegs, max_pixels=fetcher.max_pixels)
-            await self.encode_jpegs(jpegs[:1], max_pixels=fetcher.max_pixels)
+            await self.encode_jpegs(jpegs, max_pixels=self.decoder.max_pixels)
+            await self.encode_jpegs(jpegs[:1], max_pixels=self.decoder.max_pixels)
         await self.encoder.encode_texts_uncached(["a photo taken to warm up the text tower"])
         log.info("warm-up: every stage ran in %.0f ms", (time.perf_counter() - t0) * 1000.0)
+
+
+class _Run:
+    """One ``embed`` call: its images on their way, and what they came to."""
+
+    def __init__(self, embedder: Embedder, fetcher: ImageFetcher, hits: list[Hit],
+                 progress: Progress | None, on_vectors: OnVectors | None) -> None:
+        self.embedder = embedder
+        self.encoder = embedder.encoder
+        self.decoder = embedder.decoder
+        self.fetcher = fetcher
+        self.hits = hits
+        self.progress = progress
+        self.on_vectors = on_vectors
+        self.on_device = embedder.on_device
+        self.loop = asyncio.get_running_loop()
+        self.vectors: dict[int | str, np.ndarray] = {}
+        self.skipped: Counter = Counter()
+        self.seconds = {"decode": 0.0, "encode": 0.0}  # thread and worker time, not waits
+        self.started = time.perf_counter()
+        self.last_arrival = 0.0
+        self.coming = len(hits)  # downloads neither arrived nor failed
+        self.done = 0
+        self.arrived: set[asyncio.Task] = set()  # images whose download is complete
+        self.waiting: list[Waiting] = []  # JPEGs for the next device batch
+        self.batches: set[asyncio.Task] = set()
+        self.flush_scheduled = False
+
+    async def until(self, deadline: float | None) -> None:
+        """Every image through the pipeline, or as far as it got by ``deadline``."""
+        tasks = [asyncio.ensure_future(self.image(h)) for h in self.hits]
+        timeout = None if deadline is None else max(0.0, deadline - time.perf_counter())
+        try:
+            _, late = await asyncio.wait(tasks, timeout=timeout)
+            if late:
+                # Past the deadline: downloads still on their way are given up; what has
+                # arrived is still decoded and encoded (bounded work), and ranked.
+                given_up = [t for t in late if t not in self.arrived]
+                log.info("search deadline passed: %d images left out", len(given_up))
+                for task in given_up:
+                    task.cancel()
+                self.coming = 0  # the last JPEG batch goes now
+                self.flush()
+                await asyncio.gather(*late, return_exceptions=True)
+        finally:
+            for task in tasks:
+                task.cancel()
+        for task in tasks:
+            if not task.cancelled() and (error := task.exception()) is not None:
+                raise error
+
+    def timings(self) -> dict[str, float]:
+        """Milliseconds: until the last download arrived, then decode and encode work."""
+        return {"download": (max(self.last_arrival, self.started) - self.started) * 1000.0,
+                "decode": self.seconds["decode"] * 1000.0,
+                "encode": self.seconds["encode"] * 1000.0}
+
+    # -- one image: download → decode → encode → keep ----------------------------------
+    async def image(self, hit: Hit) -> None:
+        pixels = None
+        try:
+            async with self.download(hit) as data:
+                if self.on_device and data.startswith(b"\xff\xd8"):
+                    # The bytes stay counted until their batch is encoded.
+                    await self.on_device_batch(hit, data)
+                    return
+                # Only the decode holds the bytes: the encoder's queue holds levels.
+                pixels = await self.decode(hit, data)
+        except ImageSkipped as e:
+            if asyncio.current_task() in self.arrived:
+                raise
+            self.coming -= 1
+            self.skip(hit, e)
+            self.flush_soon()
+        if pixels is not None:
+            await self.encode(hit, pixels)
+
+    @asynccontextmanager
+    async def download(self, hit: Hit) -> AsyncIterator[bytes]:
+        """The image's bytes, counted against the byte budget until the block ends."""
+        async with self.fetcher.held(rank_url(hit, self.embedder.variant)) as data:
+            self.arrived.add(cast(asyncio.Task, asyncio.current_task()))  # in a task
+            self.last_arrival = max(self.last_arrival, time.perf_counter())
+            self.coming -= 1
+            self.flush_soon()  # this may be the arrival a device batch waits for
+            yield data
+
+    async def decode(self, hit: Hit, data: bytes):
+        """The image as the encoder's 8-bit levels, or None when it is skipped (counted)."""
+        try:
+            pixels, seconds = await self.decoder.for_encoder(data, self.encoder)
+        except ImageSkipped as e:
+            self.skip(hit, e)
+            return None
+        self.seconds["decode"] += seconds
+        return pixels
+
+    async def encode(self, hit: Hit, pixels) -> None:
+        try:
+            vectors, seconds = await self.encoder.encode_images(pixels[None])
+            self.seconds["encode"] += seconds
+            self.keep({hit.id: vectors[0]})
+        finally:
+            self.finished()
+
+    def keep(self, new: dict[int | str, np.ndarray]) -> None:
+        self.vectors.update(new)
+        if self.on_vectors is not None and new:
+            self.on_vectors(new)
+
+    async def on_cpu(self, hit: Hit, data: bytes) -> None:
+        pixels = await self.decode(hit, data)
+        if pixels is not None:
+            await self.encode(hit, pixels)
+
+    # -- the GPU path: JPEGs decode and encode in batches on the encoder's worker -------
+    async def on_device_batch(self, hit: Hit, data: bytes) -> None:
+        """Wait for the batch these bytes join to be decoded and encoded."""
+        encoded: asyncio.Future[None] = self.loop.create_future()
+        self.waiting.append((hit, data, encoded))
+        await encoded
+
+    def flush_soon(self) -> None:
+        if self.on_device and not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        # Runs once every download that finished in this turn of the loop has queued
+        # its bytes: bytes that are all there at once go in one decoder call.
+        self.flush_scheduled = False
+        if self.on_device and self.batch_due():
+            batch = self.waiting.copy()
+            self.waiting.clear()
+            task = asyncio.ensure_future(self.encode_batch(batch))
+            self.batches.add(task)
+            task.add_done_callback(self.batches.discard)
+
+    def batch_due(self) -> bool:
+        held = sum(len(data) for _, data, _ in self.waiting)
+        return bool(self.waiting) and (len(self.waiting) >= self.embedder.gpu_batch
+                                       or self.coming == 0
+                                       or held >= self.fetcher.budget.capacity // 2)
+
+    async def encode_batch(self, batch: list[Waiting]) -> None:
+        try:
+            result = await self.embedder.encode_jpegs([data for _, data, _ in batch],
+                                                      max_pixels=self.decoder.max_pixels)
+            self.seconds["decode"] += result.decode_seconds
+            self.seconds["encode"] += result.encode_seconds
+            self.keep({batch[index][0].id: result.vectors[row]
+                       for row, index in enumerate(result.encoded)})
+            self.finished(len(result.encoded))
+            await asyncio.gather(*(self.on_cpu(*batch[i][:2]) for i in result.failed))
+        except Exception as e:  # each download waiting on this batch raises it
+            for _, _, encoded in batch:
+                if not encoded.done():
+                    encoded.set_exception(e)
+        finally:
+            for _, _, encoded in batch:
+                if not encoded.done():
+                    encoded.set_result(None)
+
+    # -- counts --------------------------------------------------------------------------
+    def skip(self, hit: Hit, error: ImageSkipped) -> None:
+        self.skipped[error.reason] += 1
+        log.info("skipping image %s: %s", hit.id, error)
+        self.finished()
+
+    def finished(self, n: int = 1) -> None:
+        self.done += n
+        if self.progress is not None:
+            self.progress("images", self.done, len(self.hits))
 
 
 def warm_jpegs(n: int) -> list[bytes]:

@@ -122,6 +122,15 @@ class AllImagesFailed(SearchError):
         super().__init__(f"None of the {count} images could be downloaded or read ({why}).")
 
 
+class PickForgotten(SearchError):
+    """"More like this" on a pick whose ranking or cached vectors are gone (pruned, or a
+    new model)."""
+
+    def __init__(self) -> None:
+        super().__init__("I no longer have the images behind that pick; run the search again "
+                         "to find more like it.")
+
+
 class ImageSkipped(SearchError):
     """One image was skipped; ``reason`` is a short label used in counts and logs."""
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from .decode import Decoder
 from .errors import ImageSkipped
 from .images import ImageFetcher
 from .ranking import ScoredHit
@@ -59,13 +60,12 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
     return text + "…"
 
 
-async def hits_sheet(fetcher: ImageFetcher, items: Sequence[ScoredHit],
+async def hits_sheet(fetcher: ImageFetcher, decoder: Decoder, items: Sequence[ScoredHit],
                      labels: Sequence[str], captions: Sequence[str] = ()) -> Image.Image:
     """Download each hit's small image (from allow-listed hosts) and draw the sheet."""
     async def load(item: ScoredHit) -> Image.Image | None:
         try:
-            return await fetcher.decode(await fetcher.fetch(tile_url(item.hit)),
-                                        min_side=TILE)
+            return await decoder.image(await fetcher.fetch(tile_url(item.hit)), min_side=TILE)
         except ImageSkipped:
             return None  # a grey tile still carries its number
 

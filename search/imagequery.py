@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .decode import Decoder
 from .errors import ImageSkipped, InvalidQuery
-from .images import ImageFetcher
 from .models import MAX_QUERY_IMAGE_BYTES
 from .pixabay import Hit
 from .ranking import Ranking, rank
@@ -29,7 +29,7 @@ def blend(image: np.ndarray, text: np.ndarray) -> np.ndarray:
     return unit(unit(image) + unit(text))
 
 
-async def image_pixels(fetcher: ImageFetcher, encoder, data: bytes):
+async def image_pixels(decoder: Decoder, encoder, data: bytes):
     """An image a user gave, decoded and preprocessed for the encoder (on the decode
     threads); InvalidQuery when it cannot serve as a query. Cheap, so a bad file is
     refused before any candidate is fetched."""
@@ -37,8 +37,7 @@ async def image_pixels(fetcher: ImageFetcher, encoder, data: bytes):
         raise InvalidQuery(f"The image is {len(data) / 1e6:.1f} MB; attach one of at most "
                            f"{MAX_QUERY_IMAGE_BYTES // (1024 * 1024)} MB.")
     try:
-        pixels, _seconds = await fetcher.prepare(data, encoder.preprocess_levels,
-                                                 min_side=min(encoder.image_size))
+        pixels, _seconds = await decoder.for_encoder(data, encoder)
     except ImageSkipped as e:
         # The bot and the CLI both say this: words for neither Discord nor a terminal.
         raise InvalidQuery(f"The picture is not one I can read ({e.reason}); use a JPEG, "

@@ -1,43 +1,32 @@
-"""Download and decode: the allow-list, the caps, and the decode threads.
+"""Download: the allow-list, the caps, and the byte budget (decoding is ``search.decode``).
 
 A hostile or broken API response cannot make us fetch an internal address: every
 URL (and every redirect) must be https on a host in IMAGE_HOSTS, or plain http on
 a loopback host that is itself listed. Each failure becomes an ``ImageSkipped``
 with a short reason; the caller counts them.
 
-A hostile or broken CDN cannot amplify memory or CPU either: the bytes held between
-download and decode are bounded (``ByteBudget``: a download waits for room before
-its body is read, so the CDN is slowed rather than buffered), JPEGs are decoded at
-reduced size (``draft``), and formats that Pillow must decode at full size (PNG,
-GIF, WebP) have a lower pixel cap.
+A hostile or broken CDN cannot amplify memory either: the bytes held between download
+and decode are bounded (``ByteBudget``: a download waits for room before its body is
+read, so the CDN is slowed rather than buffered), and every body has a size cap.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
-import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
 import aiohttp
-from PIL import Image, ImageOps, UnidentifiedImageError
 from yarl import URL
 
 from .config import LOOPBACK_HOSTS
 from .errors import ImageSkipped
-from .threads import lower_priority
 
 log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 3
-MAX_PIXELS = 20_000_000  # JPEG: decoded at 1/2 to 1/8 size with draft, so cheap per pixel
-# Formats Pillow can only decode at full size: ~0.2 s of a decode thread at 4 MP, ~1 s
-# at 20 MP. Pixabay's webformat and large images are at most 1280 px (1.6 MP).
-MAX_FULL_DECODE_PIXELS = 4_000_000
 HELD_BYTES = 64 * 1024 * 1024  # downloaded bytes waiting for or in decoding, all queries
 
 
@@ -54,56 +43,6 @@ def check_url(url: str | URL, hosts: Iterable[str]) -> URL:
     if u.scheme == "https" or (u.scheme == "http" and host in LOOPBACK_HOSTS):
         return u
     raise ImageSkipped("host not allowed", f"{u.scheme} on {host}")
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Every mode made RGB; transparency is composited on white."""
-    if img.mode == "P" and "transparency" in img.info or img.mode in ("PA", "LA", "La"):
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "RGBa"):
-        background = Image.new("RGB", img.size, (255, 255, 255))
-        background.paste(img, mask=img.getchannel("A"))
-        return background
-    if img.mode != "RGB":
-        return img.convert("RGB")
-    return img
-
-
-def decode_image(data: bytes, *, min_side: int | None = None,
-                 max_pixels: int = MAX_PIXELS,
-                 max_full_pixels: int = MAX_FULL_DECODE_PIXELS) -> Image.Image:
-    """Bytes to an upright RGB image, refusing bombs and unreadable files.
-
-    JPEGs up to ``max_pixels`` are decoded at reduced size (DCT scaling) when
-    ``min_side`` allows; other formats decode at full size, so their cap is
-    ``max_full_pixels``.
-    """
-    try:
-        img = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise ImageSkipped("not an image") from None
-    except Image.DecompressionBombError:
-        raise ImageSkipped("too large") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise _broken(e) from None
-    width, height = img.size
-    reducible = img.format == "JPEG" and bool(min_side)
-    if width * height > (max_pixels if reducible else min(max_pixels, max_full_pixels)):
-        raise ImageSkipped("too large", f"{width}x{height} {img.format}")
-    if reducible:
-        # DCT scaling: decode at 1/2, 1/4 or 1/8 size while staying >= min_side.
-        img.draft("RGB", (min_side, min_side))
-    try:
-        img.load()
-        img = ImageOps.exif_transpose(img)
-        return to_rgb(img)
-    except (OSError, ValueError, SyntaxError) as e:
-        raise _broken(e) from None
-
-
-def _broken(error: Exception) -> ImageSkipped:
-    reason = "truncated" if "truncated" in str(error).lower() else "unreadable"
-    return ImageSkipped(reason, str(error))
 
 
 class ByteBudget:
@@ -159,29 +98,19 @@ class ByteBudget:
 
 
 class ImageFetcher:
-    """Bounded concurrent downloads on one session, and a small pool for decoding."""
+    """Bounded concurrent downloads on one session (the caller's, and closed by it)."""
 
     def __init__(self, session: aiohttp.ClientSession, hosts: Iterable[str], *,
                  max_bytes: int = 5_000_000, timeout: float = 10.0, concurrency: int = 16,
-                 decode_threads: int = 2, max_pixels: int = MAX_PIXELS,
-                 max_full_pixels: int = MAX_FULL_DECODE_PIXELS,
                  held_bytes: int = HELD_BYTES) -> None:
         self.session = session
         self.hosts = tuple(hosts)
         self.max_bytes = max_bytes
         self.timeout = aiohttp.ClientTimeout(total=timeout)
-        self.max_pixels = max_pixels
-        self.max_full_pixels = max_full_pixels
         # Room for two of the largest files at least, so a waiting download always fits
         # once the decodes ahead of it are done.
         self.budget = ByteBudget(max(held_bytes, 2 * max_bytes))
         self._sem = asyncio.Semaphore(concurrency)
-        self._pool = ThreadPoolExecutor(max_workers=decode_threads,
-                                        thread_name_prefix="decode",
-                                        initializer=lower_priority)
-
-    async def close(self) -> None:
-        await asyncio.to_thread(self._pool.shutdown, True)
 
     async def fetch(self, url: str, *, max_bytes: int | None = None) -> bytes:
         """The image's bytes, or ImageSkipped with a reason."""
@@ -245,27 +174,3 @@ class ImageFetcher:
                 if isinstance(e, aiohttp.ClientError):
                     raise ImageSkipped("download failed", type(e).__name__) from None
                 raise
-
-    def _decode(self, data: bytes, min_side: int | None) -> Image.Image:
-        return decode_image(data, min_side=min_side, max_pixels=self.max_pixels,
-                            max_full_pixels=self.max_full_pixels)
-
-    async def decode(self, data: bytes, *, min_side: int | None = None) -> Image.Image:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, lambda: self._decode(data, min_side))
-
-    async def prepare(self, data: bytes, transform: Callable[[Image.Image], object],
-                      *, min_side: int | None = None):
-        """Decode and preprocess on the decode threads: only the forward pass is left.
-
-        Returns the transformed image and the seconds a decode thread spent on it (not
-        the time it waited for a free thread, which is the downloads' doing).
-        """
-        loop = asyncio.get_running_loop()
-
-        def work():
-            t0 = time.perf_counter()
-            pixels = transform(self._decode(data, min_side))
-            return pixels, time.perf_counter() - t0
-
-        return await loop.run_in_executor(self._pool, work)

@@ -31,7 +31,7 @@ T = TypeVar("T")
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Clean-up normally takes milliseconds (SQLite closes, sessions close); a model load in
 # progress cannot be stopped at all, so past this the process ends without it.
-GRACE = 1.0
+GRACE = 0.5
 
 
 class Interrupted(BaseException):

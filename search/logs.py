@@ -41,7 +41,7 @@ class _Masking:
 class TextFormatter(logging.Formatter):
     """``2026-11-27T12:40:01.123Z INFO bot.searches: search outcome=results …`` (UTC)"""
 
-    converter = time.gmtime
+    converter = staticmethod(time.gmtime)
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__("%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s",

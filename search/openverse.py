@@ -117,7 +117,9 @@ def hit_from_api(raw: Mapping) -> Hit | None:
     thumbnail = _web_url(raw.get("thumbnail"))
     if not isinstance(image_id, str) or not _UUID.match(image_id) or not thumbnail:
         return None
-    tags = raw.get("tags") if isinstance(raw.get("tags"), list) else []
+    tags = raw.get("tags")
+    if not isinstance(tags, list):
+        tags = []
     names = tuple(dict.fromkeys(
         _text(t.get("name"), 40) for t in tags[:30] if isinstance(t, Mapping)
         and _text(t.get("name"), 40)))

@@ -252,7 +252,7 @@ class PixabayClient:
         limit = max(1, min(int(limit), MAX_REACHABLE))
         filters = filters or Filters()
         hits: list[Hit] = []
-        seen: set[int] = set()
+        seen: set[int | str] = set()
         total_hits = 0
         sent = 0
         cached_pages = 0

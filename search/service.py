@@ -1,8 +1,11 @@
-"""SearchService.find(): retriever → cache → embed → rank.
+"""SearchService: the front door the CLI and the bot share, and nothing deeper.
 
-The one entry point that the CLI and the bot share. ``search.embed`` turns the hits
-the cache lacks into vectors (downloads, decoding and encoding overlap); a caller
-that passes ``partial`` is handed the ranking of what is ranked so far as it grows.
+- ``find``: retriever → cache → embed → rank. ``search.embed`` turns the hits the cache
+  lacks into vectors (downloads, decoding and encoding overlap); a caller that passes
+  ``partial`` is handed the ranking of what is ranked so far as it grows.
+- ``more_like``: a stored ranking re-ranked by one pick's cached vector.
+- ``pick_file``: the image a pick attaches, from allow-listed hosts, within a size.
+- ``contact_sheet``: a page of hits drawn as one picture of numbered tiles.
 """
 
 from __future__ import annotations
@@ -20,16 +23,18 @@ import numpy as np
 
 from .clip import ClipEncoder
 from .config import Settings
+from .decode import Decoder
 from .embed import Embedder
-from .errors import AllImagesFailed, InvalidQuery, NoResults
+from .errors import AllImagesFailed, ImageSkipped, InvalidQuery, NoResults, PickForgotten
+from .grid import encode, hits_sheet
 from .hub import check_weights_reachable
-from .imagequery import blend, image_pixels
+from .imagequery import blend, image_pixels, more_like
 from .images import ImageFetcher
 from .models import MAX_TOP, Filters, Query, Source
 from .openverse import OpenverseClient
-from .pixabay import PixabayClient
+from .pixabay import Hit, PixabayClient
 from .ranking import Ranking, ScoredHit, rank
-from .sources import Retriever, label
+from .sources import Retriever, label, share_urls, short_credit
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -62,7 +67,7 @@ Partial = Callable[[PartialRanking], None]
 @dataclass
 class SearchResult:
     tag: str
-    phrase: str
+    phrase: str | None  # None: ranked by the query's image alone
     hits: list[ScoredHit]
     ranking: Ranking
     offset: int
@@ -85,8 +90,16 @@ class SearchResult:
         return self.api_cached and self.downloaded == 0
 
 
+@dataclass(frozen=True)
+class ImageFile:
+    """An image's bytes and the file name to attach them under."""
+
+    data: bytes
+    filename: str
+
+
 async def load_encoder(settings: Settings, *, cache: bool = True,
-                       timeout: float | None = None) -> ClipEncoder:
+                       timeout: float | None = None, export: str = "beside") -> ClipEncoder:
     """Start-up's model steps, shared by the service and ``--check``: the model's name, then
     the weights cached or the hub reachable (one line in seconds instead of a download's
     retries), then the load. Returns a started encoder; the caller closes it."""
@@ -95,7 +108,7 @@ async def load_encoder(settings: Settings, *, cache: bool = True,
                             settings.clip_pretrained)
     encoder = ClipEncoder(settings.clip_model, settings.clip_pretrained, settings.clip_device,
                           backend=settings.clip_backend, precision=settings.clip_precision,
-                          cache_dir=settings.data_dir / "models" if cache else None)
+                          cache_dir=settings.models_dir if cache else None, export=export)
     try:
         await asyncio.wait_for(encoder.start(), timeout)
     except BaseException:
@@ -107,15 +120,17 @@ async def load_encoder(settings: Settings, *, cache: bool = True,
 class SearchService:
     def __init__(self, settings: Settings, *, pixabay: PixabayClient | None,
                  fetcher: ImageFetcher, encoder: ClipEncoder, store: Store,
-                 openverse: OpenverseClient | None = None) -> None:
+                 openverse: OpenverseClient | None = None, decoder: Decoder | None = None
+                 ) -> None:
         self.settings = settings
         self.pixabay = pixabay
         self.openverse = openverse
         self.sources: dict[str, Retriever] = {c.name: c for c in (pixabay, openverse) if c}
         self.fetcher = fetcher
+        self.decoder = decoder or Decoder()
         self.encoder = encoder
         self.store = store
-        self.embedder = Embedder(encoder, variant=settings.image_variant)
+        self.embedder = Embedder(encoder, self.decoder, variant=settings.image_variant)
 
     @classmethod
     @asynccontextmanager
@@ -144,7 +159,8 @@ class SearchService:
             # Openverse thumbnails come from its API host: that host alone joins the list.
             hosts = tuple(dict.fromkeys((*settings.image_hosts, settings.openverse_host)))
             fetcher = ImageFetcher(session, hosts, concurrency=DOWNLOADS_IN_FLIGHT)
-            stack.push_async_callback(fetcher.close)
+            decoder = Decoder()
+            stack.push_async_callback(decoder.close)
             pixabay = None
             if settings.pixabay_api_key:
                 pixabay = PixabayClient(session, api_url=settings.pixabay_api_url,
@@ -158,8 +174,8 @@ class SearchService:
                                             k: v for k, v in pixabay_options.items()
                                             if k in ("timeout", "retries", "backoff", "clock")})
             service = cls(settings, pixabay=pixabay, fetcher=fetcher, encoder=encoder,
-                          store=store, openverse=openverse)
-            await service.embedder.warm_up(fetcher)
+                          store=store, openverse=openverse, decoder=decoder)
+            await service.embedder.warm_up()
             yield service
 
     def source(self, name: str | None) -> Retriever:
@@ -205,6 +221,15 @@ class SearchService:
         ``partial``: called with the ranking so far after newly encoded images, at most
         once every ``partial_interval`` seconds, once the query's vector is known.
         """
+        # One search's vectors come from one backend: the switch from torch to ONNX
+        # Runtime after a first start's export waits until no search holds it.
+        with self.encoder.held():
+            return await self._find_query(query, top=top, offset=offset, progress=progress,
+                                          partial=partial, partial_interval=partial_interval)
+
+    async def _find_query(self, query: Query, *, top: int, offset: int,
+                          progress: Progress | None, partial: Partial | None,
+                          partial_interval: float) -> SearchResult:
         # A Query checks itself when built; a caller's own (a subclass, a copy) is re-checked.
         query = Query(query.tag, query.phrase, query.candidates, query.filters, query.source,
                       query.image)
@@ -220,7 +245,7 @@ class SearchService:
         # A bad picture is refused before any candidate is fetched; the query's encode
         # then runs beside the API call and the downloads.
         pixels = (None if query.image is None
-                  else await image_pixels(self.fetcher, self.encoder, query.image))
+                  else await image_pixels(self.decoder, self.encoder, query.image))
         text_task = asyncio.ensure_future(self._query_vector(phrase, pixels))
         try:
             t0 = time.perf_counter()
@@ -236,7 +261,7 @@ class SearchService:
             so_far = dict(cached)
             last_partial = -float("inf")
 
-            def on_vectors(new: dict[int, np.ndarray]) -> None:
+            def on_vectors(new: dict[int | str, np.ndarray]) -> None:
                 nonlocal last_partial
                 so_far.update(new)
                 now = time.perf_counter()
@@ -281,9 +306,10 @@ class SearchService:
             timings=timings, left_out=left_out, source=retriever.name,
             by_image=query.image is not None)
 
-    async def _query_vector(self, phrase: str, pixels) -> tuple[np.ndarray, bool]:
+    async def _query_vector(self, phrase: str | None, pixels) -> tuple[np.ndarray, bool]:
         """The query's unit vector and whether the phrase was cut to the model's length."""
         if pixels is None:
+            assert phrase is not None  # a Query has a phrase, an image or both
             text = await self.encoder.encode_text(phrase)
             return text.vector, text.truncated
         vectors, _seconds = await self.encoder.encode_images(pixels[None])
@@ -295,6 +321,43 @@ class SearchService:
     def page(self, ranking: Ranking, offset: int, top: int) -> list[ScoredHit]:
         """Another page of a ranking already computed: no Pixabay call, no model call."""
         return ranking.page(offset, top)
+
+    # -- after a search: what a results message asks for -----------------------------
+    async def more_like(self, pick: Hit, among: Ranking) -> Ranking:
+        """``among``'s hits ranked by ``pick``'s own vector, the pick left out.
+
+        Every vector comes from the embedding cache: no source call, no download, no
+        encode. PickForgotten when the pick's vector is gone (pruned, or a new model).
+        """
+        hits = [hit for hit, _ in among.entries]
+        vectors = await self.store.get_embeddings(self.vectors_source(pick.source),
+                                                  self.model_key, [h.id for h in hits])
+        if pick.id not in vectors:
+            raise PickForgotten()
+        return more_like(hits, vectors, pick)
+
+    async def pick_file(self, hit: Hit, max_bytes: int) -> ImageFile | None:
+        """The image a shared pick attaches (the largest the source offers, from an
+        allow-listed host, at most ``max_bytes``); None when none can be had."""
+        for url in share_urls(hit):
+            try:
+                data = await self.fetcher.fetch(url, max_bytes=max_bytes)
+            except ImageSkipped as e:
+                log.info("pick %s: %s from %s", hit.id, e, url.split("?")[0])
+                continue
+            ext = "png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "jpg"
+            return ImageFile(data, f"{hit.source}-{hit.id}.{ext}")
+        return None
+
+    async def contact_sheet(self, items: list[ScoredHit], labels: list[str], *,
+                            captions: list[str] | None = None, fmt: str = "JPEG") -> bytes:
+        """The hits' small images as one picture of tiles, each with its label on top and
+        its caption below (by default the creator and the licence or source), as file
+        bytes. An image that cannot be had leaves a grey tile that still has its label."""
+        if captions is None:
+            captions = [short_credit(item.hit) for item in items]
+        sheet = await hits_sheet(self.fetcher, self.decoder, items, labels, captions)
+        return await asyncio.to_thread(encode, sheet, fmt)
 
 
 def _ms(t0: float) -> float:

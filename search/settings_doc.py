@@ -80,16 +80,24 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CLIP_DEVICE", "The model", "auto (CUDA when present), cpu, cuda or cuda:N"),
     Setting("CLIP_BACKEND", "The model",
             "auto (ONNX Runtime on CPU, torch on CUDA), torch or onnx",
-            "onnx serves on CPU only. ONNX files are exported at the first start and kept in "
-            "DATA_DIR/models/ (see docs/design.md)."),
+            "onnx serves on CPU only. A first start serves with torch while it exports the ONNX "
+            "files beside it, in a child process, and keeps them in MODEL_CACHE_DIR "
+            "(docs/operations.md)."),
     Setting("CLIP_PRECISION", "The model",
             "auto (int8 on CPU, fp16 on CUDA), fp32, fp16 or int8",
-            "fp16 needs CUDA, int8 ONNX Runtime. fp32 turns int8 off (exact torch vectors, "
-            "about 3.5x slower on CPU)."),
+            "fp16 needs CUDA, int8 ONNX Runtime. Each export keeps int8 only if it ranks the "
+            "bundled probe photographs as fp32 does; otherwise fp32 ONNX serves and the log "
+            "and --check say why. fp32 turns int8 off (exact torch vectors, about 3.5x slower "
+            "on CPU)."),
     Setting("DATA_DIR", "Searches and data", "where the SQLite caches and the bot's state live",
             "What each file holds, and backups: docs/operations.md.",
             unset_in_example="Left unset here: copied into the systemd unit's EnvironmentFile, "
                              "a DATA_DIR would win over the unit's /var/lib/findimage."),
+    Setting("MODEL_CACHE_DIR", "Searches and data",
+            "where the exported ONNX model files live; empty: DATA_DIR/models",
+            "`make model` (python -m search.export) fills it ahead of time, so an image build, a "
+            "deploy step or a shared volume can serve many processes; a start then loads no "
+            "torch weights."),
     Setting("SEARCH_CANDIDATES", "Searches and data",
             "Pixabay candidates ranked per search (1-500)", "Pixabay serves at most 500."),
     Setting("MAX_CONCURRENT_SEARCHES", "Searches and data",

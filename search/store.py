@@ -109,6 +109,7 @@ class Store:
             self.db.conn = self.db._connect()
 
         self.rebuilt += 1
+        assert self.db.conn is not None  # found broken while open
         try:
             self.db._pool.submit(rebuild, self.db.conn).result()
         except (sqlite3.Error, OSError) as e:

@@ -113,3 +113,28 @@ async def test_progress_bar_only_on_a_terminal(fake_pixabay, tmp_path):
     code, out, _ = await cli(fake_pixabay, tmp_path, "circle", "a red circle", "--candidates",
                              "30")
     assert code == 0 and "download + encode" not in out
+
+
+async def test_a_start_on_onnx_runtime_shows_no_random_weights_warning(fake_pixabay, tmp_path):
+    # ONNX Runtime (the CPU default) builds the model's architecture without weights first,
+    # for its preprocessing facts; open_clip then warns "Model initialized randomly", which
+    # an operator reads as a broken install. The weights come from the folder (first start,
+    # exported) or from the files checked at that start (second start).
+    args = ("circle", "a red circle on snow", "--candidates", "20", "--top", "1", "--json",
+            "-v")  # -v: the CLI logs at INFO, as the bot does by default
+    env = {"CLIP_BACKEND": "onnx", "CLIP_PRECISION": "fp32"}
+    for start in ("first", "second"):
+        if start == "second":  # the files made ahead, as `make model` does
+            export = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "search.export", "--precision", "fp32", cwd=tmp_path,
+                env={"PATH": "/usr/bin:/bin", **engine_env(fake_pixabay, tmp_path / "data"),
+                     **env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            _, export_err = await asyncio.wait_for(export.communicate(), 300)
+            assert export.returncode == 0, export_err.decode()
+        code, out, err = await cli(fake_pixabay, tmp_path, *args, **env)
+        assert code == 0, err
+        assert "initialized randomly" not in err, f"{start} start: {err}"
+        assert " WARNING " not in err, f"{start} start: {err}"
+        hit = json.loads(out)["hits"][0]
+        assert "circle" in fake_pixabay.truth[hit["id"]].caption  # real weights rank it
+    assert "files checked at export" in err  # the second start served the cached files

@@ -5,8 +5,9 @@ import io
 import pytest
 from PIL import Image
 
+from search.decode import decode_image
 from search.errors import ImageSkipped
-from search.images import check_url, decode_image
+from search.images import check_url
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:

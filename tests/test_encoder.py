@@ -2,6 +2,7 @@
 outlives its callers, with the tiny model loaded through local-dir: as the product loads it."""
 
 import asyncio
+import logging
 import shutil
 from pathlib import Path
 
@@ -96,3 +97,26 @@ def test_preprocessing_comes_from_open_clips_own_config():
     assert (loaded.mean, loaded.std) == (tuple(cfg["mean"]), tuple(cfg["std"]))
     assert (loaded.interpolation, loaded.resize_mode) == (cfg["interpolation"],
                                                           cfg["resize_mode"])
+
+
+async def test_onnx_runtime_refuses_a_folder_without_weights_too(tmp_path, fake_pixabay):
+    # ONNX Runtime builds the architecture quietly first; the weights are still required.
+    folder = without_weights(tmp_path)
+    code, out, err = await cli(fake_pixabay, tmp_path, "circle", "a red circle on snow",
+                               CLIP_MODEL=f"local-dir:{folder}", CLIP_BACKEND="onnx")
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and f"no weights in the folder {folder}" in lines[0], err
+    assert fake_pixabay.api_requests == 0
+
+
+def test_only_an_architecture_without_weights_is_quiet_random_weights_still_warn(
+        tmp_path, caplog):
+    folder = without_weights(tmp_path)
+    caplog.set_level(logging.WARNING)
+    filters = list(logging.getLogger().filters)
+    load_model(f"local-dir:{folder}", None, "cpu", weights=False)  # what ONNX Runtime asks
+    assert not [r for r in caplog.records if "initialized randomly" in r.getMessage()]
+    assert logging.getLogger().filters == filters  # the quiet ends with the call
+    load_model(f"local-dir:{folder}", None, "cpu", random_weights=True)  # the bench's
+    assert [r for r in caplog.records if "initialized randomly" in r.getMessage()]

@@ -1,6 +1,6 @@
 """The GPU path's decode and preprocessing, proven on CPU tensors with the tiny model.
 
-``search.preprocess`` must give the embeddings open_clip's own PIL transform gives,
+``search.decode`` must give the embeddings open_clip's own PIL transform gives,
 and every file the batched decoder should not take must come back for the PIL path.
 """
 
@@ -20,9 +20,8 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from bench.fakes.scenes import ALL_SCENES, jpeg_bytes, render
 from search.clip import ClipEncoder
 from search.config import Settings
+from search.decode import batch_decodable, decode_image, jpeg_info, preprocess
 from search.embed import Embedder
-from search.images import decode_image
-from search.preprocess import batch_decodable, jpeg_info, preprocess
 from search.service import SearchService
 
 TINY_CLIP = Path(__file__).parent / "fixtures" / "tiny-clip"

@@ -52,7 +52,7 @@ async def test_pngs_near_the_pixel_cap_are_refused_before_decoding(service, fake
 
 def test_only_jpegs_may_come_near_20_megapixels():
     from bench.fakes.pixabay import near_cap_png
-    from search.images import decode_image
+    from search.decode import decode_image
 
     with pytest.raises(Exception, match="too large"):
         decode_image(near_cap_png(), min_side=224)

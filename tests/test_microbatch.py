@@ -16,8 +16,8 @@ import torch
 from bench.fakes.scenes import ALL_SCENES, jpeg_bytes, render
 from search.clip import ClipEncoder
 from search.clip.worker import STATS_HISTORY, BatchStats
+from search.decode import decode_image
 from search.embed import Embedder
-from search.images import decode_image
 
 TINY_CLIP = Path(__file__).parent / "fixtures" / "tiny-clip"
 # torchvision 0.29 warns on every decode_jpeg call; the call is what we test.

@@ -10,8 +10,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from search.decode import decode_image
 from search.errors import AllImagesFailed, InvalidQuery, NoResults
-from search.images import decode_image
 from search.pixabay import Filters
 from search.service import DOWNLOADS_IN_FLIGHT, SearchService
 
@@ -44,7 +44,7 @@ async def test_phrase_ranks_matching_scenes_first(service, fake_pixabay, tag, ph
 async def test_stage_times_are_work_not_waiting(service):
     """Decode is decode-thread time and encode is encoder time, not time spent queued."""
     t = (await service.find("circle", "a red circle on snow", candidates=200)).timings
-    threads = service.fetcher._pool._max_workers
+    threads = service.decoder.threads
     assert 0 < t["decode"] <= t["total"] * threads
     assert 0 < t["encode"] <= t["total"]
     assert t["download"] <= t["total"]

@@ -20,7 +20,7 @@ async def test_the_warm_up_calls_every_stage_a_query_calls(settings, fake_pixaba
             if path == "gpu":  # the strategy CUDA gets; the warm-up again, for it
                 svc.embedder.on_device = True
                 stages.clear()
-                await svc.embedder.warm_up(svc.fetcher)
+                await svc.embedder.warm_up()
             warmed = dict(stages)
             assert fake_pixabay.api_requests == fake_pixabay.image_requests == 0
             stages.clear()

@@ -7,7 +7,7 @@ import logging
 import re
 import time
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
@@ -16,11 +16,11 @@ from discord.ext import commands
 from search import metrics
 from search.config import LAYOUTS
 from search.errors import InvalidQuery
-from search.imagequery import MAX_QUERY_IMAGE_BYTES
 from search.models import (
     COLORS,
     IMAGE_TYPES,
     MAX_PHRASE_CHARS,
+    MAX_QUERY_IMAGE_BYTES,
     MAX_TAG_CHARS,
     ORIENTATIONS,
     SOURCES,
@@ -30,9 +30,9 @@ from search.sources import label
 
 from .. import activity
 from ..cooldown import MemberCooldown
-from ..embeds import NEXT, NUMBERS, PREV, provisional_line, results_embeds
+from ..embeds import NEXT, PREV, provisional_line, results_embeds
 from ..errors import Busy, Refusal, reply_error
-from ..pages import Page, render_page, resolve_layout
+from ..pages import Page, post_results, render_page, resolve_layout
 from ..state import ResultsState, View
 
 if TYPE_CHECKING:
@@ -167,27 +167,26 @@ class FindImage(commands.Cog):
             message_id=0, channel_id=interaction.channel_id or 0, guild_id=interaction.guild_id,
             requester_id=interaction.user.id, tag=result.tag, phrase=phrase,
             filters=filters, per_page=count, page=0, seconds=seconds, ranking=result.ranking)
-        page = await render_page(self.bot.service, state, view, 0,
-                                 left_out_note(result.left_out, self.bot.settings))
-        message = await self._replace(provisional, page) if provisional else None
-        if message is None:
-            if provisional is not None and page.file is not None:  # its bytes were read
-                page.file.reset()
-            message = await interaction.followup.send(wait=True, **page.send())
-        interaction.extras["answered"] = True
-        activity.answered(interaction)
-        state.message_id = message.id
-        state.channel_id = message.channel.id if message.channel else state.channel_id
-        await self.bot.state.save_view(message.id, view)
-        # A refused write keeps the results in memory for this message: paging still works.
-        await self.bot.state.save_results(state)
-        if result.truncated:
-            await interaction.followup.send(
-                "Your phrase was longer than the model reads; only its beginning was used.",
-                ephemeral=True)
-        target = self.bot.get_partial_messageable(state.channel_id).get_partial_message(message.id)
-        for emoji in (PREV, NEXT, *NUMBERS[:len(result.hits)]):
-            await target.add_reaction(emoji)
+
+        async def send(page: Page) -> discord.Message:
+            message = await self._replace(provisional, page) if provisional else None
+            if message is None:
+                if provisional is not None and page.file is not None:  # its bytes were read
+                    page.file.reset()
+                message = await interaction.followup.send(wait=True, **page.send())
+            interaction.extras["answered"] = True
+            activity.answered(interaction)
+            return message
+
+        async def note_truncated() -> None:
+            if result.truncated:
+                await interaction.followup.send(
+                    "Your phrase was longer than the model reads; only its beginning was used.",
+                    ephemeral=True)
+
+        await post_results(self.bot, state, view, send,
+                           note=left_out_note(result.left_out, self.bot.settings),
+                           before_reactions=note_truncated)
 
     # -- the provisional page ---------------------------------------------------
     # A cold query on a small CPU takes seconds: past ``provisional_after`` the member
@@ -232,7 +231,7 @@ class FindImage(commands.Cog):
                 partial = latest
                 if partial is None or partial.ranked < min(count, partial.total):
                     continue
-                page = dict(content=provisional_line(tag=tag, phrase=shown,
+                page: dict[str, Any] = dict(content=provisional_line(tag=tag, phrase=shown,
                                                      ranked=partial.ranked, total=partial.total,
                                                      source=source),
                             embeds=results_embeds(partial.ranking.page(0, count)),

@@ -11,8 +11,6 @@ from discord import app_commands
 from discord.ext import commands
 
 from search import metrics
-from search.errors import ImageSkipped
-from search.sources import share_urls, tile_url
 
 from ..discord_text import inline
 from ..embeds import MAGNIFIER, number_index, pick_embed, picks_embeds
@@ -95,15 +93,9 @@ class Picks(commands.Cog):
 
     async def _download(self, hit, limit: int) -> discord.File | None:
         """The image as an attachment, within the upload limit; None if it cannot be had."""
-        for url in share_urls(hit):
-            try:
-                data = await self.bot.service.fetcher.fetch(url, max_bytes=limit)
-            except ImageSkipped as e:
-                log.info("pick %s: %s from %s", hit.id, e, url.split("?")[0])
-                continue
-            ext = "png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "jpg"
-            return discord.File(io.BytesIO(data), filename=f"{hit.source}-{hit.id}.{ext}")
-        return None
+        found = await self.bot.service.pick_file(hit, limit)
+        return None if found is None else discord.File(io.BytesIO(found.data),
+                                                        filename=found.filename)
 
     # -- /picks ------------------------------------------------------------------
     @app_commands.command(name="picks", description="This server's latest shared picks.")
@@ -111,6 +103,7 @@ class Picks(commands.Cog):
     @app_commands.guild_only()
     async def picks(self, interaction: discord.Interaction,
                     member: discord.Member | None = None) -> None:
+        assert interaction.guild_id is not None  # guild_only
         rows = await self.bot.state.latest_picks(interaction.guild_id,
                                                  member.id if member else None)
         lines = [
@@ -120,9 +113,8 @@ class Picks(commands.Cog):
         ]
         title = f"Latest picks by {inline(member.display_name, 200)}" if member else "Latest picks"
         shared = await self.bot.state.shared_picks([p.message_id for p in rows if p.message_id])
-        thumbs = [tile_url(shared[p.message_id].hit) if p.message_id in shared else None
-                  for p in rows]
-        await interaction.response.send_message(embeds=picks_embeds(lines, thumbs, title=title),
+        hits = [shared[p.message_id].hit if p.message_id in shared else None for p in rows]
+        await interaction.response.send_message(embeds=picks_embeds(lines, hits, title=title),
                                                 ephemeral=True)
 
     # -- /findimage-setup picks-channel --------------------------------------------
@@ -132,6 +124,7 @@ class Picks(commands.Cog):
     @app_commands.checks.has_permissions(manage_guild=True)
     async def picks_channel(self, interaction: discord.Interaction,
                             channel: discord.TextChannel | None = None) -> None:
+        assert interaction.guild_id is not None  # guild_only
         await self.bot.state.set_picks_channel(interaction.guild_id,
                                                channel.id if channel else None)
         text = (f"Picks will be posted in {channel.mention}." if channel

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 import discord
 from discord.ext import commands
 
-from search.imagequery import more_like
+from search.errors import PickForgotten
 
-from ..embeds import MAGNIFIER, NEXT, NUMBERS, PREV
-from ..pages import render_page
+from ..embeds import MAGNIFIER
+from ..pages import post_results
 from ..state import ResultsState, View
 
 if TYPE_CHECKING:
@@ -59,20 +59,15 @@ class Similar(commands.Cog):
         started = time.perf_counter()
         channel = self.bot.get_partial_messageable(payload.channel_id, guild_id=payload.guild_id)
         origin = await self.bot.state.get_results(results_message_id)
-        service = self.bot.service
-        vectors = {}
-        if origin is not None:
-            hits = [hit for hit, _ in origin.ranking.entries]
-            vectors = await service.store.get_embeddings(service.vectors_source(pick.source),
-                                                         service.model_key, [h.id for h in hits])
-        if origin is None or pick.id not in vectors:
+        try:
+            if origin is None:  # pruned, or never recorded
+                raise PickForgotten()
+            ranking = await self.bot.service.more_like(pick, origin.ranking)
+        except PickForgotten as e:
             # A reaction cannot be answered privately: a short notice that removes itself.
-            await channel.send(
-                f"<@{payload.user_id}> I no longer have the images behind that pick; run the "
-                "search again to find more like it.", delete_after=60,
-                allowed_mentions=discord.AllowedMentions.none())
+            await channel.send(f"<@{payload.user_id}> {e}", delete_after=60,
+                               allowed_mentions=discord.AllowedMentions.none())
             return
-        ranking = more_like(hits, vectors, pick)
         seconds = time.perf_counter() - started
         link = (f"https://discord.com/channels/{payload.guild_id}/{payload.channel_id}/"
                 f"{payload.message_id}")
@@ -83,15 +78,7 @@ class Similar(commands.Cog):
             ranking=ranking)
         view = await self.bot.state.get_view(results_message_id)
         view = View(layout=view.layout, source=pick.source, link=link)
-        page = await render_page(service, state, view, 0)
-        message = await channel.send(**page.send())
-        state.message_id = message.id
-        await self.bot.state.save_view(message.id, view)
-        await self.bot.state.save_results(state)
-        shown = len(ranking.page(0, state.per_page))
-        for emoji in (PREV, NEXT, *NUMBERS[:shown]):
-            await message.add_reaction(emoji)
-
+        await post_results(self.bot, state, view, lambda page: channel.send(**page.send()))
 
 async def setup(bot: FindImageBot) -> None:
     await bot.add_cog(Similar(bot))

@@ -1,11 +1,11 @@
 """What runs the two towers: torch, or ONNX Runtime on CPU, behind one small interface.
 
 A backend takes a batch of normalised pixels (or tokens) and gives L2-normalised
-float32 vectors. ``open_backend`` chooses one from ``CLIP_BACKEND`` and
-``CLIP_PRECISION``: on CPU the towers are exported to ONNX once, cached under
-``DATA_DIR/models/`` by the model's identity, checked against torch on a fixed
-batch, and served by ONNX Runtime; a file that disagrees is refused, and torch
-serves instead, with the reason in the log.
+float32 vectors. ``choose`` resolves ``CLIP_BACKEND`` and ``CLIP_PRECISION``. On CPU the
+towers are exported to ONNX (``search.clip.export``, in a child process), checked
+against torch on a fixed batch and, for int8, on the bundled probe photographs
+(``search.clip.quality``), and published under ``MODELS/<model>-<precision>-<digest>/``
+with their digest; ``from_cache`` serves files whose digest still matches.
 """
 
 from __future__ import annotations
@@ -14,14 +14,17 @@ import contextlib
 import hashlib
 import io
 import logging
+import os
 import re
 import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -34,13 +37,12 @@ log = logging.getLogger(__name__)
 
 OPSET = 18
 # Cosine between an exported tower's vectors and torch's on the probe batch below
-# which the file is refused. fp32 must be the same function; dynamic int8 is only
-# checked for sanity here (a broken file gives ~0): its ranking quality is what the
-# docs/performance.md's measurement of top-10 overlap is about.
+# which the file is refused. fp32 must be the same function; for dynamic int8 this is
+# a sanity bound (a broken file gives ~0): its ranking is judged on the probe
+# photographs (``search.clip.quality``).
 AGREEMENT = {"fp32": 0.999, "int8": 0.95}
-# What ``auto`` picks on CPU: int8 through ONNX Runtime. Measured on this project's
-# 2-core machine (bench/reference, docs/performance.md): int8 keeps >= 9 of the
-# fp32 top 10 on the tiny model and on ViT-B-32, and is the fastest.
+# What ``auto`` asks for on CPU: int8 through ONNX Runtime, the fastest (bench/reference);
+# each export keeps it only if it ranks the probe photographs as fp32 does.
 AUTO_CPU_PRECISION = "int8"
 
 
@@ -61,7 +63,8 @@ class ImageTower(torch.nn.Module):
         self.m = model
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.normalize(self.m.encode_image(pixels).float(), dim=-1)
+        m: Any = self.m  # open_clip's CLIP: its attributes are not typed
+        return torch.nn.functional.normalize(m.encode_image(pixels).float(), dim=-1)
 
 
 class TorchBackend:
@@ -182,66 +185,112 @@ def _probe(loaded: LoadedModel) -> tuple[torch.Tensor, torch.Tensor]:
     return (pixels - mean) / std, tokens
 
 
-def _export(loaded: LoadedModel, folder: Path, precision: str) -> ExportedFiles:
-    """Write image.onnx and text.onnx into ``folder`` (fp32, then int8 if asked)."""
+def export_towers(loaded: LoadedModel, staging: Path,
+                  on_tower: Callable[[str], None] | None = None) -> ExportedFiles:
+    """Write the fp32 image.onnx and text.onnx into ``staging``."""
     model = loaded.model
     assert model is not None
-    folder.mkdir(parents=True, exist_ok=True)
+    staging.mkdir(parents=True, exist_ok=True)
     pixels, tokens = _probe(loaded)
     text, short = text_module(model, loaded.tokenizer, "cpu")
     if short:
         tokens = cut(model, tokens)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=folder))
+    image_out, text_out = staging / "image.onnx", staging / "text.onnx"
     try:
-        image_fp32, text_fp32 = staging / "image.fp32.onnx", staging / "text.fp32.onnx"
         # Not under no_grad: there nn.MultiheadAttention takes its fused fast path,
         # which has no ONNX form.
         with _quiet_exporters(), torch.inference_mode(False):
             # The image tower through the TorchScript exporter: 4x faster to export than
             # the dynamo one, and its batch axis stays dynamic (checked below).
-            torch.onnx.export(ImageTower(model).eval(), (pixels[:2],), str(image_fp32),
+            torch.onnx.export(ImageTower(model).eval(), (pixels[:2],), str(image_out),
                               dynamo=False, opset_version=OPSET, input_names=["pixels"],
-                              output_names=["vectors"],
+                              output_names=["vectors"], do_constant_folding=True,
                               dynamic_axes={"pixels": {0: "n"}, "vectors": {0: "n"}})
+            if on_tower:
+                on_tower("image")
             # The text tower through the dynamo exporter: the only one that keeps the
             # sequence axis dynamic through the attention, which the short path needs.
             n = torch.export.Dim("n", min=1, max=4096)
             shapes = {0: n}
             if short:
                 shapes[1] = torch.export.Dim("length", min=2, max=loaded.context_length)
-            torch.onnx.export(text.eval(), (tokens,), str(text_fp32), dynamo=True,
+            torch.onnx.export(text.eval(), (tokens,), str(text_out), dynamo=True,
                               opset_version=OPSET, input_names=["tokens"],
                               output_names=["vectors"], dynamic_shapes=(shapes,),
                               external_data=False, verbose=False)
-        image_out, text_out = staging / "image.onnx", staging / "text.onnx"
-        if precision == "int8":
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            with _quiet_exporters():
-                for src, dst in ((image_fp32, image_out), (text_fp32, text_out)):
-                    # per channel: one scale per output row keeps ViT-B-32's top 10
-                    # (9.0 of 10 against 8.5 with one scale per matrix, docs/performance.md)
-                    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
-                                     per_channel=True, op_types_to_quantize=["MatMul", "Gemm"])
-                    src.unlink()
-        else:
-            image_fp32.replace(image_out)
-            text_fp32.replace(text_out)
-        for name in ("image.onnx", "text.onnx"):  # complete files only, never half-written
-            (staging / name).replace(folder / name)
+            if on_tower:
+                on_tower("text")
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
         torch._dynamo.reset()  # its caches hold the traced model, weights and all
-    eos = getattr(model, "text_eos_id", None) if getattr(model, "text_pool_type", "") == "eos" \
-        else None
-    return ExportedFiles(folder / "image.onnx", folder / "text.onnx", precision, short, eos)
+    return ExportedFiles(image_out, text_out, "fp32", short, _eos(model))
 
 
-def agreement(backend: Backend, loaded: LoadedModel) -> float:
+def _eos(model: torch.nn.Module) -> int | None:
+    if getattr(model, "text_pool_type", "") == "eos":
+        return getattr(model, "text_eos_id", None)
+    return None
+
+
+def quantise(fp32: ExportedFiles, folder: Path) -> ExportedFiles:
+    """Dynamic int8 copies of the fp32 files, quantised from the files on disk."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = replace(fp32, image=folder / "image.onnx", text=folder / "text.onnx", precision="int8")
+    with _quiet_exporters():
+        for src, dst in ((fp32.image, out.image), (fp32.text, out.text)):
+            # per channel: one scale per output row keeps ViT-B-32's top 10
+            # (9.0 of 10 against 8.5 with one scale per matrix, docs/performance.md)
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
+                             per_channel=True, op_types_to_quantize=["MatMul", "Gemm"])
+    return out
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What an export is checked on: a fixed random batch (cosine with torch) and the
+    bundled photographs with their phrases (the ranking, ``quality``)."""
+
+    pixels: torch.Tensor
+    tokens: torch.Tensor
+    photos: torch.Tensor
+    phrases: list[torch.Tensor]
+
+    @classmethod
+    def of(cls, loaded: LoadedModel) -> Probe:
+        from PIL import Image
+
+        from .quality import probe_set
+
+        pixels, tokens = _probe(loaded)
+        paths, phrases = probe_set()
+        photos = []
+        for path in paths:
+            with Image.open(path) as im:
+                photos.append(loaded.preprocess(im.convert("RGB")))
+        return cls(pixels, tokens, torch.stack(photos), [loaded.tokenizer([p]) for p in phrases])
+
+    def _scores(self, backend: Backend) -> np.ndarray:
+        images = backend.encode_image(self.photos)
+        texts = np.concatenate([backend.encode_text(t) for t in self.phrases])
+        return texts @ images.T
+
+    def torch_scores(self, loaded: LoadedModel) -> np.ndarray:
+        return self._scores(TorchBackend(loaded))
+
+    def check(self, loaded: LoadedModel, files: ExportedFiles) -> tuple[float, np.ndarray]:
+        """The smallest cosine with torch fp32 on the random batch, and the photographs'
+        scores (phrases x photographs), from ONNX Runtime on ``files``."""
+        served = OnnxBackend(files, None)
+        return agreement(served, loaded, (self.pixels, self.tokens)), self._scores(served)
+
+
+def agreement(backend: Backend, loaded: LoadedModel,
+              probe: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
     """The smallest cosine between ``backend``'s vectors and torch fp32's on the probe."""
     model = loaded.model
     assert model is not None
-    pixels, tokens = _probe(loaded)
+    pixels, tokens = probe or _probe(loaded)
     with torch.inference_mode():
         want_image = ImageTower(model)(pixels.to(loaded.device, loaded.dtype)).cpu().numpy()
         want_text = text_module(model, loaded.tokenizer, loaded.device)[0](
@@ -273,43 +322,127 @@ def _read_meta(folder: Path) -> ExportedFiles | None:
 def _digest(files: ExportedFiles) -> str:
     digest = hashlib.sha256()
     for path in (files.image, files.text):
+        whole = hashlib.sha256()  # hashlib.file_digest is Python 3.11+
         with path.open("rb") as f:
-            digest.update(hashlib.file_digest(f, "sha256").digest())
+            for block in iter(partial(f.read, 1 << 20), b""):
+                whole.update(block)
+        digest.update(whole.digest())
     return digest.hexdigest()
 
 
-def _write_meta(folder: Path, files: ExportedFiles, loaded: LoadedModel,
-                checked: str = "") -> None:
-    """What the files are; ``checked``: their digest once they agreed with torch."""
-    (folder / "export.txt").write_text(
-        f"identity={loaded.identity}\nprecision={files.precision}\n"
-        f"short_text={int(files.short_text)}\neos_id={'' if files.eos_id is None else files.eos_id}\n"
-        f"image_size={loaded.image_size}\nopset={OPSET}\nchecked={checked}\n")
+def _meta_text(facts: dict[str, str]) -> str:
+    return "".join(f"{k}={' '.join(str(v).split())}\n" for k, v in facts.items())
+
+
+def _publish_folder(staged: Path, folder: Path) -> None:
+    """Swap a complete folder in: readers see the old one or the new one, never half."""
+    old = folder.with_name(f".old-{folder.name}-{os.getpid()}")
+    if folder.exists():
+        folder.replace(old)
+    staged.replace(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def publish(loaded: LoadedModel, root: Path, files: ExportedFiles, precision: str, *,
+            extra: dict[str, str] | None = None) -> Path:
+    """Move checked files into their cache folder, with what they are and their digest."""
+    folder = root / cache_key(loaded, precision)
+    staged = files.image.parent / f"publish-{precision}"
+    staged.mkdir()
+    files.image.replace(staged / "image.onnx")
+    files.text.replace(staged / "text.onnx")
+    moved = replace(files, image=staged / "image.onnx", text=staged / "text.onnx")
+    facts = {"identity": loaded.identity, "precision": precision,
+             "short_text": str(int(files.short_text)),
+             "eos_id": "" if files.eos_id is None else str(files.eos_id),
+             "image_size": str(loaded.image_size), "opset": str(OPSET),
+             **(extra or {}), "checked": _digest(moved)}
+    (staged / "export.txt").write_text(_meta_text(facts))
+    _publish_folder(staged, folder)
+    return folder
+
+
+def refuse_int8(loaded: LoadedModel, root: Path, why: str, extra: dict[str, str]) -> None:
+    """The int8 folder says int8 was refused, why, and that the fp32 folder serves."""
+    folder = root / cache_key(loaded, "int8")
+    staged = Path(tempfile.mkdtemp(prefix=".export-refused-", dir=root))
+    facts = {"identity": loaded.identity, "precision": "int8", **extra, "int8_kept": "0",
+             "int8_why": why, "serve": cache_key(loaded, "fp32")}
+    (staged / "export.txt").write_text(_meta_text(facts))
+    _publish_folder(staged, folder)
+
+
+def record_failure(skeleton: LoadedModel, root: Path, precision: str, why: str) -> None:
+    """Remember a failed export, so later starts serve torch without trying again until
+    someone asks (``python -m search.export``)."""
+    folder = root / cache_key(skeleton, precision)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "export.txt").write_text(_meta_text(
+        {"identity": skeleton.identity, "precision": precision, "failed": why,
+         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
+
+
+def failure(skeleton: LoadedModel, root: Path, precision: str) -> str | None:
+    """Why the export failed at an earlier start, or None."""
+    return _facts(root / cache_key(skeleton, precision)).get("failed") or None
+
+
+def forget_failure(skeleton: LoadedModel, root: Path, precision: str) -> None:
+    folder = root / cache_key(skeleton, precision)
+    if _facts(folder).get("failed"):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def published(skeleton: LoadedModel, root: Path, precision: str
+              ) -> tuple[str, Path, str] | None:
+    """(precision that serves, its folder, why not the asked one) if checked files exist."""
+    folder = root / cache_key(skeleton, precision)
+    facts = _facts(folder)
+    if precision == "int8" and facts.get("int8_kept") == "0" and facts.get("serve"):
+        target = root / facts["serve"]
+        if _facts(target).get("checked") and _read_meta(target) is not None:
+            return "fp32", target, facts.get("int8_why", "")
+        return None
+    if facts.get("checked") and _read_meta(folder) is not None:
+        return precision, folder, ""
+    return None
+
+
+@dataclass(frozen=True)
+class Cached:
+    backend: OnnxBackend
+    note: str  # why the asked precision does not serve; "" when it does
+    facts: dict[str, str]
 
 
 def from_cache(skeleton: LoadedModel, cache_dir: Path, precision: str, threads: int | None
-               ) -> OnnxBackend | None:
-    """ONNX Runtime on files checked against torch at an earlier start, unchanged since
-    (same digest): no torch weights are loaded at all. None: the caller loads the
-    weights, and ``open_backend`` checks (or exports) the files against them."""
-    folder = cache_dir / cache_key(skeleton, precision)
+               ) -> Cached | None:
+    """ONNX Runtime on files checked against torch when they were exported, unchanged
+    since (same digest): no torch weights are loaded at all. None: none are ready."""
+    found = published(skeleton, cache_dir, precision)
+    if found is None:
+        return None
+    serves, folder, note = found
     files = _read_meta(folder)
-    checked = _facts(folder).get("checked", "")
-    if files is None or files.precision != precision or not checked:
+    facts = _facts(folder)
+    if files is None or files.precision != serves:
         return None
     try:
-        if _digest(files) != checked:
+        if _digest(files) != facts.get("checked"):
             log.warning("CLIP %s: the ONNX files in %s changed since they were checked; "
-                        "checking them again", skeleton.name, folder)
+                        "exporting them again", skeleton.name, folder)
+            shutil.rmtree(folder, ignore_errors=True)
             return None
         served = OnnxBackend(files, threads)
-    except Exception as e:  # unreadable: the full path checks and replaces them
-        log.warning("CLIP %s: cannot load the ONNX files in %s (%s: %s)", skeleton.name,
-                    folder, type(e).__name__, e)
+    except Exception as e:  # unreadable: exported again
+        log.warning("CLIP %s: cannot load the ONNX files in %s (%s: %s); exporting them "
+                    "again", skeleton.name, folder, type(e).__name__, e)
+        shutil.rmtree(folder, ignore_errors=True)
         return None
-    log.info("CLIP %s: ONNX Runtime serves (%s) the files checked at an earlier start",
-             skeleton.name, precision)
-    return served
+    if note:
+        note = f"int8 was refused at export ({note}); fp32 ONNX serves"
+        facts = {**_facts(cache_dir / cache_key(skeleton, precision)), **facts}
+    return Cached(served, note, facts)
 
 
 def choose(device: str, backend: str, precision: str) -> tuple[str, str]:
@@ -341,59 +474,3 @@ def _onnxruntime_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def open_backend(loaded: LoadedModel, *, backend: str = "auto", precision: str = "auto",
-                 cache_dir: Path | None = None, threads: int | None = None
-                 ) -> tuple[Backend, LoadedModel]:
-    """The backend that serves ``loaded``, and ``loaded`` itself, without its torch model
-    when ONNX Runtime serves (so it is not held twice in memory)."""
-    name, precision = choose(loaded.device, backend, precision)
-    if name == "torch":
-        return TorchBackend(loaded), loaded
-    temporary = cache_dir is None
-    root = Path(tempfile.mkdtemp(prefix="clip-onnx-")) if temporary else cache_dir
-    folder = root / cache_key(loaded, precision)
-    try:
-        served = _onnx(loaded, folder, precision, threads)
-    finally:
-        if temporary:
-            shutil.rmtree(root, ignore_errors=True)
-    if served is None:
-        return TorchBackend(loaded), loaded
-    return served, replace(loaded, model=None)
-
-
-def _onnx(loaded: LoadedModel, folder: Path, precision: str, threads: int | None
-          ) -> OnnxBackend | None:
-    files = _read_meta(folder)
-    cached = files is not None and files.precision == precision
-    if not cached:
-        t0 = time.perf_counter()
-        try:
-            files = _export(loaded, folder, precision)
-        except Exception as e:  # the exporter raises many kinds; torch still serves
-            log.warning("CLIP %s: ONNX export failed (%s: %s); serving with torch",
-                        loaded.name, type(e).__name__, e)
-            return None
-        _write_meta(folder, files, loaded)
-        log.info("CLIP %s: exported to ONNX (%s) in %.1f s: %s", loaded.name, precision,
-                 time.perf_counter() - t0, folder)
-    assert files is not None
-    try:
-        served = OnnxBackend(files, threads)
-        cosine = agreement(served, loaded)
-    except Exception as e:  # a truncated or foreign file: ONNX Runtime cannot load it
-        cosine, served = None, None
-        why = f"{type(e).__name__}: {e}"
-    else:
-        why = f"cosine {cosine:.5f} with torch, below {AGREEMENT[precision]}"
-    if served is not None and cosine is not None and cosine >= AGREEMENT[precision]:
-        _write_meta(folder, files, loaded, checked=_digest(files))
-        log.info("CLIP %s: ONNX Runtime serves (%s, cosine %.5f with torch)", loaded.name,
-                 precision, cosine)
-        return served
-    log.warning("CLIP %s: refused the ONNX files in %s (%s); removed them, serving with "
-                "torch; the next start exports them again", loaded.name, folder, why)
-    shutil.rmtree(folder, ignore_errors=True)
-    return None

@@ -8,12 +8,15 @@ would be noise. Only the benchmark asks for random weights, explicitly.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -79,7 +82,7 @@ def model_identity(model_name: str, pretrained: str | None) -> str:
             if path.is_file() and path.name.startswith("open_clip"):
                 digest.update(path.name.encode())
                 with path.open("rb") as f:
-                    for block in iter(lambda f=f: f.read(1 << 20), b""):
+                    for block in iter(partial(f.read, 1 << 20), b""):
                         digest.update(block)
         return f"local-dir:{folder.name}@{digest.hexdigest()[:16]}"
     if pretrained and Path(pretrained).is_file():
@@ -105,6 +108,26 @@ def identity(model_name: str, pretrained: str | None, random_weights: bool = Fal
     return model_identity(model_name, pretrained)
 
 
+def _not_random_init(record: logging.LogRecord) -> bool:
+    """False for open_clip's warning that a model was built with no weights (it logs on
+    the root logger)."""
+    return not ("open_clip" in record.pathname and record.levelno == logging.WARNING
+                and "initialized randomly" in record.getMessage())
+
+
+@contextlib.contextmanager
+def _architecture_only() -> Iterator[None]:
+    """Building the architecture alone is what was asked: open_clip's "Model initialized
+    randomly" would tell an operator the install is broken, while a backend with its own
+    checked weights serves. A model that should have weights and has none still raises."""
+    root = logging.getLogger()
+    root.addFilter(_not_random_init)
+    try:
+        yield
+    finally:
+        root.removeFilter(_not_random_init)
+
+
 def load_model(model_name: str, pretrained: str | None = None, device: str = "cpu", *,
                random_weights: bool = False, weights: bool = True) -> LoadedModel:
     """Create the model, its tokenizer and its eval transforms; fp16 on CUDA.
@@ -127,7 +150,7 @@ def load_model(model_name: str, pretrained: str | None = None, device: str = "cp
             model = open_clip.create_model(model_name, pretrained=pretrained, device=device,
                                            require_pretrained=not random_weights)
         else:
-            with torch.device("meta"):
+            with torch.device("meta"), _architecture_only():
                 model = open_clip.create_model(model_name, pretrained=pretrained,
                                                device="meta", load_weights=False)
         tokenizer = open_clip.get_tokenizer(model_name)
@@ -148,15 +171,15 @@ def load_model(model_name: str, pretrained: str | None = None, device: str = "cp
     cfg = PreprocessCfg(**open_clip.get_model_preprocess_cfg(model))
     preprocess = image_transform_v2(cfg, is_train=False)
     size = cfg.size if isinstance(cfg.size, (tuple, list)) else (cfg.size, cfg.size)
-    context_length = int(getattr(tokenizer, "context_length", None)
-                         or getattr(model, "context_length", 77))
+    context_length: Any = (getattr(tokenizer, "context_length", None)
+                           or getattr(model, "context_length", 77))
     loaded = LoadedModel(
         name=model_name, pretrained=pretrained,
         identity=identity(model_name, pretrained, random_weights), device=device, dtype=dtype,
         model=model if weights else None, tokenizer=tokenizer, preprocess=preprocess, preprocess_levels=preprocess,
         image_size=(int(size[0]), int(size[1])), mean=tuple(cfg.mean), std=tuple(cfg.std),
         interpolation=cfg.interpolation, resize_mode=cfg.resize_mode,
-        context_length=context_length, random_weights=random_weights)
+        context_length=int(context_length), random_weights=random_weights)
     return replace(loaded, preprocess_levels=levels_transform(loaded))
 
 

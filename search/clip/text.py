@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -46,7 +47,8 @@ def _has_short_layout(m: torch.nn.Module) -> bool:
 
 def end_positions(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     if getattr(model, "text_pool_type", None) == "eos":
-        return (tokens == model.text_eos_id).int().argmax(dim=-1)
+        eos_id: int = getattr(model, "text_eos_id")  # noqa: B009 (an open_clip attribute)
+        return (tokens == eos_id).int().argmax(dim=-1)
     return tokens.argmax(dim=-1)
 
 
@@ -63,7 +65,7 @@ class ShortText(torch.nn.Module):
         self.m = model
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        m = self.m
+        m: Any = self.m  # open_clip's CLIP: its attributes are not typed
         length = tokens.shape[1]
         ends = end_positions(m, tokens)
         cast_dtype = m.transformer.get_cast_dtype()
@@ -86,7 +88,8 @@ class FullText(torch.nn.Module):
         self.m = model
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.normalize(self.m.encode_text(tokens).float(), dim=-1)
+        m: Any = self.m
+        return torch.nn.functional.normalize(m.encode_text(tokens).float(), dim=-1)
 
 
 def text_module(model: torch.nn.Module, tokenizer: Callable, device: str

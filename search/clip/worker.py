@@ -13,23 +13,31 @@ What runs the towers is a backend (``search.clip.backends``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+import shutil
+import tempfile
 import threading
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
 
 from .. import metrics
 from ..store import FeatureVector
-from .backends import Backend, choose, from_cache, open_backend
+from . import backends
+from .backends import Backend, TorchBackend, choose, from_cache
 from .model import LoadedModel, default_threads, from_levels, load_model, resolve_device
 from .text import is_truncated
+
+if TYPE_CHECKING:
+    from .export import ExportChild
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +113,14 @@ class ClipEncoder:
                  max_batch: int | None = None, batch_wait: float = 0.003,
                  text_cache_size: int = 1024, threads: int | None = None,
                  backend: str = "auto", precision: str = "auto",
-                 cache_dir: Path | None = None, random_weights: bool = False) -> None:
+                 cache_dir: Path | None = None, random_weights: bool = False,
+                 export: str = "beside", on_export_progress: ExportProgress | None = None,
+                 export_memory_mb: float | None = None) -> None:
+        """``export``: when no checked ONNX files are cached, ``beside`` serves with torch
+        at once and exports in a child process, switching between batches once the
+        files are checked; ``wait`` returns from ``start()`` once they serve (tests, the
+        bench); ``off`` serves with torch and says why (``--check``). ``export_memory_mb``:
+        the export's memory ceiling (default: the memory available when it starts)."""
         self.model_name = model_name
         self.pretrained = None if model_name.startswith(("local-dir:", "hf-hub:")) else pretrained
         self.device = resolve_device(device)
@@ -119,6 +134,21 @@ class ClipEncoder:
         self.precision_choice = precision
         self.cache_dir = cache_dir
         self.random_weights = random_weights
+        self.export_mode = export
+        self.on_export_progress = on_export_progress
+        self.export_memory_mb = export_memory_mb
+        # What ONNX Runtime's state is, in a sentence, when it does not simply serve what
+        # was asked: an export under way, an int8 refusal, a failed export.
+        self.note = ""
+        self.export_facts: dict[str, str] = {}  # the serving files' export.txt
+        self.export_step: tuple[int, int, str] | None = None
+        self.export_child_peak_mb: float | None = None
+        self._child: ExportChild | None = None  # while an export runs
+        self._root: Path | None = None  # where ONNX files are looked for and exported
+        self._own_root = False
+        self._ask: tuple[LoadedModel, str] | None = None  # (skeleton, precision asked)
+        self._swap_ready = False
+        self._holds = 0
         self.loaded: LoadedModel | None = None
         self.backend: Backend | None = None
         self.stats = BatchStats()
@@ -135,6 +165,11 @@ class ClipEncoder:
         if self.loaded is None:
             raise RuntimeError("the CLIP encoder is not started")
         return self.loaded
+
+    def _serving(self) -> Backend:
+        if self.backend is None:
+            raise RuntimeError("the CLIP encoder is not started")
+        return self.backend
 
     @property
     def identity(self) -> str:
@@ -191,18 +226,50 @@ class ClipEncoder:
         thread.start()
         try:
             await ready
-        except BaseException:
+        except BaseException as e:
             self._thread = None
-            await asyncio.to_thread(thread.join, 30)
+            self._stop_export()  # a start cut short leaves no export behind
+            # A load in progress cannot be stopped: when start-up is cancelled (Ctrl-C,
+            # SIGTERM) the daemon thread is left to end with the process, not waited for.
+            if not isinstance(e, asyncio.CancelledError):
+                await asyncio.to_thread(thread.join, 30)
             raise
 
     async def close(self) -> None:
         with self._cv:
             self._closed = True
             self._cv.notify_all()
+        await asyncio.to_thread(self._stop_export)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 30)
             self._thread = None
+        if self._own_root and self._root is not None:
+            shutil.rmtree(self._root, ignore_errors=True)
+            self._root = None
+
+    @contextlib.contextmanager
+    def held(self):
+        """While held, the backend does not change: one search's vectors all come from
+        the same model files (the switch to ONNX Runtime waits for a quiet moment)."""
+        with self._cv:
+            self._holds += 1
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._holds -= 1
+                self._cv.notify_all()
+
+    @property
+    def exporting(self) -> bool:
+        return self._child is not None and self._child.process.poll() is None
+
+    def _stop_export(self) -> None:
+        child, self._child = self._child, None
+        if child is not None and child.process.poll() is None:
+            child.stop()
+            log.info("CLIP %s: stopped the ONNX export with the process; the next start "
+                     "exports again", self.model_name)
 
     async def __aenter__(self) -> ClipEncoder:
         await self.start()
@@ -214,32 +281,155 @@ class ClipEncoder:
     def _load(self) -> None:
         if self.threads:
             torch.set_num_threads(self.threads)
-        self.backend, self.loaded = None, None
+        self.backend, self.loaded, self.note = None, None, ""
         name, precision = choose(self.device, self.backend_choice, self.precision_choice)
-        if name == "onnx" and self.cache_dir is not None:
-            # Files checked at an earlier start: no torch weights to load at all.
+        plan = False
+        if name == "onnx":
+            if self._root is None:
+                self._own_root = self.cache_dir is None
+                self._root = (Path(tempfile.mkdtemp(prefix="clip-onnx-")) if self._own_root
+                              else self.cache_dir)
+            from .export import remove_stale_staging  # deferred: it is the export's module
+
+            assert self._root is not None
+            remove_stale_staging(self._root)
             skeleton = load_model(self.model_name, self.pretrained, self.device,
                                   random_weights=self.random_weights, weights=False)
-            served = from_cache(skeleton, self.cache_dir, precision, self.threads)
-            if served is not None:
-                self.backend, self.loaded = served, skeleton
+            self._ask = (skeleton, precision)
+            if self._serve_cached(skeleton, precision):
+                pass  # files checked at an export: no torch weights to load at all
+            elif (why := backends.failure(skeleton, self._root, precision)) is not None:
+                self._say(f"the ONNX export failed at an earlier start ({why}); torch serves. "
+                          "Run `python -m search.export` (make model) to try again")
+            elif self.export_mode == "off":
+                self.note = ("no ONNX files exported yet; torch serves until the first start "
+                             "exports them, or run `python -m search.export` (make model)")
+            else:
+                plan = True
         if self.backend is None:
             loaded = load_model(self.model_name, self.pretrained, self.device,
                                 random_weights=self.random_weights)
-            self.backend, self.loaded = open_backend(
-                loaded, backend=name, precision=precision, cache_dir=self.cache_dir,
-                threads=self.threads)
-            if self.loaded.model is None:  # ONNX Runtime serves: torch's copy is gone
-                del loaded
-                gc.collect()
-                for hook in AFTER_CPU_BATCH:
-                    hook()
-        # The first forward pass allocates and picks kernels.
-        self._encode(torch.zeros((1, 3, *self.loaded.image_size), dtype=self.dtype))
-        self.backend.encode_text(self.loaded.tokenizer(["warm up"]).to(self.device))
+            self.backend, self.loaded = TorchBackend(loaded), loaded
+        if plan:
+            self._start_export()
+            child = self._child
+            if self.export_mode == "wait" and child is not None:
+                child.thread.join()
+                self._swap_if_ready()
+        backend = self._serving()
+        self._warm(backend)
         log.info("CLIP %s loaded on %s with %s %s (%s, %s threads)", self.model_name,
-                 self.device, self.backend.name, self.backend.precision, self.identity,
+                 self.device, backend.name, backend.precision, self.identity,
                  self.threads or torch.get_num_threads())
+
+    def _warm(self, backend: Backend) -> None:
+        # The first forward pass allocates and picks kernels.
+        assert self.loaded is not None
+        backend.encode_image(torch.zeros((1, 3, *self.loaded.image_size),
+                                         dtype=backend.input_dtype))
+        if not self.device.startswith("cuda"):
+            for hook in AFTER_CPU_BATCH:
+                hook()
+        backend.encode_text(self.loaded.tokenizer(["warm up"]).to(self.device))
+
+    def _say(self, note: str) -> None:
+        self.note = note
+        log.warning("CLIP %s: %s", self.model_name, note)
+
+    def _serve_cached(self, skeleton: LoadedModel, precision: str) -> bool:
+        assert self._root is not None
+        cached = from_cache(skeleton, self._root, precision, self.threads)
+        if cached is None:
+            return False
+        old = self.loaded
+        self.backend, self.export_facts = cached.backend, cached.facts
+        self.loaded = skeleton if old is None else replace(old, model=None)
+        self._text_cache.clear()  # torch's text vectors are not these files'
+        if cached.note:
+            self._say(cached.note)
+        else:
+            self.note = ""
+            log.info("CLIP %s: ONNX Runtime serves (%s) files checked at export%s",
+                     self.model_name, cached.backend.precision, _figures(cached.facts))
+        if old is not None:  # ONNX Runtime serves: torch's copy goes
+            del old
+            gc.collect()
+            for hook in AFTER_CPU_BATCH:
+                hook()
+        return True
+
+    def _start_export(self) -> None:
+        from .export import ExportChild, available_mb, needed_mb
+
+        assert self._root is not None and self._ask is not None and self.loaded is not None
+        skeleton, precision = self._ask
+        model = self.loaded.model
+        parameters = sum(p.numel() for p in model.parameters()) if model is not None else 0
+        need, free = needed_mb(parameters), available_mb()
+        ceiling = self.export_memory_mb or free
+        if ceiling is not None and ceiling < need:
+            has = (f"its ceiling is {ceiling:.0f} MB" if self.export_memory_mb
+                   else f"{ceiling:.0f} MB are available")
+            why = (f"it needs about {need:.0f} MB and {has}; export on a bigger machine and "
+                   "share MODEL_CACHE_DIR")
+            backends.record_failure(skeleton, self._root, precision, why)
+            self._say(f"the ONNX export was not started ({why}); torch serves. Run "
+                      "`python -m search.export` (make model) to try again")
+            return
+        self.note = "torch serves while the ONNX export runs beside it"
+        started = time.perf_counter()
+        log.info("CLIP %s: torch serves; exporting to ONNX (%s) in a child process "
+                 "(ceiling %s MB)", self.model_name, precision,
+                 "none" if ceiling is None else f"{ceiling:.0f}")
+
+        def progress(done: int, of: int, what: str) -> None:
+            self.export_step = (done, of, what)
+            log.info("CLIP %s: ONNX export %d/%d: %s (%.0f s)", self.model_name, done, of,
+                     what, time.perf_counter() - started)
+            if self.on_export_progress is not None:
+                self.on_export_progress(done, of, what)
+
+        root = self._root
+
+        def finished(error: str | None, final: dict) -> None:
+            if error is not None:
+                backends.record_failure(skeleton, root, precision, error)
+                self._say(f"the ONNX export failed ({error}); torch serves. Run "
+                          "`python -m search.export` (make model) to try again")
+                return
+            self.export_child_peak_mb = final.get("peak_rss_mb")
+            log.info("CLIP %s: ONNX export done in %.0f s (child peak %s MB resident, %s MB "
+                     "address space)", self.model_name, time.perf_counter() - started,
+                     final.get("peak_rss_mb"), final.get("peak_vm_mb"))
+            with self._cv:
+                self._swap_ready = True
+                self._cv.notify_all()
+
+        self._child = ExportChild(self.model_name, self.pretrained, precision, self._root,
+                                  random_weights=self.random_weights, ceiling_mb=ceiling,
+                                  nice=0 if self.export_mode == "wait" else 10,
+                                  on_progress=progress, on_exit=finished)
+
+    def _swap_if_ready(self) -> None:
+        """On the worker, between batches: serve the freshly exported, checked files."""
+        with self._cv:
+            ready, self._swap_ready = self._swap_ready, False
+        if not ready or self._ask is None:
+            return
+        skeleton, precision = self._ask
+        before = self.backend
+        try:
+            if self._serve_cached(skeleton, precision):
+                served = self._serving()
+                self._warm(served)
+                log.info("CLIP %s: switched from torch to ONNX Runtime (%s) between batches",
+                         self.model_name, served.precision)
+                return
+            why = "its files were not found after the export"
+        except Exception as e:  # torch keeps serving; the files are exported again next start
+            why = f"{type(e).__name__}: {e}"
+        self.backend = before
+        self._say(f"the exported ONNX files could not be served ({why}); torch serves")
 
     # -- worker thread ----------------------------------------------------------
     def _run(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future) -> None:
@@ -255,6 +445,9 @@ class ClipEncoder:
             jobs = self._next_jobs()
             if jobs is None:
                 return
+            if not jobs:  # the exported files are ready and no search holds the backend
+                self._swap_if_ready()
+                continue
             try:
                 if jobs[0].kind == "text":
                     results = self._forward_texts(jobs)
@@ -269,8 +462,10 @@ class ClipEncoder:
 
     def _next_jobs(self) -> list[_Job] | None:
         with self._cv:
-            while not (self._texts or self._images or self._closed):
+            while not (self._texts or self._images or self._closed or self._may_swap()):
                 self._cv.wait()
+            if self._may_swap() and not self._closed:
+                return []
             if self._closed:
                 for job in (*self._texts, *self._images):
                     _deliver(job.loop, job.future, None,
@@ -305,15 +500,19 @@ class ClipEncoder:
                 count += job.n
             return jobs
 
+    def _may_swap(self) -> bool:
+        return self._swap_ready and self._holds == 0
+
     def _on_device(self, pixels: torch.Tensor) -> torch.Tensor:
         pixels = pixels.to(self.device, non_blocking=True)
         if pixels.dtype == torch.uint8:
             self.stats.stages["normalise:levels"] += 1
-            pixels = from_levels(pixels, self.loaded.mean, self.loaded.std)
+            loaded = self._need()
+            pixels = from_levels(pixels, loaded.mean, loaded.std)
         return pixels.to(self.dtype)
 
     def _encode(self, batch: torch.Tensor) -> np.ndarray:
-        vectors = self.backend.encode_image(batch)
+        vectors = self._serving().encode_image(batch)
         if not self.device.startswith("cuda"):
             for hook in AFTER_CPU_BATCH:
                 hook()
@@ -328,7 +527,7 @@ class ClipEncoder:
                 (pixels, extra), seconds = _timed(job.payload, self.device)
                 prepared[k] = (extra, seconds)
             else:
-                pixels = job.payload  # type: ignore[assignment]
+                pixels = job.payload
             if pixels is not None and len(pixels):
                 parts.append(pixels)
             rows.append(0 if pixels is None else len(pixels))
@@ -364,14 +563,15 @@ class ClipEncoder:
 
     def _forward_texts(self, jobs: list[_Job]) -> list[object]:
         started = time.perf_counter()
-        phrases = [p for j in jobs for p in j.payload]
-        tokens = self.loaded.tokenizer(phrases).to(self.device)
-        feats = self.backend.encode_text(tokens)
+        phrases = [p for j in jobs for p in cast(list[str], j.payload)]
+        tokens = self._need().tokenizer(phrases).to(self.device)
+        feats = self._serving().encode_text(tokens)
         self.stats.stages["encode:text"] += 1
         self.stats.texts += len(phrases)
         self.stats.record("text", len(phrases))
         elapsed = time.perf_counter() - started
-        out, start = [], 0
+        out: list[object] = []
+        start = 0
         for job in jobs:
             out.append((feats[start:start + job.n], elapsed * job.n / len(phrases)))
             start += job.n
@@ -434,6 +634,16 @@ class ClipEncoder:
         """The text tower on ``phrases``, bypassing the cache (the warm-up's call)."""
         (vectors, _seconds) = await self._submit("text", list(phrases), len(phrases))
         return vectors
+
+
+def _figures(facts: dict[str, str]) -> str:
+    if facts.get("int8_top1"):
+        return (f" (int8 against fp32 on the probe photographs: top-1 {facts['int8_top1']}, "
+                f"Spearman {facts.get('int8_spearman', '?')})")
+    return ""
+
+
+ExportProgress = Callable[[int, int, str], None]
 
 
 def _timed(prepare: Prepare, device: str) -> tuple[tuple, Callable[[], float]]:
