@@ -1,4 +1,4 @@
-"""The Bot subclass: holds the shared resources, loads the cogs, syncs commands."""
+"""The Bot subclass: holds the shared resources, loads the cogs, syncs commands when asked."""
 
 from __future__ import annotations
 
@@ -91,6 +91,9 @@ class FindImageBot(commands.Bot):
     async def setup_hook(self) -> None:
         for name in COGS:
             await self.load_extension(name)
+
+    async def sync_commands(self) -> None:
+        """Publish the commands; start-up calls it once the model serves, not at login."""
         guild_id = self.settings.discord_guild_id
         if guild_id:
             guild = discord.Object(guild_id)

@@ -1,8 +1,10 @@
 """``python -m bot --check``: is everything right before going live?
 
-One row per item, ✔ or ✘ and one line of detail; every ✘ says what to do. Nothing
-goes online: Discord is asked over REST only, Pixabay gets one request (counted in the
-budget, its answer cached for searches), the model is loaded and encodes one image.
+One row per item, ✔ or ✘ and one line of detail; every ✘ says what to do. What it
+contacts: Discord over REST only (a login, never the gateway: the bot does not appear
+online), Pixabay once (counted in the budget, its answer cached for searches), and the
+model hub when the weights are not cached (they download into this user's cache); then
+the model is loaded and encodes one image.
 """
 
 from __future__ import annotations

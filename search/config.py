@@ -7,12 +7,16 @@ sentence names the variable and what is allowed.
 
 from __future__ import annotations
 
+import difflib
+import io
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 from yarl import URL
 
 from .errors import ConfigError
@@ -28,6 +32,12 @@ CLIP_BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx")
 CLIP_PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "int8")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
+# Names that are ours whatever follows; anything else unknown is ours only when it is a
+# near miss of a setting's name (the environment holds many other programs' names).
+OUR_PREFIXES = ("DISCORD_", "PIXABAY_", "CLIP_", "OPENVERSE_", "SEARCH_", "RESULTS_")
+
+log = logging.getLogger(__name__)
+_warned: set[str] = set()  # each unknown name is warned about once a process
 
 
 @dataclass(frozen=True)
@@ -76,8 +86,11 @@ class Settings:
         """Read settings: ``environ`` (default ``os.environ``) first, then ``env_file``."""
         values: dict[str, str] = {}
         if env_file is not None and Path(env_file).is_file():
-            values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
-        values.update(os.environ if environ is None else environ)
+            values.update(read_env_file(Path(env_file)))
+            warn_unknown(values, f"in {env_file}")
+        environ = os.environ if environ is None else environ
+        warn_unknown(environ, "in the environment")
+        values.update(environ)
         return cls.from_mapping(values)
 
     @classmethod
@@ -290,6 +303,49 @@ class Settings:
         """The connection bounds for each database object (Store, State)."""
         return {"pool_size": self.database_pool_size,
                 "max_overflow": self.database_max_overflow}
+
+
+SYSTEMD_NOTIFY = "NOTIFY_SOCKET"  # set by systemd for Type=notify; not one of our settings
+
+
+def notify_socket(environ: Mapping[str, str] | None = None) -> str | None:
+    """Where to tell systemd how start-up goes; None outside a ``Type=notify`` service."""
+    return (os.environ if environ is None else environ).get(SYSTEMD_NOTIFY) or None
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """NAME=value lines, as python-dotenv reads them; a line it cannot read is a ConfigError
+    naming the file and the line (dotenv would skip it, and the setting on it with it)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) else "it is not UTF-8 text"
+        raise ConfigError(f"The env file {path} cannot be read ({why}).") from None
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:  # the line itself is not echoed: it may hold a secret
+            raise ConfigError(f"The env file {path}, line {binding.original.line}, is not "
+                              "NAME=value; fix it or remove it (# starts a comment).")
+    return {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}
+
+
+def setting_names() -> frozenset[str]:
+    return frozenset(f.name.upper() for f in fields(Settings))
+
+
+def warn_unknown(env: Mapping[str, str], where: str) -> None:
+    """Warn once for each name that looks like one of ours but is not, naming the nearest."""
+    known = setting_names()
+    for name in env:
+        if name in known or name in _warned:
+            continue
+        near = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+        if not near and not name.startswith(OUR_PREFIXES):
+            continue
+        _warned.add(name)
+        hint = (f"did you mean {near[0]}?" if near
+                else "python -m bot --help lists the settings.")
+        log.warning("%s (%s) is not a setting /findimage reads, so it is ignored; %s",
+                    name, where, hint)
 
 
 def _url(name: str, raw: str, schemes: tuple[str, ...]) -> str:

@@ -152,3 +152,8 @@ class ImageSkipped(SearchError):
 
 class ModelLoadError(SearchError):
     """The CLIP model could not be loaded."""
+
+
+class ModelHubUnreachable(ModelLoadError):
+    """The weights are not cached and the hub does not answer: the network may come back,
+    so a service restarts later instead of stopping for good."""

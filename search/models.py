@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 
 from .errors import InvalidQuery
 
-MAX_TAG_CHARS = 100  # Pixabay's limit on q
+MAX_TAG_CHARS = 100  # Pixabay's limit on q, kept for every source: one rule for members
 MAX_PHRASE_CHARS = 300
 MAX_CANDIDATES = 500  # Pixabay returns at most 500 hits per query
 MAX_TOP = 50
@@ -60,7 +60,7 @@ def check_tag(tag: str) -> str:
     if not tag:
         raise InvalidQuery("The tag is empty; give one word such as 'tiger'.")
     if len(tag) > MAX_TAG_CHARS:
-        raise InvalidQuery(f"The tag is {len(tag)} characters; Pixabay allows at most "
+        raise InvalidQuery(f"The tag is {len(tag)} characters; use one of at most "
                            f"{MAX_TAG_CHARS}.")
     return tag
 

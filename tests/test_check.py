@@ -96,8 +96,8 @@ WRONG = [
     ("invalid setting", {"CLIP_DEVICE": "tpu"}, "settings",
      "CLIP_DEVICE must be auto, cpu, cuda or cuda:N, not 'tpu'."),
     ("data dir is under a file", {"DATA_DIR": "{tmp}/a-file/data"}, "data dir",
-     "DATA_DIR '{tmp}/a-file/data' cannot be created (not a directory); create it or point "
-     "DATA_DIR at a folder this user may write."),
+     "DATA_DIR '{tmp}/a-file/data' cannot be created: '{tmp}/a-file' is a file, not a "
+     "folder; point DATA_DIR at a folder elsewhere, or move that file aside."),
     ("state file from a newer release", {"DATA_DIR": "{tmp}/newer"}, "data dir",
      "{tmp}/newer/bot.sqlite3 was written by a newer findimage (schema 99; "),
     ("database unreachable", {"DATABASE_URL": "postgresql://postgres@127.0.0.1:9/findimage"},

@@ -43,7 +43,7 @@ def test_blend_is_the_normalised_mean_of_unit_vectors():
 
 
 @pytest.mark.parametrize(("image", "phrase", "message"), [
-    (b"GIF89a not really", None, "The attached file is not an image I can read"),
+    (b"GIF89a not really", None, "The picture is not one I can read"),
     (b"\xff\xd8" + b"\x00" * (10 * 1024 * 1024), None, "The image is 10.5 MB"),
     (None, None, "The phrase is empty"),
 ])

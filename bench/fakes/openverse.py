@@ -110,7 +110,7 @@ class FakeOpenverse:
     def api_url(self) -> str:
         return f"http://{self.host}:{self.port}/v1/"
 
-    async def start(self) -> FakeOpenverse:
+    async def start(self, port: int = 0) -> FakeOpenverse:
         app = web.Application()
         app.router.add_get("/v1/images/", self._search)
         app.on_response_prepare.append(self._extra_headers)
@@ -118,7 +118,7 @@ class FakeOpenverse:
         app.router.add_get("/v1/images/{id}/thumb/", self._thumb)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, 0)
+        site = web.TCPSite(self._runner, self.host, port)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         return self

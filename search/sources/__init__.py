@@ -16,7 +16,7 @@ from __future__ import annotations
 from importlib import import_module
 
 from ..config import Settings
-from ..errors import InvalidQuery
+from ..errors import ConfigError, InvalidQuery
 from ..models import SOURCES, Hit
 from .base import Adapter, Retriever
 
@@ -40,7 +40,11 @@ def adapter(source: str | Hit) -> Adapter:
 def require(settings: Settings, source: str) -> None:
     """Raise ConfigError naming the first setting ``source`` needs and lacks (Pixabay's key;
     Openverse needs nothing)."""
-    settings.require(*adapter(source).required)
+    found = adapter(source)
+    for name in found.required:
+        if not getattr(settings, name.lower()):
+            raise ConfigError(found.missing(name) or f"{name} is not set; put it in the "
+                              "environment or in .env (see .env.example).")
 
 
 def label(source: str) -> str:

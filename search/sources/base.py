@@ -50,6 +50,11 @@ class Adapter(Protocol):
         """Its API's URL from the settings (cached vectors are keyed by it)."""
         ...
 
+    def missing(self, name: str) -> str | None:
+        """The start-up sentence when the required setting ``name`` is unset, or None for
+        the settings' own ("NAME is not set; put it in the environment ...")."""
+        return None
+
     def not_set_up(self, offered: Sequence[str]) -> str:
         """The sentence for a member who asks for it while ``open`` gave None."""
         missing = " and ".join(self.required) or "its settings"

@@ -271,6 +271,11 @@ class Pixabay(Adapter):
     required = ("PIXABAY_API_KEY",)
     table_column = "tags"
 
+    def missing(self, name: str) -> str | None:
+        return ("PIXABAY_API_KEY is not set; put your key from https://pixabay.com/api/docs/ in "
+                "the environment or in .env (see .env.example), or search Openverse, which "
+                "needs no key: SEARCH_SOURCE=openverse (the CLI: --source openverse).")
+
     def open(self, session: aiohttp.ClientSession, settings: Settings, store: Store | None,
              **options: Any) -> PixabayClient | None:
         if not settings.pixabay_api_key:

@@ -168,7 +168,14 @@ def check_data_dir(folder: Path) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DataDirError(f"DATA_DIR '{folder}' cannot be created ({_reason(e)}).") from None
+        blocker = next((p for p in folder.absolute().parents if p.exists() and not p.is_dir()),
+                       None)
+        if blocker is not None:
+            raise DataDirError(f"DATA_DIR '{folder}' cannot be created: '{blocker}' is a file, "
+                               "not a folder; point DATA_DIR at a folder elsewhere, or move "
+                               "that file aside.") from None
+        raise DataDirError(f"DATA_DIR '{folder}' cannot be created ({_reason(e)}); create it "
+                           "or point DATA_DIR at a folder this user may write.") from None
     try:
         with tempfile.TemporaryFile(dir=folder):
             pass
