@@ -18,8 +18,7 @@ from discord.ext import commands
 
 from search.errors import ImageSkipped, InvalidQuery
 from search.images import check_url
-from search.models import MAX_PHRASE_CHARS, MAX_TAG_CHARS, Filters, check_negatives
-from search.pixabay import Hit
+from search.models import MAX_PHRASE_CHARS, MAX_TAG_CHARS, Filters, Hit, check_negatives
 
 from .. import activity
 from ..errors import Refusal, reply_error

@@ -16,7 +16,7 @@ from discord.ext import commands
 
 from search import metrics
 from search.config import LAYOUTS
-from search.errors import LanguageUnsupported
+from search.errors import InvalidQuery, LanguageUnsupported
 from search.models import (
     COLORS,
     IMAGE_TYPES,
@@ -30,8 +30,10 @@ from search.models import (
     check_negatives,
 )
 from search.sources import label
+from search.storage import Unavailable
 
 from .. import activity
+from ..cooldown import MemberCooldown
 from ..embeds import NEXT, PREV, provisional_line
 from ..errors import Busy, Refusal, reply_error
 from ..pages import Page, post_results, render_hits, render_page, resolve_layout
@@ -56,11 +58,6 @@ LAYOUT_CHOICES = [app_commands.Choice(name=v, value=v) for v in LAYOUTS if v != 
 SHOWN_PAGE = re.compile(r"· page (\d+)/\d+")
 
 
-def _cooldown(interaction: discord.Interaction) -> app_commands.Cooldown | None:
-    seconds = interaction.client.settings.user_cooldown_seconds  # type: ignore[attr-defined]
-    return app_commands.Cooldown(1, seconds) if seconds > 0 else None
-
-
 class FindImage(commands.Cog):
     def __init__(self, bot: FindImageBot) -> None:
         self.bot = bot
@@ -72,6 +69,7 @@ class FindImage(commands.Cog):
         self._locks: weakref.WeakValueDictionary[int, asyncio.Lock] = \
             weakref.WeakValueDictionary()
         self.cannot_remove: set[int] = set()  # channels where we may not remove reactions
+        self.cooldown = MemberCooldown(bot.settings.user_cooldown_seconds)
 
     async def cog_app_command_error(self, interaction: discord.Interaction,
                                     error: app_commands.AppCommandError) -> None:
@@ -97,7 +95,6 @@ class FindImage(commands.Cog):
     )
     @app_commands.choices(image_type=IMAGE_TYPE_CHOICES, orientation=ORIENTATION_CHOICES,
                           colors=COLOUR_CHOICES, source=SOURCE_CHOICES, layout=LAYOUT_CHOICES)
-    @app_commands.checks.dynamic_cooldown(_cooldown)
     async def findimage(self, interaction: discord.Interaction,
                         tag: app_commands.Range[str, 1, MAX_TAG_CHARS],
                         phrase: app_commands.Range[str, 1, MAX_PHRASE_CHARS] | None = None,
@@ -128,6 +125,9 @@ class FindImage(commands.Cog):
                           lang=language)
         label = _query_label(phrase or "", image)
         check_negatives(phrase or "", by_image=image is not None)
+        # The member's turn is taken only now that nothing above refused the command.
+        self.cooldown.check(interaction.user.id)
+        turn = self.cooldown.charge(interaction.user.id)
 
         async def picture() -> dict:
             if image is None:
@@ -138,12 +138,13 @@ class FindImage(commands.Cog):
         await self.search(interaction, record, tag=tag, phrase=phrase, count=count,
                           filters=filters, source=retriever.name, picture=picture,
                           layout=layout.value if layout else None, label=label,
-                          final_label=lambda result: _query_label(result.phrase, image))
+                          final_label=lambda result: _query_label(result.phrase, image),
+                          turn=turn)
 
     async def search(self, interaction: discord.Interaction, record, *, tag: str,
                      phrase: str | None, count: int, filters: Filters, source: str,
                      picture: Callable[[], Awaitable[dict]], layout: str | None, label: str,
-                     final_label: Callable[[Any], str]) -> None:
+                     final_label: Callable[[Any], str], turn: float | None = None) -> None:
         """Defer, find (showing a provisional page), answer: /findimage and Apps → Find
         similar images both end here. ``picture`` gives the query's image (bytes or a
         cached vector) once the interaction is deferred."""
@@ -168,7 +169,9 @@ class FindImage(commands.Cog):
                 result, provisional = await self._find_progressively(
                     interaction, tag, phrase, count, filters, source, query_picture, label,
                     view)
-        except BaseException:
+        except BaseException as e:
+            if isinstance(e, InvalidQuery) and turn is not None:  # refused for its text
+                self.cooldown.refund(interaction.user.id, turn)
             await self._done_pending(interaction)
             raise
         finally:
@@ -322,6 +325,12 @@ class FindImage(commands.Cog):
     # -- paging ---------------------------------------------------------------
     @commands.Cog.listener()
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        try:
+            await self._pressed(payload)
+        except Unavailable:  # the database is down: one sentence, never silence
+            await self.bot.say_database_down(payload)
+
+    async def _pressed(self, payload: discord.RawReactionActionEvent) -> None:
         if not self._is_page_press(payload):
             return
         if not await self.bot.state.is_results(payload.message_id):
