@@ -158,7 +158,7 @@ async def test_a_file_from_a_newer_release_is_refused_with_a_sentence(tmp_path):
     with pytest.raises(DataDirError) as info:
         Store(path)
     assert str(info.value) == (
-        f"{path} was written by a newer findimage (schema 7; this one reads up to 3); "
+        f"{path} was written by a newer findimage (schema 7; this one reads up to 2); "
         "upgrade findimage or point DATA_DIR at another folder.")
     assert path.read_bytes() == before
 
@@ -182,4 +182,4 @@ async def test_a_first_release_file_is_upgraded_and_its_unattributable_rows_drop
     assert await store.count_embeddings() == 2
     await store.aclose()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
