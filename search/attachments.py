@@ -46,9 +46,8 @@ def _sentence(reason: str, whose: str) -> str:
     if reason == "too large":
         return f"{_cap(whose)} is over {MB} MB; attach one of at most {MB} MB."
     if reason == "not an image":
-        shown = "The attached file" if whose == "your image" else _cap(whose)
-        return (f"{shown} is not an image I can read; attach a JPEG, PNG, GIF or WebP "
-                "picture.")
+        shown = "The picture is not one" if whose == "your image" else f"{_cap(whose)} is not one"
+        return f"{shown} I can read (not an image); use a JPEG, PNG, GIF or WebP picture."
     if reason in ("http 403", "http 404", "http 410"):
         return f"Discord no longer has {whose} (it may have been deleted); attach it again."
     if reason == "too many redirects":
