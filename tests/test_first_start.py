@@ -24,7 +24,7 @@ from tests.conftest import TINY_CLIP
 pytestmark = pytest.mark.timeout(900)
 
 TINY = f"local-dir:{TINY_CLIP}"
-EXPORT_TIMEOUT = 400.0  # a whole export of the tiny model, on a loaded 2-core host
+EXPORT_TIMEOUT = 800.0  # a whole export of the tiny model, on a 2-core host at load 15
 
 
 async def until(predicate, timeout: float, what: str) -> None:
