@@ -30,7 +30,7 @@ from bot.pages import render_page
 from bot.state import ResultsState, State, View
 from search.clip import ClipEncoder, resolve_device
 from search.config import Settings
-from search.pixabay import Filters
+from search.models import Filters
 from search.service import SearchService
 
 

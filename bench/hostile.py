@@ -116,8 +116,8 @@ async def measure(kind: str, info: dict) -> dict:
     from search.clip import ClipEncoder
     from search.config import Settings
     from search.errors import SearchError
-    from search.pixabay import PixabayClient
     from search.service import SearchService
+    from search.sources.pixabay import PixabayClient
 
     out: dict = {"scenario": kind}
     if kind == "huge":

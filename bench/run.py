@@ -36,8 +36,10 @@ from search.clip import ClipEncoder, load_model, resolve_device
 from search.config import Settings
 from search.errors import ConfigError, ImageSkipped, SearchError
 from search.images import ImageFetcher, check_url
-from search.pixabay import Filters, Hit
+from search.models import Filters
 from search.service import DOWNLOADS_IN_FLIGHT, SearchService
+from search.sources import rank_url
+from search.sources.pixabay import hit_from_api
 from search.tuning import freeze_heap, tune_process
 
 PROVISIONAL_AFTER = 1.5  # bot.cogs.findimage.FindImage.provisional_after (no Discord import)
@@ -259,11 +261,11 @@ class Bench:
                       "per_page": "200"}
             async with self.session.get(self.fake.api_url, params=params) as resp:
                 body = await resp.json()
-            hits = [Hit.from_api(raw) for raw in body["hits"]][:count]
+            hits = [hit_from_api(raw) for raw in body["hits"]][:count]
             if len(hits) < count:
                 raise SystemExit(f"bench: the fake has {len(hits)} photos for '{tag}', "
                                  f"fewer than {count}")
-            urls = [h.variant_url(self.settings.image_variant) for h in hits]
+            urls = [rank_url(h, self.settings.image_variant) for h in hits]
             datas = await asyncio.gather(*(fetcher.fetch(u) for u in urls))
             self.blobs.update(zip(urls, datas, strict=True))
             if tag == COLD_TAG:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .pixabay import Hit
+from .models import Hit
 
 
 def display_score(cosine: float) -> float:

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -31,11 +31,10 @@ from .hub import check_weights_reachable
 from .imagequery import blend, image_pixels, more_like
 from .images import ImageFetcher
 from .inference import RemoteEncoder, model_label
-from .models import MAX_TOP, Filters, Query, Source
-from .openverse import OpenverseClient
-from .pixabay import Hit, PixabayClient
+from .models import MAX_TOP, Filters, Hit, Query, Source
 from .ranking import Ranking, ScoredHit, rank
-from .sources import Retriever, label, share_urls, short_credit
+from .sources import ADAPTERS, Retriever, adapter, label, require, share_urls, short_credit
+from .storage import Unavailable
 from .store import Store
 
 if TYPE_CHECKING:  # torch comes with the in-process encoder only: a thin client has none
@@ -136,14 +135,11 @@ async def connect_encoder(settings: Settings, session: aiohttp.ClientSession, *,
 
 
 class SearchService:
-    def __init__(self, settings: Settings, *, pixabay: PixabayClient | None,
+    def __init__(self, settings: Settings, *, clients: Iterable[Retriever],
                  fetcher: ImageFetcher, encoder: ClipEncoder | RemoteEncoder, store: Store,
-                 openverse: OpenverseClient | None = None, decoder: Decoder | None = None
-                 ) -> None:
+                 decoder: Decoder | None = None) -> None:
         self.settings = settings
-        self.pixabay = pixabay
-        self.openverse = openverse
-        self.sources: dict[str, Retriever] = {c.name: c for c in (pixabay, openverse) if c}
+        self.sources: dict[str, Retriever] = {c.name: c for c in clients}
         self.fetcher = fetcher
         self.decoder = decoder or Decoder()
         self.encoder = encoder
@@ -153,14 +149,16 @@ class SearchService:
     @classmethod
     @asynccontextmanager
     async def open(cls, settings: Settings, *, session: aiohttp.ClientSession | None = None,
-                   encoder: ClipEncoder | RemoteEncoder | None = None, **pixabay_options
+                   encoder: ClipEncoder | RemoteEncoder | None = None, **client_options
                    ) -> AsyncIterator[SearchService]:
         """Open every resource the service needs, load and warm the model, close on exit.
 
-        Pixabay is offered when PIXABAY_API_KEY is set (and must be when it is the
-        default source); Openverse always, anonymously unless given client credentials.
+        Each source is offered when its adapter can open a client from the settings
+        (Pixabay when PIXABAY_API_KEY is set, and it must be when Pixabay is the default
+        source; Openverse always, anonymously unless given client credentials).
+        ``client_options`` (timeout, retries, backoff, clock) go to every client.
         """
-        settings.require_source(settings.search_source)
+        require(settings, settings.search_source)
         async with AsyncExitStack() as stack:
             if session is None:
                 connector = aiohttp.TCPConnector(limit=DOWNLOADS_IN_FLIGHT + 8,
@@ -168,33 +166,30 @@ class SearchService:
                                                  keepalive_timeout=30)
                 session = await stack.enter_async_context(
                     aiohttp.ClientSession(connector=connector))
-            store = await asyncio.to_thread(Store, settings.db_path)
-            stack.push_async_callback(asyncio.to_thread, store.close)
+            store = await asyncio.to_thread(Store, settings.cache_target,
+                                            **settings.database_pool)
+            stack.push_async_callback(store.aclose)
+            try:
+                await store.open()  # a wrong DATABASE_URL is said now, before the model loads
+            except Unavailable as e:  # a cache: searches go on, and it is tried again later
+                log.warning("the search cache is not available yet (%s)", e.detail)
             if encoder is None and settings.inference_url:
                 encoder = await connect_encoder(settings, session)
             elif encoder is None:
                 # The model comes last: every cheaper check has passed by now.
                 encoder = await load_encoder(settings)
                 stack.push_async_callback(encoder.close)
-            # Openverse thumbnails come from its API host: that host alone joins the list.
-            hosts = tuple(dict.fromkeys((*settings.image_hosts, settings.openverse_host)))
+            # IMAGE_HOSTS, and the hosts each source serves its images from (Openverse: its
+            # API host alone).
+            hosts = tuple(dict.fromkeys((*settings.image_hosts, *(
+                host for a in ADAPTERS.values() for host in a.image_hosts(settings)))))
             fetcher = ImageFetcher(session, hosts, concurrency=DOWNLOADS_IN_FLIGHT)
             decoder = Decoder()
             stack.push_async_callback(decoder.close)
-            pixabay = None
-            if settings.pixabay_api_key:
-                pixabay = PixabayClient(session, api_url=settings.pixabay_api_url,
-                                        key=settings.pixabay_api_key, store=store,
-                                        rate_limit=settings.pixabay_rate_limit,
-                                        **pixabay_options)
-            openverse = OpenverseClient(session, api_url=settings.openverse_api_url,
-                                        client_id=settings.openverse_client_id,
-                                        client_secret=settings.openverse_client_secret,
-                                        store=store, **{
-                                            k: v for k, v in pixabay_options.items()
-                                            if k in ("timeout", "retries", "backoff", "clock")})
-            service = cls(settings, pixabay=pixabay, fetcher=fetcher, encoder=encoder,
-                          store=store, openverse=openverse, decoder=decoder)
+            clients = [a.open(session, settings, store, **client_options)
+                       for a in ADAPTERS.values()]
+            service = cls(settings, clients=[c for c in clients if c is not None],
+                          fetcher=fetcher, encoder=encoder, store=store, decoder=decoder)
             await service.embedder.warm_up()
             yield service
 
@@ -203,10 +198,7 @@ class SearchService:
         name = name or self.settings.search_source
         found = self.sources.get(name)
         if found is None:
-            if name == "pixabay":
-                raise InvalidQuery("Pixabay is not set up here (PIXABAY_API_KEY is not set); "
-                                   "choose source openverse.")
-            raise InvalidQuery(f"source must be pixabay or openverse, not '{name}'.")
+            raise InvalidQuery(adapter(name).not_set_up(list(self.sources)))
         return found
 
     def vectors_source(self, name: str) -> Source:
@@ -214,9 +206,7 @@ class SearchService:
         client = self.sources.get(name)
         if client is not None:
             return client.source
-        url = (self.settings.openverse_api_url if name == "openverse"
-               else self.settings.pixabay_api_url)
-        return Source(name, url)
+        return adapter(name).vectors_source(self.settings)
 
     @property
     def model_key(self) -> str:

@@ -19,7 +19,7 @@ from search.clip import ClipEncoder
 from search.config import Settings
 from search.decode import decode_image
 from search.errors import ConfigError, ModelLoadError
-from search.pixabay import Hit
+from search.models import Hit
 from search.ranking import rank
 
 # Each export is a child interpreter: minutes when other jobs share the two cores.

@@ -132,7 +132,7 @@ async def test_an_attached_blue_square_returns_blue_squares_first(bot, fake_disc
 @pytest.mark.parametrize(("options", "expected"), [
     ({}, "Give a phrase, an image, or both"),
     ({"image": ("notes.txt", b"not a picture at all")},
-     "The attached file is not an image I can read"),
+     "The picture is not one I can read"),
     ({"image": ("huge.jpg", b"\xff\xd8" + bytes(11 * 1024 * 1024))},
      "Your image is 11.5 MB; attach one of at most 10 MB."),
     ({"source": "pixabay", "phrase": "x"}, "Pixabay is not set up here"),

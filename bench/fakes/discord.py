@@ -8,7 +8,7 @@ The fake speaks only HTTP/JSON and websocket JSON on 127.0.0.1 (random port); it
 
 FakeDiscord(*, token="test-token", app_id, bot_user_id, guild_id, bot_name="FindImage",
             heartbeat_interval=45000, privileged_intents=0, bot_manage_messages=True)
-  await start() / await close();  api_base, gateway_url, base_url, port
+  await start(port=0) / await close();  api_base, gateway_url, base_url, port (0: any free one)
 
 World: one guild ``guild_id``; text channels ``channels["general"|"nsfw"|"picks"]`` (FakeChannel;
 "nsfw" has nsfw=True); members ``members["owner"|"admin"|"alice"|"bob"]`` (FakeMember; "owner"
@@ -460,7 +460,7 @@ class FakeDiscord:
         s = self._session
         return s is not None and s.conn is not None and not s.conn.closed
 
-    async def start(self) -> None:
+    async def start(self, port: int = 0) -> None:
         app = web.Application(middlewares=[self._middleware], client_max_size=64 * 1024 * 1024)
         app.router.add_get("/gateway", self._gateway)
         app.router.add_get("/attachments/{channel_id}/{attachment_id}/{filename}", self._cdn)
@@ -498,7 +498,7 @@ class FakeDiscord:
         add("*", "/{tail:.*}", self._unknown)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
         self.port = self._runner.addresses[0][1]
 

@@ -15,6 +15,7 @@ from discord.ext import commands
 
 from search import metrics
 from search.config import LAYOUTS
+from search.errors import InvalidQuery
 from search.models import (
     COLORS,
     IMAGE_TYPES,
@@ -26,8 +27,10 @@ from search.models import (
     Filters,
 )
 from search.sources import label
+from search.storage import Unavailable
 
 from .. import activity
+from ..cooldown import MemberCooldown
 from ..embeds import NEXT, PREV, provisional_line, results_embeds
 from ..errors import Busy, Refusal, reply_error
 from ..pages import Page, post_results, render_page, resolve_layout
@@ -52,11 +55,6 @@ LAYOUT_CHOICES = [app_commands.Choice(name=v, value=v) for v in LAYOUTS if v != 
 SHOWN_PAGE = re.compile(r"· page (\d+)/\d+")
 
 
-def _cooldown(interaction: discord.Interaction) -> app_commands.Cooldown | None:
-    seconds = interaction.client.settings.user_cooldown_seconds  # type: ignore[attr-defined]
-    return app_commands.Cooldown(1, seconds) if seconds > 0 else None
-
-
 class FindImage(commands.Cog):
     def __init__(self, bot: FindImageBot) -> None:
         self.bot = bot
@@ -68,6 +66,7 @@ class FindImage(commands.Cog):
         self._locks: weakref.WeakValueDictionary[int, asyncio.Lock] = \
             weakref.WeakValueDictionary()
         self.cannot_remove: set[int] = set()  # channels where we may not remove reactions
+        self.cooldown = MemberCooldown(bot.settings.user_cooldown_seconds)
 
     async def cog_app_command_error(self, interaction: discord.Interaction,
                                     error: app_commands.AppCommandError) -> None:
@@ -92,7 +91,6 @@ class FindImage(commands.Cog):
     )
     @app_commands.choices(image_type=IMAGE_TYPE_CHOICES, orientation=ORIENTATION_CHOICES,
                           colors=COLOUR_CHOICES, source=SOURCE_CHOICES, layout=LAYOUT_CHOICES)
-    @app_commands.checks.dynamic_cooldown(_cooldown)
     async def findimage(self, interaction: discord.Interaction,
                         tag: app_commands.Range[str, 1, MAX_TAG_CHARS],
                         phrase: app_commands.Range[str, 1, MAX_PHRASE_CHARS] | None = None,
@@ -124,6 +122,9 @@ class FindImage(commands.Cog):
         filters = Filters(image_type=image_type.value if image_type else "all",
                           orientation=orientation.value if orientation else "all",
                           colors=(colors.value,) if colors else (), safesearch=safe)
+        # The member's turn is taken only now that nothing above refused the command.
+        self.cooldown.check(interaction.user.id)
+        turn = self.cooldown.charge(interaction.user.id)
         # The slot is taken before the first await: commands arriving together all see it.
         self.pending += 1
         metrics.QUEUE_DEPTH.inc()
@@ -140,7 +141,9 @@ class FindImage(commands.Cog):
                 result, provisional = await self._find_progressively(
                     interaction, tag, phrase, count, filters, retriever.name, data,
                     _query_label(phrase or "", image))
-        except BaseException:
+        except BaseException as e:
+            if isinstance(e, InvalidQuery):  # refused for its text: the turn is given back
+                self.cooldown.refund(interaction.user.id, turn)
             await self._done_pending(interaction)
             raise
         finally:
@@ -271,6 +274,12 @@ class FindImage(commands.Cog):
     # -- paging ---------------------------------------------------------------
     @commands.Cog.listener()
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        try:
+            await self._pressed(payload)
+        except Unavailable:  # the database is down: one sentence, never silence
+            await self.bot.say_database_down(payload)
+
+    async def _pressed(self, payload: discord.RawReactionActionEvent) -> None:
         if not self._is_page_press(payload):
             return
         if not await self.bot.state.is_results(payload.message_id):

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .. import metrics
-from ..store import FeatureVector
+from ..models import FeatureVector
 from ..threads import BACKGROUND_NICENESS
 from . import backends
 from .backends import Backend, TorchBackend, choose, from_cache
@@ -228,10 +228,13 @@ class ClipEncoder:
         thread.start()
         try:
             await ready
-        except BaseException:
+        except BaseException as e:
             self._thread = None
             self._stop_export()  # a start cut short leaves no export behind
-            await asyncio.to_thread(thread.join, 30)
+            # A load in progress cannot be stopped: when start-up is cancelled (Ctrl-C,
+            # SIGTERM) the daemon thread is left to end with the process, not waited for.
+            if not isinstance(e, asyncio.CancelledError):
+                await asyncio.to_thread(thread.join, 30)
             raise
 
     async def close(self) -> None:
