@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from search.pixabay import Filters
+from search.models import Filters
 
 
 def seed_style(*, api_url: str, key: str, tag: str, phrase: str, candidates: int,

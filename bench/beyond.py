@@ -30,7 +30,7 @@ from bot.pages import render_page
 from bot.state import ResultsState, State, View
 from search.clip import ClipEncoder, resolve_device
 from search.config import Settings
-from search.pixabay import Filters
+from search.models import Filters
 from search.service import SearchService
 
 
@@ -52,7 +52,8 @@ async def measure(model: str, runs: int, latency_ms: float, candidates: int,
             # As python -m bench loads it: the default backend, seeded random weights.
             encoder = ClipEncoder(model, None, device, backend=backend,
                                   cache_dir=Path(scratch) / "models",
-                                  random_weights=not model.startswith("local-dir:"))
+                                  random_weights=not model.startswith("local-dir:"),
+                                  export="wait")
             async with encoder:
                 out["backend"] = f"{encoder.backend.name} {encoder.backend.precision}"
                 log(f"serving with {out['backend']}")

@@ -128,8 +128,8 @@ async def run(a: argparse.Namespace) -> dict:
                             ["-m", "bench.seedproc", "--model", a.model, "--api-url",
                              fake.api_url, "--key", fake.key, "--tag", COLD_TAG, "--phrase",
                              PHRASE, "--candidates", str(a.candidates)], ROOT, sys.executable)
-                    row["load_before"] = os.getloadavg()
                     rows.setdefault(scenario, []).append(row)
+                    print(json.dumps({scenario: row}), flush=True)
     return {"model": a.model, "repo": str(repo), "candidates": a.candidates,
             "machine": machine("cpu"), "rows": rows}
 
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--candidates", type=int, default=200)
     p.add_argument("--runs", type=int, default=1)
     p.add_argument("--repo", type=Path, default=ROOT)
-    p.add_argument("--only", nargs="+", default=["first-start", "first-query", "seed"],
+    p.add_argument("--only", nargs="+", default=["first-query", "seed", "first-start"],
                    choices=["first-start", "first-query", "seed"])
     p.add_argument("--out", type=Path)
     a = p.parse_args(argv)

@@ -116,8 +116,8 @@ async def measure(kind: str, info: dict) -> dict:
     from search.clip import ClipEncoder
     from search.config import Settings
     from search.errors import SearchError
-    from search.pixabay import PixabayClient
     from search.service import SearchService
+    from search.sources.pixabay import PixabayClient
 
     out: dict = {"scenario": kind}
     if kind == "huge":
@@ -142,7 +142,7 @@ async def measure(kind: str, info: dict) -> dict:
             "PIXABAY_API_URL": info["api_url"], "PIXABAY_API_KEY": info["key"],
             "IMAGE_HOSTS": "127.0.0.1", "CLIP_MODEL": f"local-dir:{TINY}",
             "CLIP_DEVICE": "cpu", "DATA_DIR": data})
-        encoder = ClipEncoder(f"local-dir:{TINY}", None, "cpu")
+        encoder = ClipEncoder(f"local-dir:{TINY}", None, "cpu", export="wait")
         async with encoder, SearchService.open(settings, encoder=encoder) as service:
             count = 40 if kind == "png" else 190
             t0 = time.perf_counter()

@@ -36,8 +36,10 @@ from search.clip import ClipEncoder, load_model, resolve_device
 from search.config import Settings
 from search.errors import ConfigError, ImageSkipped, SearchError
 from search.images import ImageFetcher, check_url
-from search.pixabay import Filters, Hit
+from search.models import Filters
 from search.service import DOWNLOADS_IN_FLIGHT, SearchService
+from search.sources import rank_url
+from search.sources.pixabay import hit_from_api
 from search.tuning import freeze_heap, tune_process
 
 PROVISIONAL_AFTER = 1.5  # bot.cogs.findimage.FindImage.provisional_after (no Discord import)
@@ -259,11 +261,11 @@ class Bench:
                       "per_page": "200"}
             async with self.session.get(self.fake.api_url, params=params) as resp:
                 body = await resp.json()
-            hits = [Hit.from_api(raw) for raw in body["hits"]][:count]
+            hits = [hit_from_api(raw) for raw in body["hits"]][:count]
             if len(hits) < count:
                 raise SystemExit(f"bench: the fake has {len(hits)} photos for '{tag}', "
                                  f"fewer than {count}")
-            urls = [h.variant_url(self.settings.image_variant) for h in hits]
+            urls = [rank_url(h, self.settings.image_variant) for h in hits]
             datas = await asyncio.gather(*(fetcher.fetch(u) for u in urls))
             self.blobs.update(zip(urls, datas, strict=True))
             if tag == COLD_TAG:
@@ -390,14 +392,15 @@ class Bench:
                 self.encoder = saved
         return row
 
-    async def fresh(self, data_dir: Path) -> dict:
-        """One query in a new process (``bench.fresh``), timed from its start to its exit."""
+    async def fresh(self, data_dir: Path, *, until_onnx: bool = False) -> dict:
+        """One query in a new process (``bench.fresh``), timed from its start to its exit;
+        ``until_onnx``: it stays until the export beside it serves (a first start)."""
         o = self.o
         args = ["-m", "bench.fresh", "--model", o.model, "--device", self.encoder.device,
                 "--backend", o.backend, "--precision", o.precision, "--api-url",
                 self.fake.api_url, "--key", self.fake.key, "--tag", COLD_TAG, "--phrase",
                 next(self.phrases), "--data-dir", str(data_dir), "--candidates",
-                str(o.candidates)]
+                str(o.candidates), *(["--until-onnx"] if until_onnx else [])]
         t0 = time.perf_counter()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, *args, cwd=ROOT, stdout=asyncio.subprocess.PIPE,
@@ -460,7 +463,8 @@ async def run(o: Options) -> Results:
     async with FakeProcess(o.latency_ms, per_scene) as fake:
         encoder = ClipEncoder(o.model, None, device, threads=o.threads, max_batch=o.max_batch,
                               backend=o.backend, precision=o.precision,
-                              random_weights=not o.model.startswith("local-dir:"))
+                              random_weights=not o.model.startswith("local-dir:"),
+                              export="wait")  # measure what serves once the export is done
         t0 = time.perf_counter()
         async with encoder:
             freeze_heap()
@@ -530,7 +534,7 @@ async def scenarios(bench: Bench, res: Results) -> None:
             data_dir = bench.scratch / f"fresh-{r}"
             if r == 0 and bench.encoder.backend.name == "onnx":
                 log("fresh process: one start to export the ONNX files (not timed)")
-                await bench.fresh(data_dir.with_name("fresh-export"))
+                await bench.fresh(data_dir.with_name("fresh-export"), until_onnx=True)
                 shutil.copytree(data_dir.with_name("fresh-export") / "models",
                                 bench.scratch / "models-exported")
             if (bench.scratch / "models-exported").is_dir():

@@ -20,6 +20,7 @@ from discord import app_commands
 
 from search import metrics
 from search.errors import AllImagesFailed, InvalidQuery, NoResults, SearchError
+from search.models import SOURCES
 
 from .errors import Busy, Refusal
 
@@ -128,7 +129,7 @@ def begin(interaction: discord.Interaction, tag: str, phrase: str) -> SearchReco
     record = interaction.extras.get(_KEY)
     if record is None:
         default = getattr(getattr(interaction.client, "settings", None), "search_source", None)
-        source = str(getattr(interaction.namespace, "source", None) or default or "pixabay")
+        source = str(getattr(interaction.namespace, "source", None) or default or SOURCES[0])
         record = SearchRecord(
             interaction_id=interaction.id, guild_id=interaction.guild_id,
             channel_id=interaction.channel_id, member_id=interaction.user.id, source=source,

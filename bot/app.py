@@ -1,8 +1,9 @@
-"""The Bot subclass: holds the shared resources, loads the cogs, syncs commands."""
+"""The Bot subclass: holds the shared resources, loads the cogs, syncs commands when asked."""
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import discord
@@ -12,6 +13,7 @@ import yarl
 from discord.ext import commands
 
 from search.config import Settings
+from search.storage import Unavailable
 
 from .shards import IdentifyTurns
 from .state import State
@@ -22,7 +24,7 @@ if TYPE_CHECKING:  # the service imports torch, which loads last (see bot/__main
 
 log = logging.getLogger(__name__)
 
-COGS = ("bot.cogs.findimage", "bot.cogs.picks", "bot.cogs.similar")
+COGS = ("bot.cogs.findimage", "bot.cogs.picks", "bot.cogs.similar", "bot.cogs.apps")
 
 # What the invite link asks for (the README quotes its value).
 INVITE_PERMISSIONS = discord.Permissions(
@@ -82,6 +84,26 @@ class FindImageBot(commands.AutoShardedBot):
         self.state = state
         self.synced: list[discord.app_commands.AppCommand] = []
         self.metrics_url: str | None = None  # where /metrics is served, when it is
+        self._down_notices: dict[int, float] = {}  # message id -> when we last said so
+
+    async def say_database_down(self, payload: discord.RawReactionActionEvent) -> None:
+        """A press on one of our messages met a database that is down: say so in one public
+        sentence that pings nobody and removes itself (a reaction has no private reply),
+        at most once a minute a message."""
+        me = self.user
+        if me is None or payload.user_id == me.id or payload.message_author_id != me.id:
+            return
+        now = time.monotonic()
+        self._down_notices = {k: t for k, t in self._down_notices.items() if now - t < 60}
+        if payload.message_id in self._down_notices:
+            return
+        self._down_notices[payload.message_id] = now
+        channel = self.get_partial_messageable(payload.channel_id, guild_id=payload.guild_id)
+        try:
+            await channel.send(f"<@{payload.user_id}> {Unavailable.SENTENCE}", delete_after=60,
+                               allowed_mentions=discord.AllowedMentions.none())
+        except discord.HTTPException as e:
+            log.info("could not say the database is down: %s", e)
 
     @property
     def service(self) -> SearchService:
@@ -97,6 +119,9 @@ class FindImageBot(commands.AutoShardedBot):
     async def setup_hook(self) -> None:
         for name in COGS:
             await self.load_extension(name)
+
+    async def sync_commands(self) -> None:
+        """Publish the commands; start-up calls it once the model serves, not at login."""
         guild_id = self.settings.discord_guild_id
         if guild_id:
             guild = discord.Object(guild_id)

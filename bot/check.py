@@ -1,8 +1,10 @@
 """``python -m bot --check``: is everything right before going live?
 
-One row per item, ✔ or ✘ and one line of detail; every ✘ says what to do. Nothing
-goes online: Discord is asked over REST only, Pixabay gets one request (counted in the
-budget, its answer cached for searches), the model is loaded and encodes one image.
+One row per item, ✔ or ✘ and one line of detail; every ✘ says what to do. What it
+contacts: Discord over REST only (a login, never the gateway: the bot does not appear
+online), Pixabay once (counted in the budget, its answer cached for searches), and the
+model hub when the weights are not cached (they download into this user's cache); then
+the model is loaded and encodes one image.
 """
 
 from __future__ import annotations
@@ -60,11 +62,8 @@ def load_settings(env_file: Path | None) -> tuple[Row, Settings | None]:
 
 
 async def data_dir(settings: Settings) -> Row:
-    """The start-up's own DATA_DIR check, and the state file sound and not too new."""
-    from search.sqlite import Corrupt, Database, StorageError, check_data_dir
-    from search.store import MIGRATIONS as CACHE_MIGRATIONS
-
-    from .state import MIGRATIONS as STATE_MIGRATIONS
+    """The start-up's own DATA_DIR check, and its SQLite files sound and not too new."""
+    from search.storage import Corrupt, Database, StorageError, check_data_dir
 
     try:
         path = check_data_dir(settings.data_dir).absolute()
@@ -76,14 +75,15 @@ async def data_dir(settings: Settings) -> Row:
                     "may write.")
         return Row("data dir", False, said)
     notes = []
-    for name, migrations, what in (("bot.sqlite3", STATE_MIGRATIONS, "the bot's state"),
-                                   ("search.sqlite3", CACHE_MIGRATIONS, "the search cache")):
+    files = () if settings.database_url else (("bot.sqlite3", "state", "the bot's state"),
+                                              ("search.sqlite3", "cache", "the search cache"))
+    for name, branch, what in files:
         file = path / name
         if not file.exists():
             continue
-        db = Database(file, migrations, what=what)
-        try:
-            await db.open_async()  # connects, runs quick_check, reads the schema version
+        db = Database(file, branch=branch, what=what)
+        try:  # quick_check and the schema version, as start-up does; nothing written
+            await asyncio.to_thread(db.precheck)
         except Corrupt as e:
             if name == "search.sqlite3":  # a cache: start-up moves it aside and rebuilds it
                 notes.append(f"{name} is corrupt and will be rebuilt")
@@ -92,11 +92,27 @@ async def data_dir(settings: Settings) -> Row:
                                           "from a backup (see docs/operations.md) or move it aside.")
         except (StorageError, DataDirError) as e:  # busy, unreadable, or from a newer release
             return Row("data dir", False, str(e))
-        finally:
-            await db.aclose()
     held = ", ".join([f"{p.name} {_size(p.stat().st_size)}"
                       for p in sorted(path.glob("*.sqlite3"))] + notes) or "no databases yet"
     return Row("data dir", True, f"{path} is writable, {_size(free)} free ({held})")
+
+
+async def database(settings: Settings) -> Row:
+    """DATABASE_URL: connect, and compare its schema with this release's."""
+    from search.storage import DatabaseUrlError, Unavailable
+    from search.storage.database import inspect_server
+
+    if not settings.database_url:
+        return Row("database", True, "SQLite files in DATA_DIR (DATABASE_URL is empty: one "
+                                     "process a DATA_DIR)")
+    try:
+        return Row("database", True, await asyncio.wait_for(
+            inspect_server(settings.database_url), TIMEOUT))
+    except DatabaseUrlError as e:
+        return Row("database", False, str(e))
+    except (Unavailable, asyncio.TimeoutError) as e:
+        detail = getattr(e, "detail", "") or "no answer in time"
+        return Row("database", False, f"{detail}; start PostgreSQL, or check DATABASE_URL.")
 
 
 async def discord_login(settings: Settings) -> Row:
@@ -159,16 +175,19 @@ async def redis(settings: Settings) -> Row:
 
 
 async def pixabay_key(settings: Settings, *, cache: bool) -> Row:
-    from search.pixabay import PixabayClient
+    from search.sources import adapter
+    from search.sources.pixabay import PixabayClient
     from search.store import Store
 
-    if not settings.pixabay_api_key and settings.search_source == "openverse":
+    if not settings.pixabay_api_key and \
+            "PIXABAY_API_KEY" not in adapter(settings.search_source).required:
         return Row("pixabay", True, "PIXABAY_API_KEY is not set: only Openverse is offered "
-                                    "(SEARCH_SOURCE=openverse)")
+                                    f"(SEARCH_SOURCE={settings.search_source})")
     if not settings.pixabay_api_key:
         return Row("pixabay", False, "PIXABAY_API_KEY is not set; put it in the environment or "
                                      "in the env file (https://pixabay.com/api/docs/).")
-    store = await asyncio.to_thread(Store, settings.db_path) if cache else None
+    store = (await asyncio.to_thread(Store, settings.cache_target, **settings.database_pool)
+             if cache else None)
     try:
         async with aiohttp.ClientSession() as session:
             client = PixabayClient(session, api_url=settings.pixabay_api_url,
@@ -192,7 +211,7 @@ async def pixabay_key(settings: Settings, *, cache: bool) -> Row:
         return Row("pixabay", False, str(e))
     finally:
         if store is not None:
-            await asyncio.to_thread(store.close)
+            await store.aclose()
 
 
 async def model(settings: Settings, *, cache: bool):
@@ -305,7 +324,7 @@ async def run(env_file: Path | None, out: TextIO = sys.stdout, *, setup_logs: bo
     row, settings = load_settings(env_file)
     show(row)
     if settings is None:
-        for item in ("data dir", "redis", "discord", "pixabay", "model", "encode"):
+        for item in ("data dir", "database", "redis", "discord", "pixabay", "model", "encode"):
             show(Row(item, None, "not checked: the settings must be valid first"))
         return 1
     if setup_logs:
@@ -313,6 +332,8 @@ async def run(env_file: Path | None, out: TextIO = sys.stdout, *, setup_logs: bo
                    secrets=(settings.discord_token or "", settings.pixabay_api_key or ""))
     show(await data_dir(settings))
     writable = bool(rows[-1].ok)
+    show(await database(settings))
+    writable = writable and bool(rows[-1].ok)
     show(await redis(settings))
     show(await discord_login(settings))
     show(await pixabay_key(settings, cache=writable))  # no cache where DATA_DIR fails

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import discord
 
-from search.pixabay import Hit
+from search.models import SOURCES, Hit
 from search.ranking import ScoredHit
-from search.sources import HOMES, credit, display_url, label, licence_label, tile_url
+from search.sources import ADAPTERS, Adapter, credit, display_url, label, licence_label, tile_url
 
 from .discord_text import (
     AUTHOR,
@@ -26,13 +26,17 @@ PREV, NEXT = "\N{BLACK LEFT-POINTING TRIANGLE}\N{VARIATION SELECTOR-16}", \
     "\N{BLACK RIGHT-POINTING TRIANGLE}\N{VARIATION SELECTOR-16}"
 NUMBERS = tuple(f"{d}\N{VARIATION SELECTOR-16}\N{COMBINING ENCLOSING KEYCAP}" for d in "123456789"
                 ) + ("\N{KEYCAP TEN}",)
-PIXABAY_GREEN = 0x2EC66D
-OPENVERSE_BLUE = 0x3C5BD1
+LISTS_GREEN = 0x2EC66D  # the picks lists, whatever source each pick came from
 MAGNIFIER = "\N{LEFT-POINTING MAGNIFYING GLASS}"  # 🔍 on a pick: more like this
 
 
+def _source(name: str) -> Adapter:
+    """The named source's adapter; the default one for a name no longer offered."""
+    return ADAPTERS.get(name) or ADAPTERS[SOURCES[0]]
+
+
 def colour(source: str) -> int:
-    return OPENVERSE_BLUE if source == "openverse" else PIXABAY_GREEN
+    return _source(source).colour
 
 
 def number_index(emoji: str) -> int | None:
@@ -81,18 +85,26 @@ def results_embeds(items: Sequence[ScoredHit]) -> list[discord.Embed]:
 
 
 def summary_line(*, tag: str, phrase: str, candidates: int, seconds: float, page: int,
-                 pages: int, note: str = "", source: str = "pixabay", link: str = "") -> str:
-    """The results message's first lines; ``link`` makes the bold label a link (more like)."""
+                 pages: int, note: str = "", source: str = "pixabay", link: str = "",
+                 folded: int = 0) -> str:
+    """The results message's first lines; ``link`` makes the bold label a link (more like).
+    ``folded``: near-duplicates left out of the ranking, said in the small line."""
     tail = (f" · tag {escape(tag)} · {candidates} candidates ranked in {seconds:.1f} s · "
             f"page {page + 1}/{pages}\n"
             f"-# ◀️ ▶️ more results · 1️⃣… share a pick · images from "
-            f"[{label(source)}]({HOMES.get(source, HOMES['pixabay'])})"
+            f"[{label(source)}]({_source(source).home})"
+            + (f" · {folded_note(folded)}" if folded else "")
             + (f"\n{note}" if note else ""))
     target = _link_target(link) if http_url(link) else ""
     # The phrase gives way first: the rest of the line is ours and short.
     room = CONTENT - len(tail) - 4 - (len(target) + 4 if target else 0)
     head = f"**{clip(escape(phrase), room)}**"
     return (f"[{head}]({target})" if target else head) + tail
+
+
+def folded_note(folded: int) -> str:
+    return (f"{folded} near-duplicate{'s' if folded != 1 else ''} folded into "
+            "better-ranked images")
 
 
 def grid_embed(items: Sequence[ScoredHit], filename: str, source: str) -> discord.Embed:
@@ -131,7 +143,7 @@ def _link_target(url: str) -> str:
 
 def picks_list_embed(lines: Sequence[str], *, title: str) -> discord.Embed:
     return fit_embeds([discord.Embed(title=title, description="\n".join(lines) or "No picks yet.",
-                                     colour=PIXABAY_GREEN)])[0]
+                                     colour=LISTS_GREEN)])[0]
 
 
 def picks_embeds(lines: Sequence[str], hits: Sequence[Hit | None], *, title: str
@@ -142,7 +154,7 @@ def picks_embeds(lines: Sequence[str], hits: Sequence[Hit | None], *, title: str
     embeds = []
     for i, (line, hit) in enumerate(zip(lines[:10], hits, strict=False)):
         embed = discord.Embed(title=title if i == 0 else None, description=line,
-                              colour=PIXABAY_GREEN)
+                              colour=LISTS_GREEN)
         thumb = tile_url(hit) if hit is not None else None
         if thumb and http_url(thumb):
             embed.set_thumbnail(url=thumb)
@@ -154,5 +166,5 @@ def provisional_line(*, tag: str, phrase: str, ranked: int, total: int,
                      source: str = "pixabay") -> str:
     """The first line of a results message while the ranking is still growing."""
     tail = (f" · tag {escape(tag)} · ranked {ranked} of {total}… · the order may still "
-            f"change\n-# images from [{label(source)}]({HOMES.get(source, HOMES['pixabay'])})")
+            f"change\n-# images from [{label(source)}]({_source(source).home})")
     return f"**{clip(escape(phrase), CONTENT - len(tail) - 4)}**{tail}"

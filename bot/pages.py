@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import discord
 
+from search.ranking import ScoredHit
+
 from .embeds import NEXT, NUMBERS, PREV, grid_embed, results_embeds, summary_line
 from .state import ResultsState, View
 
@@ -23,9 +25,10 @@ if TYPE_CHECKING:
     from .app import FindImageBot
 
 GRID_FILE = "results.jpg"
-# With more than 4 hits a list page is several screens of stacked embeds; a contact
-# sheet shows them all at once. Up to 4, the embeds' own links and credits fit a screen.
-AUTO_GRID_ABOVE = 4
+# The bot answers with one embed per hit (page link, image, score, credit), and the
+# default count is 5; above that a list page is several screens of stacked embeds, and
+# one contact sheet shows them all at once.
+AUTO_GRID_ABOVE = 5
 
 
 def resolve_layout(layout: str, count: int) -> str:
@@ -59,9 +62,17 @@ class Page:
 async def render_page(service: SearchService, state: ResultsState, view: View, page: int,
                       note: str = "") -> Page:
     hits = state.ranking.page(page * state.per_page, state.per_page)
-    content = summary_line(tag=state.tag, phrase=state.phrase, candidates=len(state.ranking),
-                           seconds=state.seconds, page=page, pages=state.pages, note=note,
-                           source=view.source, link=view.link)
+    content = summary_line(tag=state.tag, phrase=state.phrase,
+                           candidates=len(state.ranking) + state.ranking.folded, seconds=state.seconds, page=page, pages=state.pages, note=note,
+                           source=view.source, link=view.link,
+                           folded=state.ranking.folded)
+    return await render_hits(service, hits, view, content)
+
+
+async def render_hits(service: SearchService, hits: list[ScoredHit], view: View,
+                      content: str) -> Page:
+    """``hits`` in the view's layout under ``content`` (the provisional page draws here too,
+    so it looks as the final page will)."""
     if view.layout != "grid":
         return Page(content, results_embeds(hits), None)
     # Tiles are numbered as the reactions are: 1️⃣ shares the first tile of this page.

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 from typing import TYPE_CHECKING
@@ -28,7 +29,7 @@ PICK_SEARCH_SLACK = 120.0  # seconds before a claim in which its message may hav
 
 
 async def answer_pending(bot: FindImageBot) -> int:
-    """Edit every search left "thinking…" by a previous run; returns how many were answered."""
+    """Edit every search left "thinking…" by a dead run; returns how many were answered."""
     pending = await bot.state.take_pending()
     if not pending:
         return 0
@@ -72,6 +73,21 @@ async def reconcile_picks(bot: FindImageBot) -> None:
             log.info("recorded pick %s, posted before the restart", pick.id)
         else:
             await bot.state.drop_pick(pick.id)
+
+
+async def sweep_forever(bot: FindImageBot, every: float) -> None:
+    """With a shared database: finish, every ``every`` s, what processes that died left."""
+    from search.storage import StorageError
+
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await answer_pending(bot)
+            await reconcile_picks(bot)
+        except StorageError as e:  # the server is down: the next sweep tries again
+            log.info("could not look for work left by dead processes (%s)", e)
+        except Exception:
+            log.exception("the sweep for work left by dead processes failed")
 
 
 def _is_pick_message(message: discord.Message, pick) -> bool:

@@ -1,78 +1,68 @@
-"""SQLite: results messages, picks, pending searches and per-server settings (DATA_DIR/bot.sqlite3).
+"""What a reaction needs: results messages, picks, pending searches and per-server settings.
 
+DATA_DIR/bot.sqlite3 by default; with DATABASE_URL, PostgreSQL, shared by every process.
 Everything a reaction needs lives here, so paging and sharing work on old messages
-after a restart. The file is opened through ``search.sqlite.Database``: WAL, a busy
-timeout, ``quick_check`` at open, versioned migrations, one thread for every call.
+after a restart, or in another process. The database is opened through
+``search.storage.Database`` (on SQLite: WAL, a busy timeout, ``quick_check`` at open).
 
-A crash (``kill -9``) at any point leaves something the next start or the next press
-can finish: searches still "thinking" are answered at start-up, a pick claimed by a
-process that died no longer blocks the image, and a page is recorded before the message
-is edited. A write that fails (a full disk) keeps the results in memory for their message
-and writes them when it can; the member is not told of a failure that did not touch them.
+A crash (``kill -9``) at any point leaves something the next start or another process can
+finish. Each process start is a run, which beats (``runs.seen_at``) while it lives:
+- searches still "thinking" are answered by whoever finds their run dead: on SQLite (one
+  process a DATA_DIR) every other run is dead; on PostgreSQL a run is dead once it has not
+  beaten for ``run_timeout`` seconds, or once it closed;
+- a pick claimed by a dead run no longer blocks the image, and is reconciled (found in
+  the channel, or dropped) by the process that adopts it;
+- a page is recorded before the message is edited.
+A write that fails (a full disk, the server down) keeps the results in memory for their
+message and writes them when it can; the member is not told of a failure that did not touch
+them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
-import sqlite3
 import time
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.models import Filters
-from search.pixabay import Hit
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from search.models import Filters, Hit
 from search.ranking import Ranking
-from search.sqlite import Corrupt, Database, StorageError, write
+from search.storage import Corrupt, Database, StorageError, upsert
+from search.storage.database import MAX_OVERFLOW, POOL_SIZE
+from search.storage.schema import (
+    guild_settings,
+    pending_interactions,
+    picks,
+    results,
+    results_view,
+    runs,
+    shared_picks,
+)
 
 log = logging.getLogger(__name__)
+
+RECENT_TAG_DAYS = 30  # a server's searches suggested as tags for this long
 
 DAY = 86400.0
 INTERACTION_TTL = 15 * 60.0  # Discord: an interaction token works for 15 minutes
 EXPIRED_NOTE_DAYS = 365  # an expired message keeps a ~100-byte row this long, to say so
 UNSAVED_LIMIT = 256  # results kept in memory while the disk refuses them
 PRUNE_EVERY = 3600.0
-
-MIGRATIONS = (
-    # 1: the first release.
-    """
-    CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    CREATE TABLE IF NOT EXISTS results (
-        message_id INTEGER PRIMARY KEY, channel_id INTEGER NOT NULL, guild_id INTEGER,
-        requester_id INTEGER NOT NULL, tag TEXT NOT NULL, phrase TEXT NOT NULL,
-        filters TEXT NOT NULL, per_page INTEGER NOT NULL, page INTEGER NOT NULL,
-        seconds REAL NOT NULL, ranking TEXT NOT NULL, created_at REAL NOT NULL);
-    CREATE TABLE IF NOT EXISTS picks (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, guild_id INTEGER NOT NULL,
-        image_id INTEGER NOT NULL, member_id INTEGER NOT NULL, phrase TEXT NOT NULL,
-        page_url TEXT NOT NULL, source_message_id INTEGER NOT NULL, channel_id INTEGER,
-        message_id INTEGER, created_at REAL NOT NULL);
-    CREATE INDEX IF NOT EXISTS picks_recent ON picks (guild_id, created_at);
-    CREATE TABLE IF NOT EXISTS guild_settings (
-        guild_id INTEGER PRIMARY KEY, picks_channel_id INTEGER);
-    """,
-    # 2: crash safety and pruning.
-    """
-    DROP TABLE IF EXISTS meta;
-    ALTER TABLE results ADD COLUMN turning INTEGER NOT NULL DEFAULT 0;
-    CREATE INDEX results_age ON results (created_at);
-    ALTER TABLE picks ADD COLUMN run_id INTEGER NOT NULL DEFAULT 0;
-    CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, started_at REAL NOT NULL);
-    CREATE TABLE pending_interactions (
-        interaction_id INTEGER PRIMARY KEY, application_id INTEGER NOT NULL,
-        token TEXT NOT NULL, created_at REAL NOT NULL);
-    """,
-    # 3: how a results message looks (layout, source, "more like" link), and the pick
-    # messages 🔍 can start from.
-    """
-    CREATE TABLE results_view (message_id INTEGER PRIMARY KEY, view TEXT NOT NULL);
-    CREATE TABLE shared_picks (
-        message_id INTEGER PRIMARY KEY, pick_id INTEGER NOT NULL,
-        results_message_id INTEGER NOT NULL, hit TEXT NOT NULL);
-    """,
-)
+# A run beats every HEARTBEAT s; one silent for RUN_TIMEOUT s is dead (PostgreSQL only),
+# so a killed process's searches are answered within about RUN_TIMEOUT + HEARTBEAT s,
+# well inside an interaction token's 15 minutes, and a slow beat is never taken for death.
+HEARTBEAT = 5.0
+RUN_TIMEOUT = 20.0
+PICK_LOCK = zlib.crc32(b"findimage pick") - 2**31  # int4; pg_advisory_xact_lock's first key for claims
 
 
 @dataclass
@@ -132,7 +122,7 @@ class SharedPick:
 class Pick:
     id: int
     guild_id: int
-    image_id: int
+    image_id: int | str
     member_id: int
     phrase: str
     page_url: str
@@ -149,20 +139,42 @@ class PendingInteraction:
     created_at: float
 
 
+RESULT_COLUMNS = (results.c.message_id, results.c.channel_id, results.c.guild_id,
+                  results.c.requester_id, results.c.tag, results.c.phrase, results.c.filters,
+                  results.c.per_page, results.c.page, results.c.seconds, results.c.ranking,
+                  results.c.turning, results.c.created_at)
+PICK_COLUMNS = (picks.c.id, picks.c.guild_id, picks.c.image_id, picks.c.member_id,
+                picks.c.phrase, picks.c.page_url, picks.c.channel_id, picks.c.message_id,
+                picks.c.created_at)
+
+
 class State:
-    def __init__(self, path: Path | str, *, clock=time.time, keep_days: int = 30) -> None:
-        self.path = Path(path)
+    """``target`` is the SQLite file, or a ``postgresql://`` URL (DATABASE_URL)."""
+
+    def __init__(self, target: Path | str, *, clock=time.time, keep_days: int = 30,
+                 pool_size: int = POOL_SIZE, max_overflow: int = MAX_OVERFLOW,
+                 heartbeat: float = HEARTBEAT, run_timeout: float = RUN_TIMEOUT) -> None:
         self.clock = clock
         self.keep = keep_days * DAY
-        self.db = Database(self.path, MIGRATIONS, what="the bot's state")
+        self.db = Database(target, branch="state", what="the bot's state",
+                           pool_size=pool_size, max_overflow=max_overflow)
+        self.path = self.db.path
+        self.heartbeat = heartbeat
+        self.run_timeout = run_timeout
         self.run_id = 0
         self._unsaved: OrderedDict[int, ResultsState] = OrderedDict()
         self._unsaved_views: OrderedDict[int, View] = OrderedDict()
         self._pruned_at = 0.0
+        self._beating: asyncio.Task | None = None
+
+    @property
+    def shared(self) -> bool:
+        """Other processes use this state too (PostgreSQL): their runs may be alive."""
+        return self.db.shared
 
     async def open(self) -> State:
         try:
-            await self.db.open_async()
+            await self.db.open()
         except Corrupt as e:
             from search.errors import DataDirError
 
@@ -170,23 +182,36 @@ class State:
             raise DataDirError(
                 f"DATA_DIR file {self.path} is corrupt ({e}); restore it from a backup "
                 "(see docs/operations.md) or move it aside to start with no saved results.") from None
+        now = self.clock()
 
-        def start(conn: sqlite3.Connection) -> int:
-            with write(conn):
-                run_id = conn.execute("INSERT INTO runs (started_at) VALUES (?)",
-                                      (self.clock(),)).lastrowid
-                assert run_id is not None  # an INSERT always sets it
-                return run_id
+        async def start(conn: AsyncConnection) -> int:
+            return (await conn.execute(sa.insert(runs).values(started_at=now, seen_at=now)
+                                       .returning(runs.c.id))).scalar_one()
 
-        self.run_id = await self.db.run(start)
+        try:
+            self.run_id = await self.db.run(start)
+        except BaseException:
+            await self.db.aclose()
+            raise
         await self.prune()
+        self._beating = asyncio.create_task(self._beat_forever(), name="state heartbeat")
         return self
 
     async def close(self) -> None:
+        if self._beating is not None:
+            self._beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beating
+            self._beating = None
         if self._unsaved:
             await self._flush()
         if self._unsaved:
             log.warning("%d results could not be written before shutdown", len(self._unsaved))
+        try:  # closed cleanly: what this run left is anyone's at once
+            await self._update(sa.update(runs).where(runs.c.id == self.run_id)
+                               .values(seen_at=0.0))
+        except StorageError as e:
+            log.info("could not mark this run closed (%s)", e)
         await self.db.aclose()
 
     async def __aenter__(self) -> State:
@@ -195,16 +220,48 @@ class State:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    # -- liveness -------------------------------------------------------------
+    async def beat(self) -> None:
+        """Say this run is alive, and write what the database refused before."""
+        await self._update(sa.update(runs).where(runs.c.id == self.run_id)
+                           .values(seen_at=self.clock()))
+        if self._unsaved:
+            await self._flush()
+
+    async def _beat_forever(self) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            try:
+                await self.beat()
+                if failing:
+                    log.info("the bot's state answers again")
+                failing = False
+            except StorageError as e:
+                if not failing:
+                    log.warning("could not note this run alive (%s); trying again every "
+                                "%.0f s", getattr(e, "detail", "") or e, self.heartbeat)
+                failing = True
+
+    def _dead(self, run_id: sa.ColumnElement, now: float) -> sa.ColumnElement[bool]:
+        """``run_id`` names a run that is not this one and no longer lives."""
+        if not self.shared:  # one process a DATA_DIR: every other run has ended
+            return run_id != self.run_id
+        alive = sa.select(runs.c.id).where(runs.c.seen_at >= now - self.run_timeout)
+        return sa.and_(run_id != self.run_id, run_id.not_in(alive))
+
     # -- results --------------------------------------------------------------
     @staticmethod
-    def _row(s: ResultsState, now: float) -> tuple:
-        return (s.message_id, s.channel_id, s.guild_id, s.requester_id, s.tag, s.phrase,
-                json.dumps(s.filters.to_dict()), s.per_page, s.page, s.seconds,
-                json.dumps(s.ranking.to_dict(), separators=(",", ":")),
-                s.created_at or now, int(s.turning))
+    def _row(s: ResultsState, now: float) -> dict[str, Any]:
+        return {"message_id": s.message_id, "channel_id": s.channel_id,
+                "guild_id": s.guild_id, "requester_id": s.requester_id, "tag": s.tag,
+                "phrase": s.phrase, "filters": json.dumps(s.filters.to_dict()),
+                "per_page": s.per_page, "page": s.page, "seconds": s.seconds,
+                "ranking": json.dumps(s.ranking.to_dict(), separators=(",", ":")),
+                "created_at": s.created_at or now, "turning": int(s.turning)}
 
     async def save_results(self, s: ResultsState) -> bool:
-        """Write the results; if the disk refuses, keep them in memory and say False."""
+        """Write the results; if the database refuses, keep them in memory and say False."""
         if not s.created_at:
             s.created_at = self.clock()
         self._unsaved.pop(s.message_id, None)
@@ -215,23 +272,20 @@ class State:
         return s.message_id not in self._unsaved
 
     async def _flush(self) -> None:
-        """Write what the disk refused before, oldest first; stop at the first refusal."""
+        """Write what the database refused before, oldest first; stop at the first refusal."""
         while self._unsaved:
             message_id, s = next(iter(self._unsaved.items()))
             row = self._row(s, self.clock())
 
-            def q(conn: sqlite3.Connection, row=row) -> None:
-                with write(conn):
-                    conn.execute("INSERT OR REPLACE INTO results (message_id, channel_id, "
-                                  "guild_id, requester_id, tag, phrase, filters, per_page, page, "
-                                  "seconds, ranking, created_at, turning) VALUES "
-                                  "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+            async def q(conn: AsyncConnection, row=row) -> None:
+                await upsert(conn, results, row)
 
             try:
                 await self.db.run(q)
             except StorageError as e:
-                log.warning("results of message %s kept in memory; the state file refused them "
-                            "(%s: %s)", message_id, type(e).__name__, e)
+                log.warning("results of message %s kept in memory; the state database refused "
+                            "them (%s: %s)", message_id, type(e).__name__,
+                            getattr(e, "detail", "") or e)
                 while len(self._unsaved) > UNSAVED_LIMIT:
                     dropped, _ = self._unsaved.popitem(last=False)
                     log.warning("results of message %s dropped from memory", dropped)
@@ -243,13 +297,11 @@ class State:
         if message_id in self._unsaved:
             return self._unsaved[message_id]
 
-        def q(conn: sqlite3.Connection):
-            return conn.execute(
-                "SELECT message_id, channel_id, guild_id, requester_id, tag, phrase, filters, "
-                "per_page, page, seconds, ranking, turning, created_at FROM results "
-                "WHERE message_id=?", (message_id,)).fetchone()
+        async def q(conn: AsyncConnection):
+            return (await conn.execute(sa.select(*RESULT_COLUMNS).where(
+                results.c.message_id == message_id))).first()
 
-        row = await self.db.run(q)
+        row = await self.db.run(q, write=False)
         if row is None:
             return None
         expired = row[10] == ""
@@ -258,15 +310,42 @@ class State:
                             Filters.from_dict(json.loads(row[6])), row[7], row[8], row[9],
                             ranking, turning=bool(row[11]), expired=expired, created_at=row[12])
 
+    async def recent_tags(self, guild_id: int | None, prefix: str, limit: int = 25
+                          ) -> list[str]:
+        """Tags this server searched lately that start with ``prefix``, latest first;
+        never another server's."""
+        if guild_id is None:
+            return []
+        prefix = " ".join(prefix.lower().split())
+        since = self.clock() - RECENT_TAG_DAYS * DAY
+        tag = sa.func.lower(results.c.tag)
+
+        async def q(conn: AsyncConnection) -> list[str]:
+            rows = await conn.execute(
+                sa.select(tag, sa.func.max(results.c.created_at).label("last"))
+                .where(results.c.guild_id == guild_id, tag >= prefix,
+                       tag < prefix + "\U0010ffff", results.c.created_at >= since)
+                .group_by(tag).order_by(sa.desc("last")).limit(limit))
+            return [row[0] for row in rows]
+
+        try:
+            found = await self.db.run(q, write=False)
+        except StorageError as e:
+            log.warning("could not read recent tags (%s)", e)
+            found = []
+        unsaved = [s.tag.lower() for s in reversed(self._unsaved.values())
+                   if s.guild_id == guild_id and s.tag.lower().startswith(prefix)]
+        return list(dict.fromkeys([*unsaved, *found]))[:limit]
+
     async def is_results(self, message_id: int) -> bool:
         if message_id in self._unsaved:
             return True
 
-        def q(conn: sqlite3.Connection) -> bool:
-            return conn.execute("SELECT 1 FROM results WHERE message_id=?",
-                                (message_id,)).fetchone() is not None
+        async def q(conn: AsyncConnection) -> bool:
+            return (await conn.execute(sa.select(results.c.message_id).where(
+                results.c.message_id == message_id))).first() is not None
 
-        return await self.db.run(q)
+        return await self.db.run(q, write=False)
 
     async def set_page(self, s: ResultsState, page: int, *, turning: bool) -> None:
         """Record the page (``turning``: before the message edit; False once it is shown)."""
@@ -274,14 +353,9 @@ class State:
         if s.message_id in self._unsaved:
             await self._flush()
             return
-
-        def q(conn: sqlite3.Connection) -> None:
-            with write(conn):
-                conn.execute("UPDATE results SET page=?, turning=? WHERE message_id=?",
-                             (page, int(turning), s.message_id))
-
         try:
-            await self.db.run(q)
+            await self._update(sa.update(results).where(results.c.message_id == s.message_id)
+                               .values(page=page, turning=int(turning)))
         except StorageError as e:
             log.warning("page of message %s kept in memory (%s)", s.message_id, e)
             self._unsaved[s.message_id] = s
@@ -290,19 +364,22 @@ class State:
         """Drop rankings older than RESULTS_KEEP_DAYS (a slim row says they expired)."""
         now = self.clock()
         self._pruned_at = now
+        gone = now - self.keep - EXPIRED_NOTE_DAYS * DAY
 
-        def q(conn: sqlite3.Connection) -> int:
-            with write(conn):
-                n = conn.execute("UPDATE results SET ranking='' WHERE created_at < ? AND "
-                                 "ranking != ''", (now - self.keep,)).rowcount
-                conn.execute("DELETE FROM results_view WHERE message_id IN (SELECT message_id "
-                             "FROM results WHERE created_at < ?)",
-                             (now - self.keep - EXPIRED_NOTE_DAYS * DAY,))
-                conn.execute("DELETE FROM results WHERE created_at < ?",
-                             (now - self.keep - EXPIRED_NOTE_DAYS * DAY,))
-                conn.execute("DELETE FROM pending_interactions WHERE created_at < ?",
-                             (now - INTERACTION_TTL,))
-                return n
+        async def q(conn: AsyncConnection) -> int:
+            n = (await conn.execute(sa.update(results).where(
+                results.c.created_at < now - self.keep, results.c.ranking != "")
+                .values(ranking=""))).rowcount
+            await conn.execute(sa.delete(results_view).where(results_view.c.message_id.in_(
+                sa.select(results.c.message_id).where(results.c.created_at < gone))))
+            await conn.execute(sa.delete(results).where(results.c.created_at < gone))
+            await conn.execute(sa.delete(pending_interactions).where(
+                pending_interactions.c.created_at < now - INTERACTION_TTL))
+            # runs that ended long ago and left no claim behind
+            await conn.execute(sa.delete(runs).where(
+                runs.c.seen_at < now - self.keep, runs.c.id != self.run_id,
+                runs.c.id.not_in(sa.select(picks.c.run_id).where(picks.c.message_id.is_(None)))))
+            return n
 
         try:
             pruned = await self.db.run(q)
@@ -316,12 +393,11 @@ class State:
 
     # -- searches in flight ---------------------------------------------------
     async def add_pending(self, interaction_id: int, application_id: int, token: str) -> None:
-        now = self.clock()
+        row = {"interaction_id": interaction_id, "application_id": application_id,
+               "token": token, "created_at": self.clock(), "run_id": self.run_id}
 
-        def q(conn: sqlite3.Connection) -> None:
-            with write(conn):
-                conn.execute("INSERT OR REPLACE INTO pending_interactions VALUES (?, ?, ?, ?)",
-                             (interaction_id, application_id, token, now))
+        async def q(conn: AsyncConnection) -> None:
+            await upsert(conn, pending_interactions, row)
 
         try:
             await self.db.run(q)
@@ -329,27 +405,25 @@ class State:
             log.warning("could not note search %s as pending (%s)", interaction_id, e)
 
     async def done_pending(self, interaction_id: int) -> None:
-        def q(conn: sqlite3.Connection) -> None:
-            with write(conn):
-                conn.execute("DELETE FROM pending_interactions WHERE interaction_id=?",
-                             (interaction_id,))
-
         try:
-            await self.db.run(q)
+            await self._update(sa.delete(pending_interactions).where(
+                pending_interactions.c.interaction_id == interaction_id))
         except StorageError as e:
             log.warning("could not clear pending search %s (%s)", interaction_id, e)
 
     async def take_pending(self) -> list[PendingInteraction]:
-        """Searches a previous run deferred and never answered, still within 15 minutes."""
-        now = self.clock()
+        """Searches that dead runs deferred and never answered, still within 15 minutes.
 
-        def q(conn: sqlite3.Connection) -> list[tuple]:
-            with write(conn):
-                rows = conn.execute("SELECT interaction_id, application_id, token, created_at "
-                                    "FROM pending_interactions WHERE created_at >= ?",
-                                    (now - INTERACTION_TTL,)).fetchall()
-                conn.execute("DELETE FROM pending_interactions")
-                return rows
+        Taken atomically (DELETE ... RETURNING): two processes never both answer one.
+        """
+        now = self.clock()
+        p = pending_interactions
+
+        async def q(conn: AsyncConnection) -> list[Any]:
+            await conn.execute(sa.delete(p).where(p.c.created_at < now - INTERACTION_TTL))
+            return list((await conn.execute(
+                sa.delete(p).where(self._dead(p.c.run_id, now)).returning(
+                    p.c.interaction_id, p.c.application_id, p.c.token, p.c.created_at))).all())
 
         return [PendingInteraction(*row) for row in await self.db.run(q)]
 
@@ -361,96 +435,95 @@ class State:
 
         Returns the pick's id, or None for a duplicate. A claim left unposted by a run
         that died blocks nothing: this run takes it over, so the press posts the image.
+        A live run's unposted claim (another process, a moment ago) does block it.
         """
         now = self.clock()
-        run_id = self.run_id
+        image = str(image_id)
 
-        def q(conn: sqlite3.Connection) -> int | None:
-            with write(conn):
-                dup = conn.execute(
-                    "SELECT 1 FROM picks WHERE guild_id=? AND image_id=? AND created_at>? "
-                    "AND (message_id IS NOT NULL OR run_id=?)",
-                    (guild_id, image_id, now - window, run_id)).fetchone()
-                if dup:
-                    return None
-                conn.execute("DELETE FROM picks WHERE guild_id=? AND image_id=? AND "
-                             "message_id IS NULL AND run_id!=?", (guild_id, image_id, run_id))
-                return conn.execute(
-                    "INSERT INTO picks (guild_id, image_id, member_id, phrase, page_url, "
-                    "source_message_id, created_at, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (guild_id, image_id, member_id, phrase, page_url, source_message_id, now,
-                     run_id)).lastrowid
+        async def q(conn: AsyncConnection) -> int | None:
+            if conn.dialect.name == "postgresql":  # claims of one image take turns
+                key = zlib.crc32(f"{guild_id}:{image}".encode()) - 2**31
+                await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(PICK_LOCK, key)))
+            same = sa.and_(picks.c.guild_id == guild_id, picks.c.image_id == image)
+            dup = (await conn.execute(sa.select(picks.c.id).where(
+                same, picks.c.created_at > now - window,
+                sa.or_(picks.c.message_id.is_not(None),
+                       sa.not_(self._dead(picks.c.run_id, now)))).limit(1))).first()
+            if dup:
+                return None
+            await conn.execute(sa.delete(picks).where(
+                same, picks.c.message_id.is_(None), self._dead(picks.c.run_id, now)))
+            return (await conn.execute(sa.insert(picks).values(
+                guild_id=guild_id, image_id=image, member_id=member_id, phrase=phrase,
+                page_url=page_url, source_message_id=source_message_id, created_at=now,
+                run_id=self.run_id).returning(picks.c.id))).scalar_one()
 
         return await self.db.run(q)
 
     async def posting_pick(self, pick_id: int, channel_id: int) -> None:
         """Note where the pick is about to be posted, so a crash can be reconciled there."""
-        await self._update_pick("UPDATE picks SET channel_id=? WHERE id=?", channel_id, pick_id)
+        await self._update(sa.update(picks).where(picks.c.id == pick_id)
+                           .values(channel_id=channel_id))
 
     async def posted_pick(self, pick_id: int, channel_id: int, message_id: int) -> None:
-        await self._update_pick("UPDATE picks SET channel_id=?, message_id=? WHERE id=?",
-                                channel_id, message_id, pick_id)
+        await self._update(sa.update(picks).where(picks.c.id == pick_id)
+                           .values(channel_id=channel_id, message_id=message_id))
 
     async def drop_pick(self, pick_id: int) -> None:
-        await self._update_pick("DELETE FROM picks WHERE id=?", pick_id)
+        await self._update(sa.delete(picks).where(picks.c.id == pick_id))
 
-    async def _update_pick(self, sql: str, *args: Any) -> None:
-        def q(conn: sqlite3.Connection) -> None:
-            with write(conn):
-                conn.execute(sql, args)
+    async def _update(self, statement: sa.Executable) -> None:
+        async def q(conn: AsyncConnection) -> None:
+            await conn.execute(statement)
 
         await self.db.run(q)
 
     async def unfinished_picks(self) -> list[Pick]:
-        """Picks claimed by runs that died before recording the posted message."""
-        def q(conn: sqlite3.Connection) -> list[tuple]:
-            return conn.execute(
-                "SELECT id, guild_id, image_id, member_id, phrase, page_url, channel_id, "
-                "message_id, created_at FROM picks WHERE message_id IS NULL AND run_id!=?",
-                (self.run_id,)).fetchall()
+        """Picks claimed by dead runs before recording the posted message, adopted by this
+        run (atomically: one process reconciles each)."""
+        now = self.clock()
+
+        async def q(conn: AsyncConnection) -> list[Any]:
+            return list((await conn.execute(
+                sa.update(picks).where(picks.c.message_id.is_(None),
+                                       self._dead(picks.c.run_id, now))
+                .values(run_id=self.run_id).returning(*PICK_COLUMNS))).all())
 
         return [Pick(*row) for row in await self.db.run(q)]
 
     async def latest_picks(self, guild_id: int, member_id: int | None = None, limit: int = 10
                            ) -> list[Pick]:
-        def q(conn: sqlite3.Connection) -> list[tuple]:
-            sql = ("SELECT id, guild_id, image_id, member_id, phrase, page_url, channel_id, "
-                   "message_id, created_at FROM picks WHERE guild_id=? AND message_id IS NOT NULL")
-            args: list[Any] = [guild_id]
-            if member_id is not None:
-                sql += " AND member_id=?"
-                args.append(member_id)
-            sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
-            args.append(limit)
-            return conn.execute(sql, args).fetchall()
+        query = sa.select(*PICK_COLUMNS).where(picks.c.guild_id == guild_id,
+                                               picks.c.message_id.is_not(None))
+        if member_id is not None:
+            query = query.where(picks.c.member_id == member_id)
+        query = query.order_by(picks.c.created_at.desc(), picks.c.id.desc()).limit(limit)
 
-        return [Pick(*row) for row in await self.db.run(q)]
+        async def q(conn: AsyncConnection) -> list[Any]:
+            return list((await conn.execute(query)).all())
+
+        return [Pick(*row) for row in await self.db.run(q, write=False)]
 
     # -- server settings ----------------------------------------------------------
     async def set_picks_channel(self, guild_id: int, channel_id: int | None) -> None:
-        def q(conn: sqlite3.Connection) -> None:
-            with write(conn):
-                conn.execute("INSERT INTO guild_settings VALUES (?, ?) ON CONFLICT(guild_id) "
-                             "DO UPDATE SET picks_channel_id=excluded.picks_channel_id",
-                             (guild_id, channel_id))
+        async def q(conn: AsyncConnection) -> None:
+            await upsert(conn, guild_settings,
+                         {"guild_id": guild_id, "picks_channel_id": channel_id})
 
         await self.db.run(q)
 
     async def picks_channel(self, guild_id: int) -> int | None:
-        def q(conn: sqlite3.Connection) -> int | None:
-            row = conn.execute("SELECT picks_channel_id FROM guild_settings "
-                               "WHERE guild_id=?", (guild_id,)).fetchone()
-            return row[0] if row else None
+        async def q(conn: AsyncConnection) -> int | None:
+            return (await conn.execute(sa.select(guild_settings.c.picks_channel_id).where(
+                guild_settings.c.guild_id == guild_id))).scalar()
 
-        return await self.db.run(q)
+        return await self.db.run(q, write=False)
 
     # -- views, shared pick messages (more like this) --------------------------------
     async def save_view(self, message_id: int, view: View) -> None:
-        """Record how a results message looks; if the disk refuses, remember it here."""
-        def q(conn: sqlite3.Connection) -> None:
-            with write(conn):
-                conn.execute("INSERT OR REPLACE INTO results_view VALUES (?, ?)",
-                             (message_id, view.to_json()))
+        """Record how a results message looks; if the database refuses, remember it here."""
+        async def q(conn: AsyncConnection) -> None:
+            await upsert(conn, results_view, {"message_id": message_id, "view": view.to_json()})
 
         try:
             await self.db.run(q)
@@ -465,20 +538,20 @@ class State:
         if message_id in self._unsaved_views:
             return self._unsaved_views[message_id]
 
-        def q(conn: sqlite3.Connection):
-            return conn.execute("SELECT view FROM results_view WHERE message_id=?",
-                                (message_id,)).fetchone()
+        async def q(conn: AsyncConnection):
+            return (await conn.execute(sa.select(results_view.c.view).where(
+                results_view.c.message_id == message_id))).scalar()
 
-        row = await self.db.run(q)
-        return View.from_json(row[0]) if row else View()
+        text = await self.db.run(q, write=False)
+        return View.from_json(text) if text is not None else View()
 
     async def save_shared_pick(self, message_id: int, pick_id: int, results_message_id: int,
                                hit: Hit) -> None:
-        row = (message_id, pick_id, results_message_id, json.dumps(hit.to_dict()))
+        row = {"message_id": message_id, "pick_id": pick_id,
+               "results_message_id": results_message_id, "hit": json.dumps(hit.to_dict())}
 
-        def q(conn: sqlite3.Connection) -> None:
-            with write(conn):
-                conn.execute("INSERT OR REPLACE INTO shared_picks VALUES (?, ?, ?, ?)", row)
+        async def q(conn: AsyncConnection) -> None:
+            await upsert(conn, shared_picks, row)
 
         try:
             await self.db.run(q)
@@ -489,11 +562,11 @@ class State:
         if not message_ids:
             return {}
 
-        def q(conn: sqlite3.Connection):
-            marks = ",".join("?" * len(message_ids))
-            return conn.execute(
-                f"SELECT message_id, pick_id, results_message_id, hit FROM shared_picks "
-                f"WHERE message_id IN ({marks})", message_ids).fetchall()
+        async def q(conn: AsyncConnection) -> list[Any]:
+            return list((await conn.execute(
+                sa.select(shared_picks.c.message_id, shared_picks.c.pick_id,
+                          shared_picks.c.results_message_id, shared_picks.c.hit)
+                .where(shared_picks.c.message_id.in_(message_ids)))).all())
 
         return {row[0]: SharedPick(row[0], row[1], row[2], Hit.from_dict(json.loads(row[3])))
-                for row in await self.db.run(q)}
+                for row in await self.db.run(q, write=False)}

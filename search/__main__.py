@@ -1,9 +1,10 @@
 """The CLI: python -m search TAG [PHRASE] [--image FILE] [--source S] [--top N] [--offset K]
-[--candidates M] [--json] [--grid FILE]
+[--candidates M] [--lang L] [--no-dedupe] [--json] [--grid FILE]
 
 Exit codes: 0 found; 2 bad input or settings (DATA_DIR included); 3 the source (Pixabay,
 Openverse) refused or failed; 4 rate limited; 5 nothing found (no hits, or no image
-readable); 1 anything else.
+readable); 75 the model hub is unreachable and the weights are not cached (try again);
+130 / 143 interrupted (SIGINT / SIGTERM); 1 anything else.
 
 Start-up order: arguments, settings and the query are checked, then DATA_DIR, and only
 then are torch and the model imported, so a mistake is reported in well under a second.
@@ -11,19 +12,27 @@ then are torch and the model imported, so a mistake is reported in well under a 
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the heavy imports: Ctrl-C works from the first moment
+    from search import interrupt
+
+    interrupt.install()
+
 import argparse
 import asyncio
+import io
 import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import logs
+from . import interrupt, logs
 from .config import Settings
 from .errors import (
     AllImagesFailed,
     ConfigError,
     InvalidQuery,
+    LanguageUnsupported,
+    ModelHubUnreachable,
     ModelLoadError,
     NoResults,
     RateLimited,
@@ -34,6 +43,7 @@ from .inference import InferenceRefused, InferenceUnavailable
 from .models import (
     COLORS,
     IMAGE_TYPES,
+    LANGS,
     MAX_CANDIDATES,
     MAX_QUERY_IMAGE_BYTES,
     MAX_TOP,
@@ -43,23 +53,31 @@ from .models import (
     Filters,
     Query,
 )
-from .sources import HOMES, label, licence_label
+from .sources import adapter, require
 from .sqlite import check_data_dir
 
 if TYPE_CHECKING:  # the service imports torch: only once every cheap check has passed
     from .service import SearchResult, SearchService
 
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
-    (InvalidQuery, 2), (ConfigError, 2), (ModelLoadError, 2), (RateLimited, 4),
-    (SourceError, 3), (InferenceUnavailable, 3), (InferenceRefused, 3), (NoResults, 5),
-    (AllImagesFailed, 5), (SearchError, 1),
+    (InvalidQuery, 2), (ConfigError, 2), (ModelHubUnreachable, 75), (ModelLoadError, 2),
+    (RateLimited, 4), (SourceError, 3), (InferenceUnavailable, 3), (InferenceRefused, 3),
+    (NoResults, 5), (AllImagesFailed, 5), (SearchError, 1),
 )
+
+
+SCORES = ("score: the cosine similarity of the image's and the query's CLIP vectors. The "
+          "table and the sheet show 100 x cosine, floored at 0, with one decimal (75.0), as "
+          "the bot does; --json gives the cosine itself (0.749622). Higher is closer; it "
+          "ranks the hits of one query, and is neither a percentage nor comparable across "
+          "models.")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m search",
-        description="Rank images tagged TAG by similarity to PHRASE, to an image, or both.")
+        description="Rank images tagged TAG by similarity to PHRASE, to an image, or both.",
+        epilog=SCORES)
     p.add_argument("tag", help="the tag that fetches candidates, e.g. tiger")
     p.add_argument("phrase", nargs="?", default=None,
                    help='what the picture shows, e.g. "tiger playing in the snow" '
@@ -77,9 +95,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--orientation", choices=ORIENTATIONS, default="all")
     p.add_argument("--colors", default="", help=f"comma list of: {', '.join(COLORS)}")
     p.add_argument("--order", choices=ORDERS, default="popular")
+    p.add_argument("--lang", choices=LANGS, default=None,
+                   help="the language TAG is typed in (Pixabay only; default SEARCH_LANGUAGE)")
+    p.add_argument("--no-dedupe", action="store_true",
+                   help="keep near-duplicates (default: fold each into the better-ranked "
+                        "image at DEDUPE_SIMILARITY)")
     p.add_argument("--no-safesearch", action="store_true", help="include images unsuitable "
                    "for all ages")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (scores raw, from -1 to 1)")
     p.add_argument("--grid", type=Path, metavar="FILE.png",
                    help="write a contact sheet of the hits (rank, score and id on each tile)")
     p.add_argument("-v", "--verbose", action="store_true", help="log skipped images and retries")
@@ -92,9 +116,7 @@ def hit_json(h) -> dict:
     data = {"rank": h.rank, "id": h.hit.id, "score": round(h.score, 6),
             "page_url": h.hit.page_url, "image_url": h.hit.image_url,
             "preview_url": h.hit.preview_url, "tags": list(h.hit.tags), "user": h.hit.user}
-    if h.hit.source == "openverse":
-        data.update(license=licence_label(h.hit), license_url=h.hit.license_url,
-                    provider=h.hit.provider)
+    data.update(adapter(h.hit).json_fields(h.hit))
     return data
 
 
@@ -111,17 +133,16 @@ def to_json(result: SearchResult) -> dict:
         "truncated": result.truncated,
         "cached": result.cached,
         "left_out": result.left_out,
+        "folded": result.ranking.folded,
     }
 
 
 def to_table(result: SearchResult) -> str:
     width = max([9, *(len(str(h.hit.id)) for h in result.hits)])
-    openverse = result.source == "openverse"
-    about = "credit" if openverse else "tags"
-    lines = [f"{'rank':>4}  {'score':>5}  {'id':>{width}}  {about:<32}  page"]
+    source = adapter(result.source)
+    lines = [f"{'rank':>4}  {'score':>5}  {'id':>{width}}  {source.table_column:<32}  page"]
     for h in result.hits:
-        text = (f"{licence_label(h.hit) or '?'} · {h.hit.user}" if openverse
-                else ", ".join(h.hit.tags))[:32]
+        text = source.table_text(h.hit)[:32]
         lines.append(f"{h.rank:>4}  {h.display:>5.1f}  {str(h.hit.id):>{width}}  {text:<32}  "
                      f"{h.hit.page_url}")
     t = result.timings
@@ -131,14 +152,15 @@ def to_table(result: SearchResult) -> str:
     lines.append(f"{result.candidates} candidates ranked"
                  + (f", {skipped} skipped ({_reasons(result.skipped)})" if skipped else "")
                  + (", from cache" if result.cached else "") + f"; {stages}")
+    if result.ranking.folded:
+        lines.append(f"note: {result.ranking.folded} near-duplicates were folded into "
+                     "better-ranked images (--no-dedupe keeps them).")
     if result.truncated:
         lines.append("note: the phrase was longer than the model reads; its end was ignored.")
     if result.left_out:
         lines.append(f"note: {result.left_out} images were still downloading at the search's "
                      "deadline (SEARCH_DEADLINE_SECONDS) and were left out.")
-    lines.append(f"Images from {label(result.source)} ({HOMES[result.source]})"
-                 + ("; each under the licence shown (--json: license_url)." if openverse
-                    else "."))
+    lines.append(source.cli_footer())
     return "\n".join(lines)
 
 
@@ -155,22 +177,36 @@ async def write_grid(service: SearchService, result: SearchResult, path: Path) -
 
 
 def read_image(path: Path) -> bytes:
-    """The query picture's bytes, within the cap, or one sentence."""
+    """The query picture's bytes, within the cap and an image by its header, or one sentence
+    in the CLI's words (before the model loads)."""
     try:
         size = path.stat().st_size
         if size > MAX_QUERY_IMAGE_BYTES:
             raise InvalidQuery(f"The image {path} is {size / 1e6:.1f} MB; use one of at most "
                                f"{MAX_QUERY_IMAGE_BYTES // (1024 * 1024)} MB.")
-        return path.read_bytes()
+        data = path.read_bytes()
     except OSError as e:
         raise InvalidQuery(f"Cannot read the image {path}: {e.strerror or e}.") from None
+    from PIL import Image  # the header only: decoding waits for the decode threads
+
+    try:
+        with Image.open(io.BytesIO(data)):
+            pass
+    except Exception:  # not an image, or one Pillow refuses outright (a pixel bomb)
+        raise InvalidQuery(f"--image {path} is not a picture I can read; give a JPEG, PNG, "
+                           "GIF or WebP file.") from None
+    return data
 
 
 def build_query(args: argparse.Namespace, settings: Settings) -> Query:
     """The request, checked before anything heavy loads (InvalidQuery on bad input)."""
     colors = tuple(c.strip() for c in args.colors.split(",") if c.strip())
+    source = args.source or settings.search_source
+    if args.lang is not None and source == "openverse":
+        raise LanguageUnsupported()
     filters = Filters(image_type=args.image_type, orientation=args.orientation, colors=colors,
-                      order=args.order, safesearch=not args.no_safesearch)
+                      order=args.order, safesearch=not args.no_safesearch,
+                      lang=args.lang or settings.search_language)
     if not 1 <= args.top <= MAX_TOP:
         raise InvalidQuery(f"top must be from 1 to {MAX_TOP}.")
     if args.offset < 0:
@@ -215,7 +251,7 @@ async def run(args: argparse.Namespace, settings: Settings, query: Query) -> Sea
             encoder.on_export_progress = exported
         try:
             result = await service.find_query(query, top=args.top, offset=args.offset,
-                                              progress=progress)
+                                              progress=progress, dedupe=not args.no_dedupe)
         finally:
             if bar is not None:
                 bar.close()
@@ -242,13 +278,16 @@ def main(argv: list[str] | None = None) -> int:
         logs.setup("INFO" if args.verbose else "ERROR", settings.log_format,
                    secrets=(settings.pixabay_api_key or "",))
         query = build_query(args, settings)
-        settings.require_source(query.source)
+        require(settings, query.source)
         check_data_dir(settings.data_dir)
-        result = asyncio.run(run(args, settings, query))
+        result = interrupt.run(run(args, settings, query))
     except SearchError as e:
         print(f"error: {e}", file=sys.stderr)
         return next(code for kind, code in EXIT_CODES if isinstance(e, kind))
-    except KeyboardInterrupt:
+    except interrupt.Interrupted as e:
+        interrupt.say(e.signum)
+        return e.exit_code
+    except KeyboardInterrupt:  # main() called without install(), from Python
         print("error: interrupted.", file=sys.stderr)
         return 130
     if args.json:

@@ -7,16 +7,20 @@ sentence names the variable and what is allowed.
 
 from __future__ import annotations
 
+import difflib
+import io
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 from yarl import URL
 
 from .errors import ConfigError
-from .models import MAX_CANDIDATES, SOURCES
+from .models import LANGS, MAX_CANDIDATES, SOURCES
 
 DEFAULT_MODEL = "ViT-B-32-256"
 DEFAULT_PRETRAINED = "datacomp_s34b_b86k"
@@ -28,6 +32,12 @@ CLIP_BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx")
 CLIP_PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "int8")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
+# Names that are ours whatever follows; anything else unknown is ours only when it is a
+# near miss of a setting's name (the environment holds many other programs' names).
+OUR_PREFIXES = ("DISCORD_", "PIXABAY_", "CLIP_", "OPENVERSE_", "SEARCH_", "RESULTS_")
+
+log = logging.getLogger(__name__)
+_warned: set[str] = set()  # each unknown name is warned about once a process
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,15 @@ class Settings:
     shard_count: int | None = None
     shard_ids: tuple[int, ...] | None = None
     process_count: int | None = None  # None: SHARD_COUNT / len(SHARD_IDS), else 1
+    discord_cdn_hosts: tuple[str, ...] = ("cdn.discordapp.com", "media.discordapp.net")
+    search_language: str = "en"
+    # python -m bench.similarity on the tests' 1440 photos and the tiny model: no pair of
+    # distinct photos of one scene reaches 0.9995 (the closest is 0.9994, 0.1 % pass 0.999),
+    # while 84-98 % of the same photo re-encoded or resized do (docs/results.md).
+    dedupe_similarity: float = 0.9995
+    database_url: str | None = field(default=None, repr=False)  # may carry a password
+    database_pool_size: int = 5
+    database_max_overflow: int = 5
     inference_url: str | None = None  # None: the encoder runs in this process
     serve_host: str = "127.0.0.1"
     serve_port: int = 8700
@@ -78,8 +97,11 @@ class Settings:
         """Read settings: ``environ`` (default ``os.environ``) first, then ``env_file``."""
         values: dict[str, str] = {}
         if env_file is not None and Path(env_file).is_file():
-            values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
-        values.update(os.environ if environ is None else environ)
+            values.update(read_env_file(Path(env_file)))
+            warn_unknown(values, f"in {env_file}")
+        environ = os.environ if environ is None else environ
+        warn_unknown(environ, "in the environment")
+        values.update(environ)
         return cls.from_mapping(values)
 
     @classmethod
@@ -186,6 +208,25 @@ class Settings:
                 raise ConfigError(f"RESULTS_LAYOUT must be auto, list or grid, not '{raw}'.")
             kw["results_layout"] = raw.lower()
         _scaling(get, kw)
+        if (raw := get("DISCORD_CDN_HOSTS")) is not None:
+            kw["discord_cdn_hosts"] = _hosts(raw, "DISCORD_CDN_HOSTS", "cdn.discordapp.com")
+        if (raw := get("SEARCH_LANGUAGE")) is not None:
+            kw["search_language"] = _choice("SEARCH_LANGUAGE", raw.lower(), LANGS)
+        if (raw := get("DEDUPE_SIMILARITY")) is not None:
+            try:
+                value = float(raw)
+            except ValueError:
+                value = -1.0
+            if not 0.5 <= value <= 1.0:
+                raise ConfigError("DEDUPE_SIMILARITY must be a cosine from 0.5 to 1 (1: fold "
+                                  f"only identical images), not '{raw}'.")
+            kw["dedupe_similarity"] = value
+        if (raw := get("DATABASE_URL")) is not None:
+            kw["database_url"] = _database_url(raw)
+        if (raw := get("DATABASE_POOL_SIZE")) is not None:
+            kw["database_pool_size"] = _int("DATABASE_POOL_SIZE", raw, 1, 100)
+        if (raw := get("DATABASE_MAX_OVERFLOW")) is not None:
+            kw["database_max_overflow"] = _int("DATABASE_MAX_OVERFLOW", raw, 0, 100)
         if (raw := get("INFERENCE_URL")) is not None:
             kw["inference_url"] = _url("INFERENCE_URL", raw, ("http", "https")).rstrip("/")
         if (raw := get("SERVE_HOST")) is not None:
@@ -263,11 +304,6 @@ class Settings:
     def openverse_host(self) -> str:
         return (URL(self.openverse_api_url).host or "").lower()
 
-    def require_source(self, source: str) -> None:
-        """Pixabay needs a key; Openverse needs nothing."""
-        if source == "pixabay":
-            self.require("PIXABAY_API_KEY")
-
     @property
     def processes(self) -> int:
         """How many processes share the source keys: each one's budget share without Redis."""
@@ -293,6 +329,65 @@ class Settings:
     def db_path(self) -> Path:
         return self.data_dir / "search.sqlite3"
 
+    @property
+    def cache_target(self) -> Path | str:
+        """Where the response and embedding caches live: DATABASE_URL, else DATA_DIR."""
+        return self.database_url or self.db_path
+
+    @property
+    def state_target(self) -> Path | str:
+        """Where the bot's state lives: DATABASE_URL, else DATA_DIR/bot.sqlite3."""
+        return self.database_url or self.data_dir / "bot.sqlite3"
+
+    @property
+    def database_pool(self) -> dict[str, int]:
+        """The connection bounds for each database object (Store, State)."""
+        return {"pool_size": self.database_pool_size,
+                "max_overflow": self.database_max_overflow}
+
+
+SYSTEMD_NOTIFY = "NOTIFY_SOCKET"  # set by systemd for Type=notify; not one of our settings
+
+
+def notify_socket(environ: Mapping[str, str] | None = None) -> str | None:
+    """Where to tell systemd how start-up goes; None outside a ``Type=notify`` service."""
+    return (os.environ if environ is None else environ).get(SYSTEMD_NOTIFY) or None
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """NAME=value lines, as python-dotenv reads them; a line it cannot read is a ConfigError
+    naming the file and the line (dotenv would skip it, and the setting on it with it)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) else "it is not UTF-8 text"
+        raise ConfigError(f"The env file {path} cannot be read ({why}).") from None
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:  # the line itself is not echoed: it may hold a secret
+            raise ConfigError(f"The env file {path}, line {binding.original.line}, is not "
+                              "NAME=value; fix it or remove it (# starts a comment).")
+    return {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}
+
+
+def setting_names() -> frozenset[str]:
+    return frozenset(f.name.upper() for f in fields(Settings))
+
+
+def warn_unknown(env: Mapping[str, str], where: str) -> None:
+    """Warn once for each name that looks like one of ours but is not, naming the nearest."""
+    known = setting_names()
+    for name in env:
+        if name in known or name in _warned:
+            continue
+        near = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+        if not near and not name.startswith(OUR_PREFIXES):
+            continue
+        _warned.add(name)
+        hint = (f"did you mean {near[0]}?" if near
+                else "python -m bot --help lists the settings.")
+        log.warning("%s (%s) is not a setting /findimage reads, so it is ignored; %s",
+                    name, where, hint)
+
 
 def _url(name: str, raw: str, schemes: tuple[str, ...]) -> str:
     try:
@@ -302,6 +397,20 @@ def _url(name: str, raw: str, schemes: tuple[str, ...]) -> str:
     if url is None or url.scheme not in schemes or not url.host:
         allowed = " or ".join(f"{s}://" for s in schemes)
         raise ConfigError(f"{name} must be a URL starting with {allowed} and a host, not '{raw}'.")
+    return raw
+
+
+def _database_url(raw: str) -> str:
+    """postgresql://user[:password]@host[:port]/database; the sentence never shows a password."""
+    try:
+        url = URL(raw)
+    except (ValueError, TypeError):
+        url = None
+    if url is None or url.scheme not in ("postgresql", "postgres") or not url.path.strip("/"):
+        # user:password before the @ is never echoed
+        shown = raw if "@" not in raw else raw.split("://", 1)[0] + "://…@" + raw.rsplit("@", 1)[1]
+        raise ConfigError("DATABASE_URL must look like postgresql://user@host:5432/database "
+                          f"(leave it empty for SQLite in DATA_DIR), not '{shown}'.")
     return raw
 
 
@@ -321,16 +430,24 @@ def _choice(name: str, raw: str, allowed: tuple[str, ...]) -> str:
     return raw
 
 
-def _hosts(raw: str) -> tuple[str, ...]:
+def _hosts(raw: str, name: str = "IMAGE_HOSTS", example: str = "cdn.pixabay.com"
+           ) -> tuple[str, ...]:
+    """Host names, each optionally ``:port`` (then only that port is allowed)."""
     hosts = tuple(h.strip().lower() for h in raw.split(",") if h.strip())
     for host in hosts:
-        if any(c in host for c in "/ @?#") or (":" in host and host not in LOOPBACK_HOSTS):
+        bare, sep, port = host.rpartition(":")
+        if sep and port.isdigit() and host not in LOOPBACK_HOSTS:
+            bare = bare.strip("[]") if bare.startswith("[") else bare
+        else:
+            bare = host
+        if any(c in bare for c in "/ @?#") or (":" in bare and bare not in LOOPBACK_HOSTS
+                                                and bare != "::1"):
             raise ConfigError(
-                f"IMAGE_HOSTS must be a comma list of host names such as cdn.pixabay.com, "
+                f"{name} must be a comma list of host names such as {example}, "
                 f"not '{host}'."
             )
     if not hosts:
-        raise ConfigError("IMAGE_HOSTS must name at least one host, such as cdn.pixabay.com.")
+        raise ConfigError(f"{name} must name at least one host, such as {example}.")
     return hosts
 
 

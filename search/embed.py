@@ -43,7 +43,7 @@ import numpy as np
 from .decode import MAX_PIXELS, Decoder, decode_on_device
 from .errors import ImageSkipped
 from .images import ImageFetcher
-from .pixabay import Hit
+from .models import Hit
 from .sources import rank_url
 
 if TYPE_CHECKING:

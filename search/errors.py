@@ -107,6 +107,16 @@ class OpenverseUnavailable(OpenverseError):
         super().__init__(f"Openverse is not answering right now ({why}); try again in a minute.")
 
 
+class OpenverseUnreachable(OpenverseUnavailable):
+    """No connection at all: the sentence names the URL and the setting."""
+
+    def __init__(self, url: str, why: str) -> None:
+        self.url = url
+        OpenverseError.__init__(self, f"Cannot reach Openverse at {url} ({why}); check the "
+                                "network or OPENVERSE_API_URL.")
+        self.why = why
+
+
 class NoResults(SearchError):
     def __init__(self, tag: str, source: str = "Pixabay") -> None:
         self.tag = tag
@@ -142,3 +152,16 @@ class ImageSkipped(SearchError):
 
 class ModelLoadError(SearchError):
     """The CLIP model could not be loaded."""
+
+
+class LanguageUnsupported(InvalidQuery):
+    """A language asked for a source without one."""
+
+    def __init__(self, source: str = "Openverse") -> None:
+        super().__init__(f"{source} has no language parameter: its tags are searched as typed; "
+                         "leave lang out, or choose source Pixabay.")
+
+
+class ModelHubUnreachable(ModelLoadError):
+    """The weights are not cached and the hub does not answer: the network may come back,
+    so a service restarts later instead of stopping for good."""

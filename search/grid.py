@@ -65,7 +65,9 @@ async def hits_sheet(fetcher: ImageFetcher, decoder: Decoder, items: Sequence[Sc
     """Download each hit's small image (from allow-listed hosts) and draw the sheet."""
     async def load(item: ScoredHit) -> Image.Image | None:
         try:
-            return await decoder.image(await fetcher.fetch(tile_url(item.hit)), min_side=TILE)
+            # The ranked size: the ranking downloaded it, so a page turn fetches nothing.
+            data = await fetcher.fetch(tile_url(item.hit), reuse=True)
+            return await decoder.image(data, min_side=TILE)
         except ImageSkipped:
             return None  # a grey tile still carries its number
 

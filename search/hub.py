@@ -11,13 +11,13 @@ import socket
 
 from yarl import URL
 
-from .errors import ModelLoadError
+from .errors import ModelHubUnreachable
 
 CONNECT_TIMEOUT = 5.0
 
 
 def check_weights_reachable(model: str, pretrained: str | None) -> None:
-    """ModelLoadError naming the model and the hub if its weights can be neither read
+    """ModelHubUnreachable naming the model and the hub if its weights can be neither read
     from the local cache nor downloaded; nothing when either is possible."""
     if model.startswith("local-dir:"):
         return
@@ -44,7 +44,7 @@ def check_weights_reachable(model: str, pretrained: str | None) -> None:
             return
     except OSError as e:
         why = e.strerror or type(e).__name__
-    raise ModelLoadError(
+    raise ModelHubUnreachable(
         f"The CLIP weights for '{model}' are not downloaded yet and the model hub at "
         f"{endpoint.scheme}://{host} cannot be reached ({why}); connect this machine once, "
         "or set CLIP_MODEL=local-dir:/path to a saved model.")

@@ -14,8 +14,7 @@ import numpy as np
 
 from .decode import Decoder
 from .errors import ImageSkipped, InvalidQuery
-from .models import MAX_QUERY_IMAGE_BYTES
-from .pixabay import Hit
+from .models import MAX_QUERY_IMAGE_BYTES, Hit
 from .ranking import Ranking, rank
 
 
@@ -42,8 +41,9 @@ async def image_pixels(decoder: Decoder | None, encoder, data: bytes, *,
     try:
         pixels, _seconds = await decoder.for_encoder(data, encoder)
     except ImageSkipped as e:
-        raise InvalidQuery(f"The attached file is not an image I can read ({e.reason}); "
-                           "attach a JPEG, PNG, GIF or WebP picture.") from None
+        # The bot and the CLI both say this: words for neither Discord nor a terminal.
+        raise InvalidQuery(f"The picture is not one I can read ({e.reason}); use a JPEG, "
+                           "PNG, GIF or WebP picture.") from None
     return pixels
 
 

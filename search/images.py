@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 3
 HELD_BYTES = 64 * 1024 * 1024  # downloaded bytes waiting for or in decoding, all queries
+# Files kept after download so a contact sheet's tiles (the ranked size) are not fetched
+# again on a page turn: a 340 px webformat is 15-40 kB, so 32 MB holds the candidates
+# of roughly ten searches; the entry cap bounds the bookkeeping for tiny files.
+RECENT_BYTES = 32 * 1024 * 1024
+RECENT_ENTRIES = 4096
 
 
 def check_url(url: str | URL, hosts: Iterable[str]) -> URL:
@@ -37,12 +42,19 @@ def check_url(url: str | URL, hosts: Iterable[str]) -> URL:
     except (ValueError, TypeError):
         raise ImageSkipped("bad url") from None
     host = (u.host or "").lower()
-    allowed = {h.lower() for h in hosts}
-    if host not in allowed:
+    if not any(_matches(host, u.port, entry.lower()) for entry in hosts):
         raise ImageSkipped("host not allowed", host)
     if u.scheme == "https" or (u.scheme == "http" and host in LOOPBACK_HOSTS):
         return u
     raise ImageSkipped("host not allowed", f"{u.scheme} on {host}")
+
+
+def _matches(host: str, port: int | None, entry: str) -> bool:
+    """``entry`` is a host (any port) or ``host:port`` (that port only)."""
+    name, sep, wanted = entry.rpartition(":")
+    if sep and wanted.isdigit() and not name.endswith(":"):  # not "::1"
+        return host == name.strip("[]") and port == int(wanted)
+    return host == entry.strip("[]") or host == entry
 
 
 class ByteBudget:
@@ -97,13 +109,48 @@ class ByteBudget:
             future.set_result(None)
 
 
+class RecentBytes:
+    """The most recently downloaded files by URL, bounded in bytes and in entries (LRU)."""
+
+    def __init__(self, max_bytes: int = RECENT_BYTES, max_entries: int = RECENT_ENTRIES
+                 ) -> None:
+        self.max_bytes = max_bytes
+        self.max_entries = max_entries
+        self.bytes = 0
+        self.hits = 0
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, url: str) -> bytes | None:
+        data = self._items.get(url)
+        if data is not None:
+            self._items.move_to_end(url)
+            self.hits += 1
+        return data
+
+    def put(self, url: str, data: bytes) -> None:
+        if len(data) > self.max_bytes or self.max_entries <= 0:
+            return
+        old = self._items.pop(url, None)
+        if old is not None:
+            self.bytes -= len(old)
+        self._items[url] = data
+        self.bytes += len(data)
+        while self.bytes > self.max_bytes or len(self._items) > self.max_entries:
+            _, dropped = self._items.popitem(last=False)
+            self.bytes -= len(dropped)
+
+
 class ImageFetcher:
     """Bounded concurrent downloads on one session (the caller's, and closed by it)."""
 
     def __init__(self, session: aiohttp.ClientSession, hosts: Iterable[str], *,
                  max_bytes: int = 5_000_000, timeout: float = 10.0, concurrency: int = 16,
-                 held_bytes: int = HELD_BYTES) -> None:
+                 held_bytes: int = HELD_BYTES, recent: RecentBytes | None = None) -> None:
         self.session = session
+        self.recent = RecentBytes() if recent is None else recent
         self.hosts = tuple(hosts)
         self.max_bytes = max_bytes
         self.timeout = aiohttp.ClientTimeout(total=timeout)
@@ -112,9 +159,20 @@ class ImageFetcher:
         self.budget = ByteBudget(max(held_bytes, 2 * max_bytes))
         self._sem = asyncio.Semaphore(concurrency)
 
-    async def fetch(self, url: str, *, max_bytes: int | None = None) -> bytes:
-        """The image's bytes, or ImageSkipped with a reason."""
-        data, _ = await self._fetch(url, max_bytes or self.max_bytes, reserve=False)
+    async def fetch(self, url: str, *, max_bytes: int | None = None, reuse: bool = False,
+                    hosts: Iterable[str] | None = None) -> bytes:
+        """The image's bytes, or ImageSkipped with a reason.
+
+        ``reuse``: a file this process downloaded lately (``recent``) is not fetched
+        again, and what is fetched is kept there. ``hosts``: another allow-list than the
+        candidates' (attachments come from Discord's CDN, nowhere else).
+        """
+        if reuse and (data := self.recent.get(url)) is not None:
+            return data
+        data, _ = await self._fetch(url, max_bytes or self.max_bytes, reserve=False,
+                                    hosts=self.hosts if hosts is None else tuple(hosts))
+        if reuse:
+            self.recent.put(url, data)
         return data
 
     @asynccontextmanager
@@ -125,13 +183,16 @@ class ImageFetcher:
         decoding falls behind, downloads slow down instead of piling up in memory.
         """
         data, reserved = await self._fetch(url, self.max_bytes, reserve=True)
+        self.recent.put(url, data)  # a contact sheet of this ranking shows these files
         try:
             yield data
         finally:
             self.budget.give(reserved)
 
-    async def _fetch(self, url: str, cap: int, *, reserve: bool) -> tuple[bytes, int]:
-        target = check_url(url, self.hosts)
+    async def _fetch(self, url: str, cap: int, *, reserve: bool,
+                     hosts: tuple[str, ...] | None = None) -> tuple[bytes, int]:
+        hosts = self.hosts if hosts is None else hosts
+        target = check_url(url, hosts)
         reserved = 0
         async with self._sem:
             try:
@@ -140,7 +201,7 @@ class ImageFetcher:
                                                 allow_redirects=False) as resp:
                         if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
                             target = check_url(target.join(URL(resp.headers["Location"])),
-                                               self.hosts)
+                                               hosts)
                             continue
                         if resp.status != 200:
                             raise ImageSkipped(f"http {resp.status}")

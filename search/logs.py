@@ -124,5 +124,7 @@ def setup(level: str = "INFO", fmt: str = "text", *, secrets: Iterable[str] = ()
     root.setLevel(logging.DEBUG if numeric == logging.DEBUG else max(numeric, logging.WARNING))
     for name in OURS:
         logging.getLogger(name).setLevel(numeric)
+    # aiosqlite logs every statement with its parameters at DEBUG, interaction tokens too.
+    logging.getLogger("aiosqlite").setLevel(max(numeric, logging.INFO))
     logging.captureWarnings(True)
     return handler

@@ -1,7 +1,9 @@
-"""Pure data: a search request (Query, Filters) with its limits, and where results come from.
+"""Pure data: a search request (Query, Filters) with its limits, what a source returns
+(Hit, Candidates), and where results come from (Source).
 
 Every limit a member or a CLI user can meet lives here once; the CLI's arguments, the
 service's checks and the bot's slash-command options are all built from these names.
+No source owns these shapes: each adapter in ``search.sources`` fills them.
 """
 
 from __future__ import annotations
@@ -10,14 +12,25 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+from numpy.typing import NDArray
+
 from .errors import InvalidQuery
 
-MAX_TAG_CHARS = 100  # Pixabay's limit on q
+MAX_TAG_CHARS = 100  # Pixabay's limit on q, kept for every source: one rule for members
 MAX_PHRASE_CHARS = 300
 MAX_CANDIDATES = 500  # Pixabay returns at most 500 hits per query
 MAX_TOP = 50
 MAX_QUERY_IMAGE_BYTES = 10 * 1024 * 1024  # a query picture; Discord's own cap for bot uploads
-SOURCES = ("pixabay", "openverse")
+# The registry of sources, the default first: each name is a module of search/sources/
+# holding its adapter (search.sources.ADAPTERS imports them). A new source is its module
+# and one line here.
+SOURCES = (
+    "pixabay",
+    "openverse",
+)
+
+FeatureVector = NDArray[np.float32]  # one image's or phrase's unit vector
 
 IMAGE_TYPES = ("all", "photo", "illustration", "vector")
 ORIENTATIONS = ("all", "horizontal", "vertical")
@@ -31,6 +44,11 @@ LANGS = ("cs", "da", "de", "en", "es", "fr", "id", "it", "hu", "nl", "no", "pl",
          "sk", "fi", "sv", "tr", "vi", "th", "bg", "ru", "el", "ja", "ko", "zh")
 
 
+def normalise_tag(tag: str) -> str:
+    """The form a tag is sent and cached in: lower case, whitespace collapsed."""
+    return " ".join(tag.lower().split())
+
+
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise InvalidQuery(f"{name} must be one of {', '.join(allowed)}, not '{value}'.")
@@ -42,7 +60,7 @@ def check_tag(tag: str) -> str:
     if not tag:
         raise InvalidQuery("The tag is empty; give one word such as 'tiger'.")
     if len(tag) > MAX_TAG_CHARS:
-        raise InvalidQuery(f"The tag is {len(tag)} characters; Pixabay allows at most "
+        raise InvalidQuery(f"The tag is {len(tag)} characters; use one of at most "
                            f"{MAX_TAG_CHARS}.")
     return tag
 
@@ -56,6 +74,20 @@ def check_phrase(phrase: str) -> str:
         raise InvalidQuery(f"The phrase is {len(phrase)} characters; keep it under "
                            f"{MAX_PHRASE_CHARS}.")
     return phrase
+
+
+def check_negatives(phrase: str, *, by_image: bool = False) -> None:
+    """A phrase needs something to look for besides what to avoid (an image counts)."""
+    from .phrase import MAX_NEGATIVES, split_negatives
+
+    positive, negatives = split_negatives(phrase)
+    if negatives and not positive and not by_image:
+        shown = " ".join(f"-{t}" for t in negatives)
+        raise InvalidQuery(f"Your phrase has only negative terms ({shown}); say what the "
+                           "picture should show too, e.g. \"a red circle -snow\".")
+    if len(negatives) > MAX_NEGATIVES:
+        raise InvalidQuery(f"Your phrase has {len(negatives)} negative terms; use at most "
+                           f"{MAX_NEGATIVES}.")
 
 
 def check_candidates(candidates: int) -> int:
@@ -138,13 +170,17 @@ class Query:
     filters: Filters = field(default_factory=Filters)
     source: str = "pixabay"
     image: bytes | None = field(default=None, repr=False, compare=False)
+    # A picture's vector the caches already hold (one of our results): no image to decode.
+    vector: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tag", check_tag(self.tag))
-        if self.image is None or " ".join(str(self.phrase or "").split()):
+        pictured = self.image is not None or self.vector is not None
+        if not pictured or " ".join(str(self.phrase or "").split()):
             object.__setattr__(self, "phrase", check_phrase(self.phrase or ""))
         else:
             object.__setattr__(self, "phrase", "")
+        check_negatives(self.phrase or "", by_image=pictured)
         check_candidates(self.candidates)
         _choice("source", self.source, SOURCES)
         if self.image is not None and len(self.image) > MAX_QUERY_IMAGE_BYTES:
@@ -176,3 +212,52 @@ class Source:
 def key_fingerprint(key: str) -> str:
     """A short one-way digest of an API key: tells keys apart without storing one."""
     return hashlib.sha256(b"findimage-key\0" + key.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One image from a source, with only the fields we use; unknown fields are dropped.
+
+    Pixabay ids are numbers; Openverse ids are UUID strings. ``source`` keeps them apart,
+    and names the adapter (``search.sources``) that says what the URLs and the licence
+    fields mean for it.
+    """
+
+    id: int | str
+    page_url: str
+    image_url: str
+    preview_url: str = ""
+    large_url: str = ""
+    tags: tuple[str, ...] = ()
+    user: str = "unknown"
+    user_id: int = 0
+    width: int = 0
+    height: int = 0
+    image_size: int = 0
+    source: str = SOURCES[0]  # rows saved before there were two sources are Pixabay's
+    title: str = ""
+    license: str = ""
+    license_version: str = ""
+    license_url: str = ""
+    provider: str = ""
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["tags"] = list(self.tags)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Hit:
+        d = dict(d)
+        d["tags"] = tuple(d.get("tags") or ())
+        return cls(**d)
+
+
+@dataclass
+class Candidates:
+    """What a source returned for a tag: its hits, and what it cost."""
+
+    hits: list[Hit]
+    total_hits: int
+    requests: int = 0  # API requests actually sent for this call
+    from_cache: bool = False

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .pixabay import Hit
+from .models import Hit
 
 
 def display_score(cosine: float) -> float:
@@ -31,6 +31,7 @@ class Ranking:
     """Every candidate, best first. Paging reads it; it never calls Pixabay or CLIP."""
 
     entries: tuple[tuple[Hit, float], ...]
+    folded: int = 0  # near-duplicates folded into a better-ranked entry (not in entries)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -49,11 +50,14 @@ class Ranking:
         return [score for _, score in self.entries]
 
     def to_dict(self) -> dict:
-        return {"entries": [[hit.to_dict(), score] for hit, score in self.entries]}
+        return {"entries": [[hit.to_dict(), score] for hit, score in self.entries],
+                "folded": self.folded}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> Ranking:
-        return cls(tuple((Hit.from_dict(h), float(s)) for h, s in d["entries"]))
+        folded = d.get("folded", 0)
+        return cls(tuple((Hit.from_dict(h), float(s)) for h, s in d["entries"]),
+                   folded if isinstance(folded, int) and folded >= 0 else 0)
 
 
 def rank(hits: Sequence[Hit], vectors: np.ndarray, text: np.ndarray) -> Ranking:
@@ -69,3 +73,22 @@ def rank(hits: Sequence[Hit], vectors: np.ndarray, text: np.ndarray) -> Ranking:
     # Ids are numbers (Pixabay) or strings (Openverse); one ranking holds one source's.
     order = sorted(range(len(hits)), key=lambda i: (-scores[i], hits[i].id))
     return Ranking(tuple((hits[i], float(scores[i])) for i in order))
+
+
+def fold_near_duplicates(ranking: Ranking, vectors: Mapping, threshold: float) -> Ranking:
+    """``ranking`` without the hits whose image vector has cosine >= ``threshold`` with a
+    better-ranked hit that is kept; ``folded`` counts them. Best first, so the copy that
+    ranks highest stands for the others; ``threshold`` above 1 folds nothing."""
+    entries = ranking.entries
+    if threshold > 1.0 or len(entries) < 2:
+        return Ranking(entries, ranking.folded)
+    matrix = np.stack([np.asarray(vectors[hit.id], dtype=np.float32) for hit, _ in entries])
+    matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+    cosines = matrix @ matrix.T
+    kept: list[int] = []
+    for i in range(len(entries)):
+        if kept and float(cosines[i, kept].max()) >= threshold:
+            continue
+        kept.append(i)
+    return Ranking(tuple(entries[i] for i in kept),
+                   ranking.folded + len(entries) - len(kept))

@@ -14,40 +14,43 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import numpy as np
 
+from .attachments import fetch_attachment
 from .config import Settings
 from .decode import Decoder
 from .embed import Embedder
-from .errors import (
-    AllImagesFailed,
-    ConfigError,
-    ImageSkipped,
-    InvalidQuery,
-    NoResults,
-    PickForgotten,
-)
+from .errors import AllImagesFailed, ImageSkipped, InvalidQuery, NoResults, PickForgotten
 from .grid import encode, hits_sheet
 from .hub import check_weights_reachable
-from .imagequery import blend, image_pixels, more_like
+from .imagequery import blend, image_pixels, more_like, unit
 from .images import ImageFetcher
 from .inference import RemoteEncoder, model_label
-from .models import MAX_TOP, Filters, Query, Source
-from .openverse import OpenverseClient
-from .pixabay import Hit, PixabayClient
-from .ranking import Ranking, ScoredHit, rank
-from .shared import RedisUnavailable, SharedRedis, unreachable_sentence
-from .sources import Retriever, label, share_urls, short_credit
+from .models import MAX_TOP, Filters, Hit, Query, Source
+from .phrase import split_negatives
+from .ranking import Ranking, ScoredHit, fold_near_duplicates, rank
+from .sources import ADAPTERS, Retriever, adapter, label, require, share_urls, short_credit
+from .storage import Unavailable
 from .store import Store
 
 if TYPE_CHECKING:  # torch comes with the in-process encoder only: a thin client has none
     from .clip import ClipEncoder
+
+from . import metrics  # noqa: E402
+from .errors import ConfigError  # noqa: E402
+from .shared import (  # noqa: E402
+    RedisUnavailable,
+    SharedBudget,
+    SharedRedis,
+    Window,
+    unreachable_sentence,
+)
 
 log = logging.getLogger(__name__)
 
@@ -144,14 +147,11 @@ async def connect_encoder(settings: Settings, session: aiohttp.ClientSession, *,
 
 
 class SearchService:
-    def __init__(self, settings: Settings, *, pixabay: PixabayClient | None,
+    def __init__(self, settings: Settings, *, clients: Iterable[Retriever],
                  fetcher: ImageFetcher, encoder: ClipEncoder | RemoteEncoder, store: Store,
-                 openverse: OpenverseClient | None = None, decoder: Decoder | None = None
-                 ) -> None:
+                 decoder: Decoder | None = None) -> None:
         self.settings = settings
-        self.pixabay = pixabay
-        self.openverse = openverse
-        self.sources: dict[str, Retriever] = {c.name: c for c in (pixabay, openverse) if c}
+        self.sources: dict[str, Retriever] = {c.name: c for c in clients}
         self.fetcher = fetcher
         self.decoder = decoder or Decoder()
         self.encoder = encoder
@@ -162,14 +162,16 @@ class SearchService:
     @asynccontextmanager
     async def open(cls, settings: Settings, *, session: aiohttp.ClientSession | None = None,
                    encoder: ClipEncoder | RemoteEncoder | None = None,
-                   shared: SharedRedis | None = None, **pixabay_options
+                   shared: SharedRedis | None = None, **client_options
                    ) -> AsyncIterator[SearchService]:
         """Open every resource the service needs, load and warm the model, close on exit.
 
-        Pixabay is offered when PIXABAY_API_KEY is set (and must be when it is the
-        default source); Openverse always, anonymously unless given client credentials.
+        Each source is offered when its adapter can open a client from the settings
+        (Pixabay when PIXABAY_API_KEY is set, and it must be when Pixabay is the default
+        source; Openverse always, anonymously unless given client credentials).
+        ``client_options`` (timeout, retries, backoff, clock) go to every client.
         """
-        settings.require_source(settings.search_source)
+        require(settings, settings.search_source)
         async with AsyncExitStack() as stack:
             if session is None:
                 connector = aiohttp.TCPConnector(limit=DOWNLOADS_IN_FLIGHT + 8,
@@ -186,35 +188,34 @@ class SearchService:
                 except RedisUnavailable as e:
                     raise ConfigError(unreachable_sentence(settings.redis_shown, str(e))
                                       ) from None
-            store = await asyncio.to_thread(Store, settings.db_path)
-            stack.push_async_callback(asyncio.to_thread, store.close)
+            store = await asyncio.to_thread(Store, settings.cache_target,
+                                            **settings.database_pool)
+            stack.push_async_callback(store.aclose)
+            try:
+                await store.open()  # a wrong DATABASE_URL is said now, before the model loads
+            except Unavailable as e:  # a cache: searches go on, and it is tried again later
+                log.warning("the search cache is not available yet (%s)", e.detail)
             if encoder is None and settings.inference_url:
                 encoder = await connect_encoder(settings, session)
             elif encoder is None:
                 # The model comes last: every cheaper check has passed by now.
                 encoder = await load_encoder(settings)
                 stack.push_async_callback(encoder.close)
-            # Openverse thumbnails come from its API host: that host alone joins the list.
-            hosts = tuple(dict.fromkeys((*settings.image_hosts, settings.openverse_host)))
+            # IMAGE_HOSTS, and the hosts each source serves its images from (Openverse: its
+            # API host alone).
+            hosts = tuple(dict.fromkeys((*settings.image_hosts, *(
+                host for a in ADAPTERS.values() for host in a.image_hosts(settings)))))
             fetcher = ImageFetcher(session, hosts, concurrency=DOWNLOADS_IN_FLIGHT)
             decoder = Decoder()
             stack.push_async_callback(decoder.close)
-            pixabay = None
-            if settings.pixabay_api_key:
-                pixabay = PixabayClient(session, api_url=settings.pixabay_api_url,
-                                        key=settings.pixabay_api_key, store=store,
-                                        rate_limit=settings.pixabay_rate_limit,
-                                        shared=shared, processes=settings.processes,
-                                        **pixabay_options)
-            openverse = OpenverseClient(session, api_url=settings.openverse_api_url,
-                                        client_id=settings.openverse_client_id,
-                                        client_secret=settings.openverse_client_secret,
-                                        store=store, shared=shared,
-                                        processes=settings.processes, **{
-                                            k: v for k, v in pixabay_options.items()
-                                            if k in ("timeout", "retries", "backoff", "clock")})
-            service = cls(settings, pixabay=pixabay, fetcher=fetcher, encoder=encoder,
-                          store=store, openverse=openverse, decoder=decoder)
+            clients = [a.open(session, settings, store, **client_options)
+                       for a in ADAPTERS.values()]
+            if shared is not None:  # one set of windows per endpoint and key, in Redis
+                for client in clients:
+                    if client is not None:
+                        share(client, shared, settings.processes)
+            service = cls(settings, clients=[c for c in clients if c is not None],
+                          fetcher=fetcher, encoder=encoder, store=store, decoder=decoder)
             await service.embedder.warm_up()
             yield service
 
@@ -223,10 +224,7 @@ class SearchService:
         name = name or self.settings.search_source
         found = self.sources.get(name)
         if found is None:
-            if name == "pixabay":
-                raise InvalidQuery("Pixabay is not set up here (PIXABAY_API_KEY is not set); "
-                                   "choose source openverse.")
-            raise InvalidQuery(f"source must be pixabay or openverse, not '{name}'.")
+            raise InvalidQuery(adapter(name).not_set_up(list(self.sources)))
         return found
 
     def vectors_source(self, name: str) -> Source:
@@ -234,9 +232,7 @@ class SearchService:
         client = self.sources.get(name)
         if client is not None:
             return client.source
-        url = (self.settings.openverse_api_url if name == "openverse"
-               else self.settings.pixabay_api_url)
-        return Source(name, url)
+        return adapter(name).vectors_source(self.settings)
 
     @property
     def model_key(self) -> str:
@@ -246,33 +242,40 @@ class SearchService:
                    candidates: int | None = None, filters: Filters | None = None,
                    progress: Progress | None = None, partial: Partial | None = None,
                    partial_interval: float = 0.5, source: str | None = None,
-                   image: bytes | None = None) -> SearchResult:
-        """Rank ``source``'s candidates for ``tag`` by ``phrase``, ``image``, or both."""
+                   image: bytes | None = None, dedupe: bool = True,
+                   vector: np.ndarray | None = None) -> SearchResult:
+        """Rank ``source``'s candidates for ``tag`` by ``phrase``, ``image`` (or a cached
+        image ``vector``), or both."""
         query = Query(tag, phrase, candidates or self.settings.search_candidates,
-                      filters or Filters(), source or self.settings.search_source, image)
+                      filters or Filters(lang=self.settings.search_language),
+                      source or self.settings.search_source, image, vector)
         return await self.find_query(query, top=top, offset=offset, progress=progress,
-                                     partial=partial, partial_interval=partial_interval)
+                                     partial=partial, partial_interval=partial_interval,
+                                     dedupe=dedupe)
 
     async def find_query(self, query: Query, *, top: int = 5, offset: int = 0,
                          progress: Progress | None = None, partial: Partial | None = None,
-                         partial_interval: float = 0.5) -> SearchResult:
+                         partial_interval: float = 0.5, dedupe: bool = True) -> SearchResult:
         """Rank the query's candidates by its phrase, its picture, or both.
 
         ``partial``: called with the ranking so far after newly encoded images, at most
         once every ``partial_interval`` seconds, once the query's vector is known.
+        ``dedupe``: fold near-duplicates (cosine >= DEDUPE_SIMILARITY with a better hit).
         """
         # One search's vectors come from one backend: the switch from torch to ONNX
         # Runtime after a first start's export waits until no search holds it.
         with self.encoder.held():
             return await self._find_query(query, top=top, offset=offset, progress=progress,
-                                          partial=partial, partial_interval=partial_interval)
+                                          partial=partial, partial_interval=partial_interval,
+                                          dedupe=dedupe)
 
     async def _find_query(self, query: Query, *, top: int, offset: int,
                           progress: Progress | None, partial: Partial | None,
-                          partial_interval: float) -> SearchResult:
+                          partial_interval: float, dedupe: bool) -> SearchResult:
+        threshold = self.settings.dedupe_similarity if dedupe else 2.0
         # A Query checks itself when built; a caller's own (a subclass, a copy) is re-checked.
         query = Query(query.tag, query.phrase, query.candidates, query.filters, query.source,
-                      query.image)
+                      query.image, query.vector)
         retriever = self.source(query.source)
         if not 1 <= top <= MAX_TOP:
             raise InvalidQuery(f"top must be from 1 to {MAX_TOP}.")
@@ -286,7 +289,7 @@ class SearchService:
         # then runs beside the API call and the downloads.
         pixels = (None if query.image is None
                   else await self._query_image(query.image))
-        text_task = asyncio.ensure_future(self._query_vector(phrase, pixels))
+        text_task = asyncio.ensure_future(self._query_vector(phrase, pixels, query.vector))
         try:
             t0 = time.perf_counter()
             found = await retriever.candidates(tag, filters, limit)
@@ -311,9 +314,9 @@ class SearchService:
                     return
                 last_partial = now
                 ranked = [h for h in hits if h.id in so_far]
-                partial(PartialRanking(
+                partial(PartialRanking(fold_near_duplicates(
                     rank(ranked, np.stack([so_far[h.id] for h in ranked]),
-                         text_task.result()[0]), len(ranked), len(hits)))
+                         text_task.result()[0]), so_far, threshold), len(ranked), len(hits)))
 
             deadline = started + self.settings.search_deadline_seconds
             embedded = await self.embedder.embed(missing, self.fetcher, progress=progress,
@@ -335,16 +338,17 @@ class SearchService:
                 text_task.exception()  # a failed encode is reported by whoever awaits it
         t0 = time.perf_counter()
         matrix = np.stack([vectors[h.id] for h in ranked_hits])
-        ranking = rank(ranked_hits, matrix, vector)
+        ranking = fold_near_duplicates(rank(ranked_hits, matrix, vector), vectors, threshold)
         timings["rank"] = _ms(t0)
         timings["total"] = _ms(started)
         return SearchResult(
             tag=tag, phrase=phrase, hits=ranking.page(offset, top), ranking=ranking,
-            offset=offset, top=top, candidates=len(ranking), fetched=len(hits),
+            offset=offset, top=top, candidates=len(ranking) + ranking.folded,
+            fetched=len(hits),
             total_hits=found.total_hits, skipped=dict(skipped), api_cached=found.from_cache,
             embeddings_cached=len(cached), downloaded=len(fresh), truncated=truncated,
             timings=timings, left_out=left_out, source=retriever.name,
-            by_image=query.image is not None)
+            by_image=query.image is not None or query.vector is not None)
 
     async def _query_image(self, data: bytes):
         """The query picture ready for ``_query_vector``: its pixels, or with INFERENCE_URL
@@ -358,22 +362,44 @@ class SearchService:
                                " attach a JPEG, PNG, GIF or WebP picture.")
         return got.vectors[0]
 
-    async def _query_vector(self, phrase: str | None, pixels) -> tuple[np.ndarray, bool]:
-        """The query's unit vector and whether the phrase was cut to the model's length."""
-        if pixels is None:
-            assert phrase is not None  # a Query has a phrase, an image or both
-            text = await self.encoder.encode_text(phrase)
-            return text.vector, text.truncated
-        if isinstance(self.encoder, RemoteEncoder):
-            if not phrase:
-                return pixels, False
-            text = await self.encoder.encode_text(phrase)
-            return blend(pixels, text.vector), text.truncated
-        vectors, _seconds = await self.encoder.encode_images(pixels[None])
-        if not phrase:
-            return vectors[0], False
-        text = await self.encoder.encode_text(phrase)
-        return blend(vectors[0], text.vector), text.truncated
+    async def _query_vector(self, phrase: str | None, pixels, vector=None) -> tuple[np.ndarray, bool]:
+        """The query's vector and whether the phrase was cut to the model's length.
+
+        Negative terms (``-snow``) subtract the mean of their unit vectors from the unit
+        query (search/phrase.py has the rule and what it measured).
+        """
+        positive, negatives = split_negatives(phrase or "")
+        truncated = False
+        if pixels is None and vector is None:
+            text = await self.encoder.encode_text(positive)
+            query, truncated = unit(text.vector), text.truncated
+        else:
+            if vector is None:
+                if isinstance(self.encoder, RemoteEncoder):
+                    vector = pixels  # the inference service already made it a vector
+                else:
+                    vectors, _seconds = await self.encoder.encode_images(pixels[None])
+                    vector = vectors[0]
+            query = unit(vector)
+            if positive:
+                text = await self.encoder.encode_text(positive)
+                query, truncated = blend(vector, text.vector), text.truncated
+        if not negatives:
+            return query, truncated
+        avoid = [unit((await self.encoder.encode_text(term)).vector) for term in negatives]
+        return query - np.mean(avoid, axis=0), truncated
+
+    async def picture(self, url: str, *, declared_size: int | None = None,
+                      whose: str = "your image") -> bytes:
+        """A member's picture from Discord's CDN (DISCORD_CDN_HOSTS), under the caps."""
+        return await fetch_attachment(self.fetcher, url, self.settings.discord_cdn_hosts,
+                                      declared_size=declared_size, whose=whose)
+
+    async def cached_vector(self, hit: Hit) -> np.ndarray | None:
+        """The stored image vector of one of our results (no download), if it is kept."""
+        found = await self.store.get_embeddings(self.vectors_source(hit.source),
+                                                self.model_key, [hit.id])
+        return found.get(hit.id)
 
     def page(self, ranking: Ranking, offset: int, top: int) -> list[ScoredHit]:
         """Another page of a ranking already computed: no Pixabay call, no model call."""
@@ -415,6 +441,16 @@ class SearchService:
             captions = [short_credit(item.hit) for item in items]
         sheet = await hits_sheet(self.fetcher, self.decoder, items, labels, captions)
         return await asyncio.to_thread(encode, sheet, fmt)
+
+
+def share(client: Any, redis: SharedRedis, processes: int) -> None:
+    """Give a source client Redis windows matching its own budgets (search.upstream spends
+    them instead of the local ones); they are named as the response cache names it."""
+    budget = SharedBudget(redis, client.source.response_scope,
+                          [Window(f"{b.window:g}s", b.limit, b.window) for b in client.budgets],
+                          processes=processes, label=client.label)
+    client.shared = budget
+    metrics.watch_budget(client.name, budget)
 
 
 def _ms(t0: float) -> float:

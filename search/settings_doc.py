@@ -26,6 +26,8 @@ class Setting:
     section: str  # the heading it is listed under (rows of one section stay together)
     meaning: str  # one line, plain text: --help, .env.example and the docs
     more: str = ""  # optional detail, plain text: .env.example and the docs, not --help
+    # Why .env.example leaves it commented out (an empty string: it is set there).
+    unset_in_example: str = ""
 
 
 # HOW TO ADD A SETTING
@@ -88,7 +90,9 @@ SETTINGS: tuple[Setting, ...] = (
             "and --check say why. fp32 turns int8 off (exact torch vectors, about 3.5x slower "
             "on CPU)."),
     Setting("DATA_DIR", "Searches and data", "where the SQLite caches and the bot's state live",
-            "What each file holds, and backups: docs/operations.md."),
+            "What each file holds, and backups: docs/operations.md.",
+            unset_in_example="Left unset here: copied into the systemd unit's EnvironmentFile, "
+                             "a DATA_DIR would win over the unit's /var/lib/findimage."),
     Setting("MODEL_CACHE_DIR", "Searches and data",
             "where the exported ONNX model files live; empty: DATA_DIR/models",
             "`make model` (python -m search.export) fills it ahead of time, so an image build, a "
@@ -108,8 +112,32 @@ SETTINGS: tuple[Setting, ...] = (
             "days a results message keeps its ranking for paging",
             "1-3650. Older rankings are pruned; paging them says the results expired."),
     Setting("RESULTS_LAYOUT", "Searches and data",
-            "auto (a contact sheet above 4 a page), list or grid",
+            "auto (a contact sheet above 5 a page), list or grid",
             "list posts embeds, grid one contact sheet."),
+    Setting("SEARCH_LANGUAGE", "Searches and data",
+            "the language tags are typed in, sent as Pixabay's lang (its 26 codes)",
+            "cs da de en es fr id it hu nl no pl pt ro sk fi sv tr vi th bg ru el ja ko zh. "
+            "A member's lang option wins; Openverse has no such parameter."),
+    Setting("DEDUPE_SIMILARITY", "Searches and data",
+            "a hit at this cosine or more to a better-ranked one is folded into it",
+            "Near-duplicates take no rank; the page says how many were folded. 1 folds only "
+            "identical images; why 0.9995: docs/results.md."),
+    Setting("DISCORD_CDN_HOSTS", "Discord",
+            "the only hosts members' pictures (image:, Find similar images) come from",
+            "host, or host:port for that port only. Attachments are streamed under the "
+            "candidates' caps (10 MB, 10 s)."),
+    Setting("DATABASE_URL", "Several processes",
+            "postgresql://user@host:5432/db: the bot's state and the caches in PostgreSQL, "
+            "shared by every process; empty: SQLite files in DATA_DIR",
+            "Each process creates or upgrades the schema at start-up. docs/scaling.md says "
+            "what is kept, the faults handled and how to back it up (pg_dump)."),
+    Setting("DATABASE_POOL_SIZE", "Several processes",
+            "PostgreSQL connections the cache and the state each keep open (1-100)",
+            "So a process holds up to 2 x (DATABASE_POOL_SIZE + DATABASE_MAX_OVERFLOW) "
+            "connections: size max_connections for every process."),
+    Setting("DATABASE_MAX_OVERFLOW", "Several processes",
+            "connections each may open beyond the pool under load (0-100); then a call "
+            "waits up to 10 s"),
     Setting("REDIS_URL", "Several processes",
             "redis://host:port/n: source budgets, pick and interaction claims, page-turn "
             "locks and IDENTIFY turns shared by every process; empty: in this process",
@@ -244,9 +272,11 @@ def env_example() -> str:
         parts.append(f"\n# --- {section} ---\n")
         for s in rows:
             text = _sentence(s.meaning) + (f" {s.more}" if s.more else "")
+            if s.unset_in_example:
+                text += f" {s.unset_in_example}"
             for line in textwrap.wrap(text, 90):
                 parts.append(f"# {line}\n")
-            parts.append(f"{s.name}={env_value(s.name)}\n")
+            parts.append(f"{'# ' if s.unset_in_example else ''}{s.name}={env_value(s.name)}\n")
     return "".join(parts)
 
 

@@ -297,7 +297,7 @@ class SharedBudget:
     _left: int | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        from .pixabay import RateBudget  # the local budget, one per window
+        from .budget import RateBudget  # the local budget, one per window
 
         self.fallback = [RateBudget(limit=max(1, w.limit // max(1, self.processes)),
                                     window=w.seconds, clock=self.clock, label=self.label)
@@ -395,6 +395,16 @@ class SharedBudget:
             await self._run(self.redis.tell_script, [key], args)
         except RedisUnavailable:
             pass  # the local share already knows
+
+    async def learn_from(self, budgets: Sequence[Any]) -> None:
+        """What the source's own budgets learnt from an answer's headers (or a 429),
+        written where every process reads it; one budget per window, in order."""
+        now = self.clock()
+        for i, budget in enumerate(budgets[:len(self.windows)]):
+            if budget.limit != self.windows[i].limit:
+                self.resize(i, budget.limit)
+            if budget.server_remaining is not None and now < budget.server_reset_at:
+                await self.tell(i, budget.server_remaining, budget.server_reset_at - now, None)
 
     def resize(self, i: int, limit: int) -> None:
         """Window ``i`` allows ``limit`` (a source that announces its limit, as Openverse)."""

@@ -1,127 +1,145 @@
-"""SQLite: the API response cache and the embedding cache (DATA_DIR/search.sqlite3).
+"""The API response cache and the embedding cache: DATA_DIR/search.sqlite3, or PostgreSQL.
 
 Responses are keyed by the source's endpoint and a fingerprint of its key, so another
 PIXABAY_API_URL or another key never reads them; vectors by the source's endpoint, the
-model and the image id, so ids from two catalogues never meet.
+model and the image id, so ids from two catalogues never meet. With DATABASE_URL every
+process reads what any process cached (within Pixabay's 24 hours).
 
 These are caches: a query must still answer when they cannot be used. A busy file
-(another process writing) is waited for, then the write is skipped; a full disk skips
-the write and the cache is used again once space returns. Only a file that fails
-``quick_check`` or is not a database is moved aside, once, with a loud log line.
+(another process writing) is waited for, then the write is skipped; a full disk or a
+database server that is down skips the write and the cache is used again once it returns.
+Only a file that fails ``quick_check`` or is not a database is moved aside, once, with a
+loud log line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .models import Source
-from .sqlite import BUSY_TIMEOUT, BUSY_TRIES, Corrupt, Database, StorageError, write
+from .models import FeatureVector, Source
+from .storage import BUSY_TIMEOUT, BUSY_TRIES, Corrupt, Database, StorageError, upsert
+from .storage.database import MAX_OVERFLOW, POOL_SIZE
+from .storage.schema import api_cache, embeddings
 
 log = logging.getLogger(__name__)
 
 API_CACHE_TTL = 24 * 3600.0  # Pixabay's terms: cache responses for 24 hours.
+CHUNK = 500  # ids a statement: well under SQLite's 32766 bound parameters
+TAG_ANSWERS = 200  # newest cached answers whose images' tags are suggested
+MAX_SUGGESTED_TAG = 100  # Discord's limit on a choice's name and value
 
-FeatureVector = NDArray[np.float32]
-
-MIGRATIONS = (
-    # 1: the first release (kept so its files upgrade through 2).
-    """
-    CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    CREATE TABLE IF NOT EXISTS api_cache (
-        key TEXT PRIMARY KEY, fetched_at REAL NOT NULL, body TEXT NOT NULL);
-    CREATE TABLE IF NOT EXISTS embeddings (
-        provider TEXT NOT NULL, image_id INTEGER NOT NULL, model TEXT NOT NULL,
-        dim INTEGER NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (provider, image_id, model));
-    """,
-    # 2: responses keyed by endpoint + key fingerprint, vectors by endpoint. Release 1's
-    # rows cannot say which endpoint they came from, so they are dropped, not guessed.
-    """
-    DROP TABLE IF EXISTS api_cache;
-    DROP TABLE IF EXISTS embeddings;
-    DROP TABLE IF EXISTS meta;
-    CREATE TABLE api_cache (
-        scope TEXT NOT NULL, request TEXT NOT NULL, fetched_at REAL NOT NULL,
-        body TEXT NOT NULL, PRIMARY KEY (scope, request));
-    CREATE INDEX api_cache_age ON api_cache (fetched_at);
-    CREATE TABLE embeddings (
-        source TEXT NOT NULL, image_id INTEGER NOT NULL, model TEXT NOT NULL,
-        dim INTEGER NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (source, image_id, model));
-    """,
-)
 
 
 class Store:
-    """The caches. Reads that fail are misses; writes that fail are skipped and logged."""
+    """The caches. Reads that fail are misses; writes that fail are skipped and logged.
 
-    def __init__(self, path: Path | str, *, busy_timeout: float = BUSY_TIMEOUT,
-                 busy_tries: int = BUSY_TRIES, clock=time.time) -> None:
-        self.path = Path(path)
+    ``target`` is the SQLite file, or a ``postgresql://`` URL (DATABASE_URL).
+    """
+
+    def __init__(self, target: Path | str, *, busy_timeout: float = BUSY_TIMEOUT,
+                 busy_tries: int = BUSY_TRIES, clock=time.time, pool_size: int = POOL_SIZE,
+                 max_overflow: int = MAX_OVERFLOW) -> None:
         self.clock = clock
         self.rebuilt = 0
         self.skipped_writes = 0
-        self.db = Database(self.path, MIGRATIONS, what="the search cache",
-                           busy_timeout=busy_timeout, busy_tries=busy_tries)
+        self._tags: dict[tuple, frozenset[str]] = {}  # an answer's images' tags, by key
+        self.db = Database(target, branch="cache", what="the search cache",
+                           busy_timeout=busy_timeout, busy_tries=busy_tries,
+                           pool_size=pool_size, max_overflow=max_overflow)
+        self.path = self.db.path
         try:
-            self.db.open()
+            self.db.precheck()  # SQLite: a newer file is refused here, a corrupt one rebuilt
         except Corrupt as e:
             self.db.move_aside(str(e))
             self.rebuilt += 1
-            self.db.open()
+            self.db.precheck()
+
+    async def open(self) -> Store:
+        """Connect and migrate now (else the first call does); raises what start-up reports."""
+        await self.db.open()
+        return self
+
+    async def aclose(self) -> None:
+        await self.db.aclose()
 
     def close(self) -> None:
-        self.db.close()
-
-    async def _read(self, fn, *args, default=None):
+        """For callers from before the store was async: ``aclose`` on the store's loop,
+        waited for from another thread, scheduled from the loop's own."""
+        loop = self.db.loop
+        if self.db.engine is None or loop is None or loop.is_closed():
+            return
         try:
-            return await self.db.run(fn, *args)
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            loop.create_task(self.aclose())
+        else:
+            asyncio.run_coroutine_threadsafe(self.aclose(), loop).result()
+
+    async def __aenter__(self) -> Store:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _read(self, work, default=None):
+        try:
+            return await self.db.run(work, write=False)
         except Corrupt as e:
-            self._corrupt(e)
+            await self._corrupt(e)
         except StorageError as e:
-            log.warning("the search cache could not be read (%s); searching without it", e)
+            log.warning("the search cache could not be read (%s); searching without it",
+                        getattr(e, "detail", "") or e)
         return default
 
-    async def _write(self, fn, *args) -> bool:
+    async def _write(self, work) -> bool:
+        async def cached(conn: AsyncConnection):
+            if conn.dialect.name == "postgresql":
+                # A cache row lost in a server crash is fetched again: its commit need not
+                # wait for the WAL flush.
+                await conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+            return await work(conn)
+
         try:
-            await self.db.run(fn, *args)
+            await self.db.run(cached)
             return True
         except Corrupt as e:
-            self._corrupt(e)
+            await self._corrupt(e)
         except StorageError as e:
             self.skipped_writes += 1
             log.warning("the search cache was not updated (%s: %s); results are unaffected",
-                        type(e).__name__, e)
+                        type(e).__name__, getattr(e, "detail", "") or e)
         return False
 
-    def _corrupt(self, error: Exception) -> None:
+    async def _corrupt(self, error: Exception) -> None:
         """Found broken while running: move it aside once and start an empty cache."""
-        def rebuild(conn: sqlite3.Connection) -> None:
-            conn.close()
-            self.db.conn = None
-            self.db.move_aside(str(error))
-            self.db.conn = self.db._connect()
-
         self.rebuilt += 1
-        assert self.db.conn is not None  # found broken while open
         try:
-            self.db._pool.submit(rebuild, self.db.conn).result()
-        except (sqlite3.Error, OSError) as e:
+            await self.db.rebuild(str(error))
+        except (StorageError, OSError) as e:
             log.error("cannot rebuild the search cache at %s (%s); searching without it",
                       self.path, e)
 
     # -- API responses ----------------------------------------------------------
     async def get_response(self, source: Source, request: str, ttl: float = API_CACHE_TTL
                            ) -> dict | None:
-        def q(conn: sqlite3.Connection):
-            return conn.execute("SELECT fetched_at, body FROM api_cache WHERE scope=? AND "
-                                "request=?", (source.response_scope, request)).fetchone()
+        async def q(conn: AsyncConnection):
+            return (await conn.execute(
+                sa.select(api_cache.c.fetched_at, api_cache.c.body).where(
+                    api_cache.c.scope == source.response_scope,
+                    api_cache.c.request == request))).first()
 
         row = await self._read(q)
         if row is None or self.clock() - row[0] > ttl:
@@ -131,15 +149,50 @@ class Store:
         except ValueError:
             return None
 
+    async def cached_tags(self, prefix: str, limit: int = 25) -> list[str]:
+        """Tags that images in the cached answers carry, starting with ``prefix`` (any
+        source, any server: they are the catalogue's words, not what anyone typed).
+
+        The newest TAG_ANSWERS answers are read; each answer's tags are kept in memory by
+        its key and time, so a keystroke parses nothing it parsed before."""
+        prefix = " ".join(prefix.lower().split())
+        since = self.clock() - API_CACHE_TTL
+
+        async def q(conn: AsyncConnection):
+            return (await conn.execute(
+                sa.select(api_cache.c.scope, api_cache.c.request, api_cache.c.fetched_at)
+                .where(api_cache.c.fetched_at >= since)
+                .order_by(api_cache.c.fetched_at.desc()).limit(TAG_ANSWERS))).all()
+
+        found: set[str] = set()
+        for scope, request, fetched_at in await self._read(q, default=[]):
+            key = (scope, request, fetched_at)
+            tags = self._tags.get(key)
+            if tags is None:
+                async def body(conn: AsyncConnection, scope=scope, request=request):
+                    return (await conn.execute(sa.select(api_cache.c.body).where(
+                        api_cache.c.scope == scope, api_cache.c.request == request))).first()
+
+                row = await self._read(body)
+                try:
+                    tags = frozenset(hit_tags(json.loads(row[0]))) if row else frozenset()
+                except ValueError:
+                    tags = frozenset()
+                self._tags[key] = tags
+                while len(self._tags) > 4 * TAG_ANSWERS:
+                    self._tags.pop(next(iter(self._tags)))
+            found |= {t for t in tags if t.startswith(prefix)}
+        return sorted(found)[:limit]
+
     async def put_response(self, source: Source, request: str, body: dict) -> bool:
         text = json.dumps(body, separators=(",", ":"))
         now = self.clock()
 
-        def q(conn: sqlite3.Connection) -> None:
-            with write(conn):
-                conn.execute("INSERT OR REPLACE INTO api_cache VALUES (?, ?, ?, ?)",
-                             (source.response_scope, request, now, text))
-                conn.execute("DELETE FROM api_cache WHERE fetched_at < ?", (now - API_CACHE_TTL,))
+        async def q(conn: AsyncConnection) -> None:
+            await upsert(conn, api_cache, {"scope": source.response_scope, "request": request,
+                                           "fetched_at": now, "body": text})
+            await conn.execute(sa.delete(api_cache).where(
+                api_cache.c.fetched_at < now - API_CACHE_TTL))
 
         return await self._write(q)
 
@@ -149,37 +202,69 @@ class Store:
         if not ids:
             return {}
         wanted = {str(i): i for i in ids}  # Pixabay ids are numbers, Openverse ids UUIDs
+        keys = list(wanted)
 
-        def q(conn: sqlite3.Connection):
-            rows = []
-            for start in range(0, len(ids), 500):
-                chunk = list(ids[start:start + 500])
-                marks = ",".join("?" * len(chunk))
-                rows += conn.execute(
-                    f"SELECT image_id, dim, vector FROM embeddings WHERE source=? AND model=?"
-                    f" AND image_id IN ({marks})", (source.id, model, *chunk)).fetchall()
+        async def q(conn: AsyncConnection):
+            rows: list[Any] = []
+            for start in range(0, len(keys), CHUNK):
+                chunk = keys[start:start + CHUNK]
+                if conn.dialect.name == "postgresql":  # one array parameter, not 500
+                    among = embeddings.c.image_id == sa.any_(sa.cast(
+                        sa.bindparam("ids", chunk, type_=ARRAY(sa.Text)), ARRAY(sa.Text)))
+                else:
+                    among = embeddings.c.image_id.in_(chunk)
+                rows += (await conn.execute(
+                    sa.select(embeddings.c.image_id, embeddings.c.dim, embeddings.c.vector)
+                    .where(embeddings.c.source == source.id, embeddings.c.model == model,
+                           among))).all()
             return rows
 
         out: dict[int | str, FeatureVector] = {}
         for image_id, dim, blob in await self._read(q, default=[]):
-            vec = np.frombuffer(blob, dtype=np.float32)
+            vec = np.frombuffer(bytes(blob), dtype=np.float32)
             if vec.shape == (dim,) and str(image_id) in wanted:
                 out[wanted[str(image_id)]] = vec
         return out
 
     async def put_embeddings(self, source: Source, model: str,
                              items: Iterable[tuple[int | str, FeatureVector]]) -> bool:
-        rows = [(source.id, i, model, int(v.shape[0]),
-                 np.ascontiguousarray(v, dtype=np.float32).tobytes()) for i, v in items]
+        rows = [{"source": source.id, "image_id": str(i), "model": model,
+                 "dim": int(v.shape[0]),
+                 "vector": np.ascontiguousarray(v, dtype=np.float32).tobytes()}
+                for i, v in items]
         if not rows:
             return True
 
-        def q(conn: sqlite3.Connection) -> None:
-            with write(conn):
-                conn.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?, ?)", rows)
+        async def q(conn: AsyncConnection) -> None:
+            for start in range(0, len(rows), CHUNK):
+                await upsert(conn, embeddings, rows[start:start + CHUNK])
 
         return await self._write(q)
 
     async def count_embeddings(self) -> int:
-        return await self._read(
-            lambda conn: conn.execute("SELECT count(*) FROM embeddings").fetchone()[0], default=0)
+        async def q(conn: AsyncConnection) -> int:
+            return (await conn.execute(sa.select(sa.func.count()).select_from(embeddings))
+                    ).scalar_one()
+
+        return await self._read(q, default=0)
+
+
+def hit_tags(body: dict) -> set[str]:
+    """The tags of an answer's images: Pixabay's "a, b" strings, Openverse's [{"name"}]."""
+    found: set[str] = set()
+    for key in ("hits", "results"):
+        items = body.get(key) if isinstance(body, dict) else None
+        for raw in items if isinstance(items, list) else ():
+            tags = raw.get("tags") if isinstance(raw, dict) else None
+            names: list[object]
+            if isinstance(tags, str):
+                names = list(tags.split(","))
+            elif isinstance(tags, list):
+                names = [t.get("name") for t in tags[:30] if isinstance(t, dict)]
+            else:
+                continue
+            for name in names:
+                if isinstance(name, str) and (tag := " ".join(name.lower().split())):
+                    if len(tag) <= MAX_SUGGESTED_TAG:
+                        found.add(tag)
+    return found

@@ -1,28 +1,44 @@
-"""What a source API sends, checked before we trust it: bodies, JSON, numbers, strings, URLs.
+"""Talking to a source API: the one request loop, and the checks on what comes back.
+
+``request`` is the loop every source uses: its budget first, then the request, retries
+with backoff on timeouts, connection errors and 5xx, bodies read up to a cap, waits
+from headers charged to the right window, metrics and log lines per answer. A source
+supplies only ``Terms``: what its statuses and headers mean, as its own errors.
 
 Every value in a remote JSON body or header is hostile until one of these accepts it:
 numbers are whole and bounded (``1e400`` is infinity in Python's JSON, and an id past
 2**63 does not fit SQLite), strings are strings and capped, URLs are absolute http(s),
-waits from headers are finite and at most ``MAX_WAIT`` seconds, and a body is read up
-to a cap and must be UTF-8 JSON. Any source client (Pixabay, Openverse) builds its
-schema from these; ``Invalid`` carries the reason that is logged for a dropped row.
+waits from headers are finite, not negative and at most a day (``inf``, ``nan`` or
+``1e12`` are unreadable, never a lock-out), and a body is read up to a cap and must be
+UTF-8 JSON. ``Invalid`` carries the reason that is logged for a dropped row.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import re
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 from urllib.parse import quote, quote_plus
 
 import aiohttp
 from yarl import URL
 
+from . import metrics
+from .budget import RateBudget, acquire_all, hold_for
+from .errors import SourceError
+
 MAX_ID = 2**63 - 1  # SQLite's INTEGER
-MAX_WAIT = 60.0  # seconds: no header may make us wait longer than this
+# Seconds: a wait in a header past this is nonsense, not an instruction. A day is the
+# longest window any source documents (Openverse's anonymous day budget); each wait is
+# then capped at the window it is charged to (a minute for a per-minute budget).
+MAX_HEADER_WAIT = 86400.0
+MAX_BODY_BYTES = 8 * 1024 * 1024  # a page of results is well under 1 MB
+MAX_ERROR_BYTES = 16 * 1024  # of an error's text, for the log
 MAX_URL_CHARS = 2048
 # Parsing a JSON body this large takes a few milliseconds: larger ones go to a thread.
 PARSE_ON_LOOP_BYTES = 256 * 1024
@@ -89,17 +105,20 @@ def optional_http_url(value: Any, name: str, *, max_chars: int = MAX_URL_CHARS) 
     return "" if value is None or value == "" else http_url(value, name, max_chars=max_chars)
 
 
-def header_seconds(value: str | None, *, cap: float = MAX_WAIT) -> float | None:
-    """A wait from a header in seconds, from 0 to ``cap``; None if absent or unreadable."""
+def header_seconds(value: str | None, *, most: float = MAX_HEADER_WAIT) -> float | None:
+    """A wait from a header in seconds, from 0 to ``most``; None if absent or unreadable.
+
+    ``inf``, ``nan``, ``-5`` and ``1e12`` are unreadable: a caller falls back to what it
+    does when no wait is given, and no header can lock a source out."""
     if value is None:
         return None
     try:
         seconds = float(value.strip()[:32])
     except ValueError:
         return None
-    if math.isnan(seconds):
+    if not math.isfinite(seconds) or not 0.0 <= seconds <= most:
         return None
-    return min(max(seconds, 0.0), cap)  # inf and 1e12 become the cap
+    return seconds
 
 
 def header_whole(value: str | None, *, lo: int, hi: int) -> int | None:
@@ -198,3 +217,119 @@ async def cached_page(store: Any, source: Any, inflight: dict[str, asyncio.Futur
         raise
     finally:
         del inflight[key]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One answer as the loop read it: the body is capped (an error's text cut short)."""
+
+    status: int
+    headers: Mapping[str, str]
+    data: bytes
+
+
+class Terms(Protocol):
+    """What one source's API means by its answers; ``request`` does everything else."""
+
+    name: str  # the metrics label and the log lines' prefix
+    label: str  # who refuses, in the sentence a member sees
+    log: logging.Logger
+
+    @property
+    def budgets(self) -> Sequence[RateBudget]:
+        """Every budget a request spends from; a 429's wait goes to one of them."""
+
+    def observe(self, headers: Mapping[str, str]) -> None:
+        """Read the rate headers of any answer into the budgets."""
+
+    def wait(self, reply: Reply) -> float | None:
+        """A 429's wait in seconds, from the headers; None when it gives none we can read."""
+
+    def refused(self, reply: Reply) -> SourceError:
+        """The error for a 4xx other than 429 (the text is for the log only)."""
+
+    def unavailable(self, why: str, *, unreachable: bool) -> SourceError:
+        """The error once every attempt failed; ``unreachable``: no connection at all."""
+
+    def malformed(self) -> SourceError:
+        """The error for an answer too large, or not the JSON we expect."""
+
+
+async def request(session: aiohttp.ClientSession, url: str, terms: Terms, *,
+                  params: Mapping[str, str], timeout: aiohttp.ClientTimeout,
+                  retries: int, backoff: float, max_body: int = MAX_BODY_BYTES,
+                  headers: Callable[[], Awaitable[Mapping[str, str]]] | None = None,
+                  renew: Callable[[Reply], Awaitable[bool]] | None = None) -> bytes:
+    """GET ``url`` until a 200's body comes back (at most ``max_body`` bytes), or raise
+    the source's error. ``headers`` gives each attempt's headers (a bearer token);
+    ``renew(reply)`` is offered a 401 once, and True sends again at no attempt's cost.
+
+    ``params`` may hold a key: no URL is ever logged."""
+    last = "no answer"
+    unreachable = renewed = False
+    attempt = 0
+    while attempt <= retries:
+        if attempt:
+            await asyncio.sleep(backoff * 2 ** (attempt - 1))
+        sent = await headers() if headers is not None else {}
+        # With REDIS_URL the source's windows are shared by every process (search.shared).
+        shared = getattr(terms, "shared", None)
+        if shared is not None:
+            await shared.take()
+        else:
+            acquire_all(terms.budgets)
+        status = 0
+        try:
+            async with session.get(url, params=params, headers=sent, timeout=timeout) as resp:
+                terms.observe(resp.headers)
+                if shared is not None:
+                    await shared.learn_from(terms.budgets)
+                status = resp.status
+                data = await read_body(resp, max_body if status == 200 else MAX_ERROR_BYTES,
+                                       cut=status != 200)
+                reply = Reply(status, resp.headers, data)
+        except TooLarge as e:
+            metrics.UPSTREAM_REQUESTS.labels(terms.name, str(status)).inc()
+            terms.log.warning("%s: refused an answer %s", terms.name, e)
+            raise terms.malformed() from None
+        except TimeoutError:
+            metrics.UPSTREAM_REQUESTS.labels(terms.name, "timeout").inc()
+            last, unreachable = "timed out", False
+            terms.log.warning("%s: request timed out (attempt %d)", terms.name, attempt + 1)
+            attempt += 1
+            continue
+        except aiohttp.ClientError as e:
+            metrics.UPSTREAM_REQUESTS.labels(terms.name, "error").inc()
+            last = type(e).__name__
+            unreachable = isinstance(e, aiohttp.ClientConnectorError)
+            terms.log.warning("%s: %s (attempt %d)", terms.name, last, attempt + 1)
+            attempt += 1
+            continue
+        unreachable = False
+        metrics.UPSTREAM_REQUESTS.labels(terms.name, str(status)).inc()
+        if status == 200:
+            return reply.data
+        if status == 429:
+            held = hold_for(terms.budgets, terms.wait(reply), terms.label)
+            if shared is not None:
+                await shared.learn_from(terms.budgets)
+            raise held
+        if status == 401 and renew is not None and not renewed and await renew(reply):
+            renewed = True  # a renewed credential: the same request again, once
+            continue
+        if status >= 500:
+            last = f"HTTP {status}"
+            terms.log.warning("%s: HTTP %d (attempt %d)", terms.name, status, attempt + 1)
+            attempt += 1
+            continue
+        raise terms.refused(reply)
+    raise terms.unavailable(last, unreachable=unreachable)
+
+
+async def read_json(data: bytes, terms: Terms) -> Any:
+    """A 200's body as JSON, or the source's ``malformed`` error (the reason logged)."""
+    try:
+        return await parse_json_off_loop(data)
+    except Invalid as e:
+        terms.log.warning("%s: unreadable answer: %s", terms.name, e)
+        raise terms.malformed() from None

@@ -115,6 +115,8 @@ def bot_env(fake_discord, fake_pixabay, data_dir: Path, **extra: str) -> dict[st
         "DISCORD_API_BASE": fake_discord.api_base,
         "DISCORD_GATEWAY_URL": fake_discord.gateway_url,
         "SEARCH_CANDIDATES": "60",
+        # The fake's CDN is the fake itself: its port alone, as Discord's CDN hosts.
+        "DISCORD_CDN_HOSTS": f"127.0.0.1:{fake_discord.port}",
         # The embed list, whose fields the older tests read; grid tests set layout:grid.
         "RESULTS_LAYOUT": "list",
     })
@@ -124,3 +126,25 @@ def bot_env(fake_discord, fake_pixabay, data_dir: Path, **extra: str) -> dict[st
 
 # -- no secret in any captured log line of the suite ------------------------------------
 from tests.log_guard import pytest_runtest_makereport  # noqa: E402,F401
+
+
+# -- PostgreSQL: each test its own database -------------------------------------------
+@pytest.fixture
+async def pg_url():
+    """A fresh database on the project's PostgreSQL, dropped after the test."""
+    from tests.pg import create_database, drop_database
+
+    url = await create_database()
+    yield url
+    await drop_database(url)
+
+
+@pytest.fixture(scope="module")
+def pg_cluster():
+    """A private PostgreSQL cluster on a random port, that the test may stop and start."""
+    from tests.pg import PrivateCluster
+
+    cluster = PrivateCluster().init()
+    cluster.start()
+    yield cluster
+    cluster.remove()

@@ -19,8 +19,11 @@ from search.clip import ClipEncoder
 from search.config import Settings
 from search.decode import decode_image
 from search.errors import ConfigError, ModelLoadError
-from search.pixabay import Hit
+from search.models import Hit
 from search.ranking import rank
+
+# Each export is a child interpreter: minutes when other jobs share the two cores.
+pytestmark = pytest.mark.timeout(900)
 
 TINY = f"local-dir:{Path(__file__).parent / 'fixtures' / 'tiny-clip'}"
 HITS = [Hit(id=i, page_url="", image_url="") for i in range(200)]

@@ -81,7 +81,7 @@ async def reactions_added(fake, message_id: int, emojis) -> None:
 
 async def test_commands_are_synced_to_the_guild_with_minimal_intents(bot, fake_discord):
     names = {c["name"] for c in fake_discord.synced_commands[fake_discord.guild_id]}
-    assert names == {"findimage", "picks", "findimage-setup"}
+    assert names == {"findimage", "picks", "findimage-setup", "Find similar images"}
     assert None not in fake_discord.synced_commands
     (identify,) = fake_discord.identify_payloads
     assert identify["intents"] & INTENT_GUILD_MESSAGE_REACTIONS
@@ -317,6 +317,27 @@ async def test_cooldown_tells_the_member_how_long_to_wait(env, fake_discord):
         assert not reply.ephemeral
 
 
+async def test_a_refused_command_does_not_use_up_the_members_cooldown(env, fake_discord):
+    env["USER_COOLDOWN_SECONDS"] = "60"
+    async with running_bot(Settings.from_mapping(env)):
+        text = await ephemeral_error(fake_discord, tag="circle")  # no phrase: refused
+        assert text.startswith("Give a phrase, an image, or both")
+        _, reply = await search(fake_discord, tag="circle", phrase="a red circle")
+        assert not reply.ephemeral and len(reply.embeds) == 5  # not "Slow down"
+        # a query the search itself refuses (a tag of spaces) gives the turn back too
+        inter = await fake_discord.invoke("findimage", {"tag": "   ", "phrase": "x"},
+                                          user="bob")
+        await fake_discord.wait_for(lambda: any(m.ephemeral for m in inter.followups), 60,
+                                    what="bob's refusal")
+        refused = next(m for m in inter.followups if m.ephemeral)
+        assert refused.content.startswith("The tag is empty")
+        _, reply = await search(fake_discord, tag="star", phrase="a blue star", user="bob")
+        assert not reply.ephemeral
+        # a search that ran does count
+        text = await ephemeral_error(fake_discord, tag="circle", phrase="a blue circle")
+        assert text.startswith("Slow down: you can search again in ")
+
+
 async def test_full_queue_says_busy_instead_of_hanging(env, fake_discord, fake_pixabay):
     env["MAX_CONCURRENT_SEARCHES"] = "1"  # one running, two waiting, the fourth is turned away
     async with running_bot(Settings.from_mapping(env)):
@@ -345,13 +366,17 @@ async def run_bot_process(env: dict[str, str]) -> tuple[int, str]:
     return proc.returncode, err.decode()
 
 
-@pytest.mark.parametrize("missing", ["DISCORD_TOKEN", "PIXABAY_API_KEY"])
-async def test_missing_setting_exits_2_with_one_line(env, tmp_path, missing):
+@pytest.mark.parametrize(("missing", "fix"), [
+    ("DISCORD_TOKEN", "put it in the environment or in .env (see .env.example)."),
+    ("PIXABAY_API_KEY", "put your key from https://pixabay.com/api/docs/ in the environment or "
+                        "in .env (see .env.example), or search Openverse, which needs no key: "
+                        "SEARCH_SOURCE=openverse (the CLI: --source openverse)."),
+])
+async def test_missing_setting_exits_2_with_one_line(env, tmp_path, missing, fix):
     env.pop(missing)
     code, err = await run_bot_process(env)
     assert code == 2
-    assert err == (f"error: {missing} is not set; put it in the environment or in .env "
-                   "(see .env.example).\n")
+    assert err == f"error: {missing} is not set; {fix}\n"
 
 
 async def search_in_a_bot_process(env, fake_discord, tmp_path) -> tuple[int, str]:

@@ -132,7 +132,7 @@ async def test_an_attached_blue_square_returns_blue_squares_first(bot, fake_disc
 @pytest.mark.parametrize(("options", "expected"), [
     ({}, "Give a phrase, an image, or both"),
     ({"image": ("notes.txt", b"not a picture at all")},
-     "The attached file is not an image I can read"),
+     "The picture is not one I can read"),
     ({"image": ("huge.jpg", b"\xff\xd8" + bytes(11 * 1024 * 1024))},
      "Your image is 11.5 MB; attach one of at most 10 MB."),
     ({"source": "pixabay", "phrase": "x"}, "Pixabay is not set up here"),
@@ -192,13 +192,13 @@ async def test_a_grid_message_carries_one_image_with_a_tile_per_hit(bot, fake_di
         "**1** · #8 · ")
 
 
-async def test_auto_layout_is_a_grid_above_four_a_page(env, fake_discord):
+async def test_auto_layout_is_a_grid_above_five_a_page(env, fake_discord):
     env["RESULTS_LAYOUT"] = "auto"
     async with running_bot(Settings.from_mapping(env)):
-        _, four = await search(fake_discord, tag="cross", phrase="a red cross", count=4)
-        assert len(four.embeds) == 4 and not four.attachments
         _, five = await search(fake_discord, tag="cross", phrase="a red cross", count=5)
-        assert len(five.attachments) == 1 and tiles(five.attachments[0]) == 5
+        assert len(five.embeds) == 5 and not five.attachments
+        _, six = await search(fake_discord, tag="cross", phrase="a red cross", count=6)
+        assert len(six.attachments) == 1 and tiles(six.attachments[0]) == 6
 
 
 async def test_picks_list_shows_each_picks_thumbnail(bot, fake_discord, fake_pixabay):

@@ -8,16 +8,17 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from search.pixabay import PixabayClient
 from search.settings_doc import SETTINGS
+from search.sources.pixabay import PixabayClient
 from search.store import Store
 from tests.conftest import TINY_CLIP, bot_env
 
-ITEMS = ["settings", "data dir", "redis", "discord", "pixabay", "model", "encode"]
+ITEMS = ["settings", "data dir", "database", "redis", "discord", "pixabay", "model", "encode"]
 
 
 @pytest.fixture
@@ -74,7 +75,7 @@ async def test_check_passes_every_item_and_stays_offline(env, fake_discord, fake
                                    store=store)
             await client.candidates("nature", limit=1)
     finally:
-        store.close()
+        await store.aclose()
     assert fake_pixabay.api_requests == 1
 
 
@@ -97,8 +98,8 @@ WRONG = [
     ("invalid setting", {"CLIP_DEVICE": "tpu"}, "settings",
      "CLIP_DEVICE must be auto, cpu, cuda or cuda:N, not 'tpu'."),
     ("data dir is under a file", {"DATA_DIR": "{tmp}/a-file/data"}, "data dir",
-     "DATA_DIR '{tmp}/a-file/data' cannot be created (not a directory); create it or point "
-     "DATA_DIR at a folder this user may write."),
+     "DATA_DIR '{tmp}/a-file/data' cannot be created: '{tmp}/a-file' is a file, not a "
+     "folder; point DATA_DIR at a folder elsewhere, or move that file aside."),
     ("state file from a newer release", {"DATA_DIR": "{tmp}/newer"}, "data dir",
      "{tmp}/newer/bot.sqlite3 was written by a newer findimage (schema 99; "),
     ("redis unreachable", {"REDIS_URL": "redis://127.0.0.1:9/0"}, "redis",
@@ -106,6 +107,8 @@ WRONG = [
      "or fix REDIS_URL (empty keeps everything in this process)."),
     ("shard ids out of range", {"SHARD_COUNT": "2", "SHARD_IDS": "1,2"}, "settings",
      "SHARD_IDS must be distinct numbers from 0 to 1 (SHARD_COUNT=2), not '1,2'."),
+    ("database unreachable", {"DATABASE_URL": "postgresql://postgres@127.0.0.1:9/findimage"},
+     "database", "PostgreSQL at 127.0.0.1:9/findimage is not answering ("),
     ("token refused", {"DISCORD_TOKEN": "not-the-token"}, "discord",
      "Discord refused DISCORD_TOKEN; copy the token again from the Developer Portal "
      "(Bot → Reset Token)."),
@@ -212,6 +215,21 @@ def test_help_lists_every_setting():
     from search.config import Settings
 
     assert {f.name.upper() for f in fields(Settings)} == {s.name for s in SETTINGS}
+
+
+async def test_check_connects_to_database_url_and_reports_its_schema(env, pg_url, tmp_path):
+    code, out, err = await run_bot({**env, "DATABASE_URL": pg_url}, "--check", cwd=tmp_path)
+    assert code == 0, out + err
+    where = pg_url.split("@", 1)[1]
+    mark, detail = rows(out)["database"]
+    assert mark == "✔" and detail.startswith("PostgreSQL 1") and detail.endswith(
+        f"at {where}, empty: start-up creates the schema (cache2, state4)"), detail
+    # the Pixabay row's answer was cached where searches will read it: in PostgreSQL
+    conn = await asyncpg.connect(pg_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM api_cache") == 1
+    finally:
+        await conn.close()
 
 
 async def test_check_makes_a_redis_round_trip_and_names_the_shards(env, tmp_path):

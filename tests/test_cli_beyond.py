@@ -25,7 +25,8 @@ async def test_unreadable_query_image_is_one_line(fake_pixabay, tmp_path):
     bad.write_text("not a picture")
     code, out, err = await cli(fake_pixabay, tmp_path, "square", "--image", str(bad))
     assert code == 2 and out == ""
-    assert err.startswith("error: The attached file is not an image I can read")
+    assert err == (f"error: --image {bad} is not a picture I can read; give a JPEG, PNG, GIF "
+                   "or WebP file.\n")  # the CLI's words: no "attach", and before the model
     assert err.count("\n") == 1
     code, _, err = await cli(fake_pixabay, tmp_path, "square", "--image", str(tmp_path / "no"))
     assert code == 2 and err.startswith("error: Cannot read the image ")

@@ -4,6 +4,7 @@ import pytest
 
 from search.config import Settings
 from search.errors import ConfigError
+from search.sources import require
 
 MODEL = {"CLIP_MODEL": "local-dir:tests/fixtures/tiny-clip"}
 
@@ -17,9 +18,9 @@ def test_defaults_search_pixabay_with_an_automatic_layout():
 
 def test_openverse_needs_no_pixabay_key():
     s = Settings.from_mapping({**MODEL, "SEARCH_SOURCE": "OpenVerse"})
-    s.require_source(s.search_source)
+    require(s, s.search_source)
     with pytest.raises(ConfigError, match="PIXABAY_API_KEY is not set"):
-        s.require_source("pixabay")
+        require(s, "pixabay")
 
 
 @pytest.mark.parametrize(("env", "message"), [

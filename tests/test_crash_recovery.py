@@ -166,17 +166,17 @@ async def test_a_page_turn_killed_before_its_edit_reached_discord_shows_the_next
 async def test_a_full_disk_still_answers_with_working_pages_and_no_apology(env, fake_discord):
     async with running_bot(Settings.from_mapping(env)) as bot:
         state = bot.state
-        pages = await state.db.run(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
+        pages = await state.db.execute_raw("PRAGMA page_count")
         # SQLite's own cap on the file's size: past it every write fails with SQLITE_FULL,
         # exactly as on a full disk.
-        await state.db.run(lambda c: c.execute(f"PRAGMA max_page_count = {pages}"))
+        await state.db.execute_raw(f"PRAGMA max_page_count = {pages}")
         inter, reply = await search(fake_discord, tag="star", phrase="a blue star on grass")
         assert len(reply.embeds) == 5 and not reply.ephemeral
         assert not [m for m in inter.followups if m.ephemeral]  # no apology
         await press(fake_discord, reply.id, NEXT)
         await fake_discord.wait_for(lambda: "page 2/" in fake_discord.messages[reply.id].content,
                                     20, what="page 2 from the ranking kept in memory")
-        await state.db.run(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
+        await state.db.execute_raw("PRAGMA max_page_count = 1073741823")
         _, second = await search(fake_discord, tag="circle", phrase="a red circle", user="bob")
     saved = rows(Path(env["DATA_DIR"]) / "bot.sqlite3", "SELECT message_id, page FROM results")
     assert sorted(saved) == sorted([(reply.id, 1), (second.id, 0)])  # written once space returned

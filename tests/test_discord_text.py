@@ -5,7 +5,7 @@ import pytest
 
 from bot.discord_text import clip, embed_chars, escape, fit_embeds, http_url
 from bot.embeds import hit_embed, pick_embed, results_embeds, summary_line
-from search.pixabay import Hit
+from search.models import Hit
 from search.ranking import ScoredHit
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from bot.app import INVITE_PERMISSIONS
 from bot.embeds import NUMBERS, hit_embed, number_index, pick_embed, summary_line
-from search.pixabay import Hit
+from search.models import Hit
 from search.ranking import ScoredHit
 
 HIT = Hit(id=123, page_url="https://pixabay.com/photos/tiger-123/",

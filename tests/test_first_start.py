@@ -20,8 +20,11 @@ import pytest
 from search.clip import ClipEncoder
 from tests.conftest import TINY_CLIP
 
+# Each export is a child interpreter: minutes when other jobs share the two cores.
+pytestmark = pytest.mark.timeout(900)
+
 TINY = f"local-dir:{TINY_CLIP}"
-EXPORT_TIMEOUT = 400.0  # a whole export of the tiny model, on a loaded 2-core host
+EXPORT_TIMEOUT = 800.0  # a whole export of the tiny model, on a 2-core host at load 15
 
 
 async def until(predicate, timeout: float, what: str) -> None:
@@ -43,7 +46,7 @@ async def test_first_start_serves_with_torch_at_once_and_switches_once_no_search
     models = tmp_path / "models"
     enc = ClipEncoder(TINY, None, "cpu", cache_dir=models)  # export="beside", the default
     try:
-        await asyncio.wait_for(enc.start(), 120)
+        await asyncio.wait_for(enc.start(), 300)
         assert (enc.backend.name, enc.backend.precision) == ("torch", "fp32")
         assert enc.exporting and "torch serves while the ONNX export runs" in enc.note
         # a search that holds the encoder keeps torch, even once the files are ready
@@ -69,7 +72,7 @@ async def test_first_start_serves_with_torch_at_once_and_switches_once_no_search
     caplog.clear()
     enc = ClipEncoder(TINY, None, "cpu", cache_dir=models)
     try:
-        await asyncio.wait_for(enc.start(), 120)
+        await asyncio.wait_for(enc.start(), 300)
         assert (enc.backend.name, enc.backend.precision) == ("onnx", "int8")
         assert not enc.exporting
     finally:
@@ -83,7 +86,7 @@ async def test_an_export_killed_by_a_signal_leaves_torch_serving_and_is_not_retr
     models = tmp_path / "models"
     enc = ClipEncoder(TINY, None, "cpu", cache_dir=models)
     try:
-        await asyncio.wait_for(enc.start(), 120)
+        await asyncio.wait_for(enc.start(), 300)
         assert enc.exporting
         staging_seen = []
 
@@ -105,7 +108,7 @@ async def test_an_export_killed_by_a_signal_leaves_torch_serving_and_is_not_retr
     caplog.clear()
     enc = ClipEncoder(TINY, None, "cpu", cache_dir=models)
     try:
-        await asyncio.wait_for(enc.start(), 120)
+        await asyncio.wait_for(enc.start(), 300)
         assert enc.backend.name == "torch" and not enc.exporting  # ... not retried
         assert "failed at an earlier start (the export process was killed by SIGKILL" in enc.note
     finally:
@@ -123,7 +126,7 @@ async def test_a_start_without_the_memory_an_export_needs_serves_torch_and_says_
     models = tmp_path / "models"
     enc = ClipEncoder(TINY, None, "cpu", cache_dir=models, export_memory_mb=500)
     try:
-        await asyncio.wait_for(enc.start(), 120)
+        await asyncio.wait_for(enc.start(), 300)
         assert enc.backend.name == "torch" and not enc.exporting
     finally:
         await enc.close()
@@ -132,7 +135,7 @@ async def test_a_start_without_the_memory_an_export_needs_serves_torch_and_says_
     assert line.endswith("torch serves. Run `python -m search.export` (make model) to try again")
     enc = ClipEncoder(TINY, None, "cpu", cache_dir=models)  # no ceiling now: still not retried
     try:
-        await asyncio.wait_for(enc.start(), 120)
+        await asyncio.wait_for(enc.start(), 300)
         assert enc.backend.name == "torch" and not enc.exporting
         assert enc.note.startswith("the ONNX export failed at an earlier start (it needs about")
     finally:
@@ -202,7 +205,7 @@ async def test_leftover_staging_folders_go_at_the_next_start_but_a_live_exports_
     nested.mkdir(parents=True)
     try:
         enc = ClipEncoder(TINY, None, "cpu", cache_dir=models, export="off")
-        await asyncio.wait_for(enc.start(), 120)
+        await asyncio.wait_for(enc.start(), 300)
         await enc.close()
         assert not old.exists() and not dead.exists() and not nested.exists()
         assert live.exists()
@@ -214,7 +217,7 @@ async def test_leftover_staging_folders_go_at_the_next_start_but_a_live_exports_
 async def test_check_mode_reports_that_no_onnx_files_exist_yet(tmp_path, mode):
     enc = ClipEncoder(TINY, None, "cpu", cache_dir=tmp_path / "models", export=mode)
     try:
-        await asyncio.wait_for(enc.start(), 120)
+        await asyncio.wait_for(enc.start(), 300)
         assert enc.backend.name == "torch" and not enc.exporting
         assert enc.note.startswith("no ONNX files exported yet; torch serves")
     finally:

@@ -23,6 +23,7 @@ from search.config import Settings
 from search.decode import batch_decodable, decode_image, jpeg_info, preprocess
 from search.embed import Embedder
 from search.service import SearchService
+from search.sources import rank_url
 
 TINY_CLIP = Path(__file__).parent / "fixtures" / "tiny-clip"
 # torchvision 0.29 warns on every decode_jpeg call; the call is what we test.
@@ -213,8 +214,8 @@ async def test_bytes_already_downloaded_are_decoded_in_one_call_and_trickling_on
                            max_batch=256) as encoder:
         async with SearchService.open(settings, encoder=encoder) as svc:
             svc.embedder.on_device = True
-            hits = (await svc.pixabay.candidates("circle", None, 100)).hits
-            urls = [h.variant_url(settings.image_variant) for h in hits]
+            hits = (await svc.sources["pixabay"].candidates("circle", None, 100)).hits
+            urls = [rank_url(h, settings.image_variant) for h in hits]
             blobs = dict(zip(urls, await asyncio.gather(*map(svc.fetcher.fetch, urls)),
                              strict=True))
             memory = MemoryFetcher(blobs, svc.fetcher.session, settings.image_hosts)

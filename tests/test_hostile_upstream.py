@@ -9,7 +9,7 @@ import pytest
 
 from bench.fakes.pixabay import FakePixabay
 from search.errors import InvalidApiKey, MalformedResponse, PixabayRejected, RateLimited
-from search.pixabay import MAX_BODY_BYTES, PixabayClient
+from search.sources.pixabay import MAX_BODY_BYTES, PixabayClient
 from search.store import Store
 from tests.test_cli import cli
 
@@ -43,7 +43,7 @@ async def test_a_hit_with_a_hostile_field_is_dropped_and_the_rest_kept(
     for image_id in bad:
         fake_pixabay.raw_hit_fields[image_id] = {field: raw}
     fake_pixabay.raw_response_fields = {"totalHits": "1e400"}
-    with caplog.at_level(logging.WARNING, logger="search.pixabay"):
+    with caplog.at_level(logging.WARNING, logger="search.sources.pixabay"):
         found = await client_for(fake_pixabay, session).candidates("circle", limit=200)
     assert [h.id for h in found.hits] == [h.id for h in clean.hits if h.id not in bad]
     assert f"dropped 3 of {len(clean.hits)} hits; first: {field}" in caplog.text
@@ -155,7 +155,7 @@ async def test_a_400_echoing_the_key_is_logged_redacted_and_never_shown(session,
     async with FakePixabay(key="s3cret-Key/+=") as fake:
         fake.reject_next()
         client = PixabayClient(session, api_url=fake.api_url, key=fake.key)
-        with caplog.at_level(logging.WARNING, logger="search.pixabay"), \
+        with caplog.at_level(logging.WARNING, logger="search.sources.pixabay"), \
                 pytest.raises(PixabayRejected) as info:
             await client.candidates("circle")
     assert str(info.value) == ("Pixabay refused the search (HTTP 400); try another tag or "

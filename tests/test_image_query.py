@@ -43,7 +43,7 @@ def test_blend_is_the_normalised_mean_of_unit_vectors():
 
 
 @pytest.mark.parametrize(("image", "phrase", "message"), [
-    (b"GIF89a not really", None, "The attached file is not an image I can read"),
+    (b"GIF89a not really", None, "The picture is not one I can read"),
     (b"\xff\xd8" + b"\x00" * (10 * 1024 * 1024), None, "The image is 10.5 MB"),
     (None, None, "The phrase is empty"),
 ])
@@ -95,4 +95,4 @@ async def test_embedding_cache_keeps_sources_apart(tmp_path):
     assert await store.get_embeddings(openverse, "m", [100001]) == {}
     assert list(await store.get_embeddings(openverse, "m", [uuid])) == [uuid]
     assert list(await store.get_embeddings(pixabay, "m", [100001])) == [100001]
-    store.close()
+    await store.aclose()

@@ -11,9 +11,9 @@ from search.errors import (
     OpenverseUnavailable,
     RateLimited,
 )
-from search.openverse import OpenverseClient
-from search.pixabay import Filters
+from search.models import Filters
 from search.sources import credit, licence_label, share_urls
+from search.sources.openverse import OpenverseClient
 from search.store import Store
 
 
@@ -115,10 +115,11 @@ async def test_429_gives_retry_after(fake_openverse, session):
 
 
 async def test_cached_pages_send_nothing(fake_openverse, session, tmp_path):
-    c = client(fake_openverse, session, store=Store(tmp_path / "cache.sqlite3"))
-    await c.candidates("hexagon", limit=40)
-    fake_openverse.reset_counters()
-    again = await c.candidates("hexagon", limit=40)
+    async with Store(tmp_path / "cache.sqlite3") as store:
+        c = client(fake_openverse, session, store=store)
+        await c.candidates("hexagon", limit=40)
+        fake_openverse.reset_counters()
+        again = await c.candidates("hexagon", limit=40)
     assert again.from_cache and fake_openverse.api_requests == 0
 
 

@@ -12,7 +12,8 @@ from search.errors import (
     PixabayUnavailable,
     RateLimited,
 )
-from search.pixabay import Filters, PixabayClient
+from search.models import Filters
+from search.sources.pixabay import PixabayClient
 from search.store import Store
 
 
@@ -89,7 +90,7 @@ async def test_invalid_key_is_typed_with_pixabays_text(fake_pixabay):
 
 async def test_other_400_logs_pixabays_text_and_says_our_own_sentence(client, fake_pixabay,
                                                                       monkeypatch, caplog):
-    monkeypatch.setattr("search.pixabay.PER_PAGE", 201)
+    monkeypatch.setattr("search.sources.pixabay.PER_PAGE", 201)
     with pytest.raises(PixabayRejected) as info:
         await client.candidates("circle")
     assert '"per_page" is out of valid range' in info.value.detail

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from search.pixabay import Hit
+from search.models import Hit
 from search.ranking import Ranking, display_score, rank
 
 

@@ -12,8 +12,9 @@ import pytest
 
 from search.decode import decode_image
 from search.errors import AllImagesFailed, InvalidQuery, NoResults
-from search.pixabay import Filters
+from search.models import Filters
 from search.service import DOWNLOADS_IN_FLIGHT, SearchService
+from search.sources.pixabay import user_page_url
 
 PHRASES = [
     ("circle", "a red circle on snow"),
@@ -37,7 +38,7 @@ async def test_phrase_ranks_matching_scenes_first(service, fake_pixabay, tag, ph
     assert result.hits[0].score >= result.hits[-1].score
     first = result.hits[0].hit
     assert first.page_url.startswith("https://pixabay.com/photos/")
-    assert first.user and first.user_page_url.startswith("https://pixabay.com/users/")
+    assert first.user and user_page_url(first).startswith("https://pixabay.com/users/")
     assert set(result.timings) >= {"api", "download", "decode", "encode", "rank", "total"}
 
 

@@ -171,13 +171,17 @@ async def test_two_openverse_clients_share_the_anonymous_minute_through_redis(
     import aiohttp
 
     from search.errors import RateLimited as Limited
-    from search.openverse import OpenverseClient
+    from search.sources.openverse import OpenverseClient
 
     url, prefix = redis_url
     async with SharedRedis(url, prefix=prefix) as a, SharedRedis(url, prefix=prefix) as b, \
             aiohttp.ClientSession() as session:
-        clients = [OpenverseClient(session, api_url=fake_openverse.api_url, shared=r,
-                                   processes=2, retries=0) for r in (a, b)]
+        from search.service import share
+
+        clients = [OpenverseClient(session, api_url=fake_openverse.api_url, retries=0)
+                   for _ in (a, b)]
+        for client, r in zip(clients, (a, b), strict=True):
+            share(client, r, 2)
         answered = limited = 0
         for i in range(30):
             try:

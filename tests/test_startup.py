@@ -74,7 +74,7 @@ DEFAULT_MODEL_ENV = {"PIXABAY_API_KEY": "k"}  # the default zoo model: it would 
     (["circle", ""], {}, "The phrase is empty; describe the picture you want, such as "
                          "'tiger playing in the snow'."),
     (["", "a red circle"], {}, "The tag is empty; give one word such as 'tiger'."),
-    (["t" * 101, "x"], {}, "The tag is 101 characters; Pixabay allows at most 100."),
+    (["t" * 101, "x"], {}, "The tag is 101 characters; use one of at most 100."),
     (["circle", "x" * 301], {}, "The phrase is 301 characters; keep it under 300."),
     (["circle", "x", "--candidates", "501"], {},
      "candidates must be from 1 to 500; Pixabay serves at most 500."),
@@ -84,8 +84,10 @@ DEFAULT_MODEL_ENV = {"PIXABAY_API_KEY": "k"}  # the default zoo model: it would 
      "not 'mauve'."),
     (["circle", "x"], {"CLIP_DEVICE": "tpu"}, "CLIP_DEVICE must be auto, cpu, cuda or cuda:N, "
                                              "not 'tpu'."),
-    (["circle", "x"], {"PIXABAY_API_KEY": ""}, "PIXABAY_API_KEY is not set; put it in the "
-                                               "environment or in .env (see .env.example)."),
+    (["circle", "x"], {"PIXABAY_API_KEY": ""}, "PIXABAY_API_KEY is not set; put your key from "
+     "https://pixabay.com/api/docs/ in the environment or in .env (see .env.example), or "
+     "search Openverse, which needs no key: SEARCH_SOURCE=openverse (the CLI: --source "
+     "openverse)."),
 ])
 async def test_cli_input_and_settings_errors_come_before_torch(tmp_path, args, env, expected):
     code, out, err = await probe("search", {**DEFAULT_MODEL_ENV, "DATA_DIR": str(tmp_path / "d"),
@@ -122,7 +124,9 @@ async def test_cli_missing_data_dir_under_a_file_is_one_line(tmp_path):
                                             "DATA_DIR": str(tmp_path / "file" / "data")},
                                  tmp_path, ["circle", "a red circle"])
     assert (code, one_line(err)) == (
-        2, f"DATA_DIR '{tmp_path / 'file' / 'data'}' cannot be created (not a directory).")
+        2, f"DATA_DIR '{tmp_path / 'file' / 'data'}' cannot be created: '{tmp_path / 'file'}' "
+           "is a file, not a folder; point DATA_DIR at a folder elsewhere, or move that file "
+           "aside.")
 
 
 async def test_cli_unreachable_pixabay_names_the_url_and_the_setting(fake_pixabay, tmp_path):
@@ -213,13 +217,14 @@ async def test_bot_corrupt_state_file_is_one_line_naming_it(env, tmp_path):
 
 
 async def test_bot_state_from_a_newer_release_is_refused(env, tmp_path):
-    data = make_data_dir(Path(env["DATA_DIR"]), state_version=5)
-    code, out, err = await probe("bot", env, tmp_path)
-    from bot.state import MIGRATIONS
+    from search.storage.database import head_number
 
+    newer = head_number("state") + 1
+    data = make_data_dir(Path(env["DATA_DIR"]), state_version=newer)
+    code, out, err = await probe("bot", env, tmp_path)
     assert (code, one_line(err)) == (
-        2, f"{data / 'bot.sqlite3'} was written by a newer findimage (schema 5; this one reads "
-           f"up to {len(MIGRATIONS)}); upgrade findimage or point DATA_DIR at another folder.")
+        2, f"{data / 'bot.sqlite3'} was written by a newer findimage (schema {newer}; this one "
+           f"reads up to {head_number('state')}); upgrade findimage or point DATA_DIR at another folder.")
 
 
 
@@ -237,9 +242,39 @@ async def test_cli_without_the_hub_and_without_cached_weights_is_one_line(fake_p
         sys.executable, "-m", "search", "circle", "a red circle", cwd=tmp_path, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     _, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode == 2
+    assert proc.returncode == 75  # the hub may come back: a temporary failure, not a setting
     assert one_line(err.decode()) == (
         "The CLIP weights for 'ViT-B-32-256' are not downloaded yet and the model hub at "
         "http://127.0.0.1 cannot be reached (Connection refused); connect this machine once, "
         "or set CLIP_MODEL=local-dir:/path to a saved model.")
     assert fake_pixabay.api_requests == 0
+
+
+async def test_a_malformed_database_url_is_one_line_with_exit_2_and_no_password(env, tmp_path):
+    env = {**env, "DATABASE_URL": "mysql://me:hunter2@db.example/findimage"}
+    code, out, err = await probe("bot", env, tmp_path)
+    assert (code, one_line(err), out) == (
+        2, "DATABASE_URL must look like postgresql://user@host:5432/database (leave it empty "
+           "for SQLite in DATA_DIR), not 'mysql://…@db.example/findimage'.",
+        "torch not imported\n")
+
+
+async def test_a_database_that_does_not_exist_is_one_line_with_exit_2_before_the_model(
+        env, tmp_path, pg_url):
+    missing = pg_url + "_missing"
+    code, out, err = await probe("bot", {**env, "DATABASE_URL": missing}, tmp_path)
+    assert code == 2 and out == "torch not imported\n"
+    assert one_line(err).startswith(f"PostgreSQL at {missing.split('@', 1)[1]} refused the "
+                                    "connection (")
+
+
+async def test_an_unreachable_database_server_is_one_line_with_a_restartable_exit(env, tmp_path):
+    from tests.pg import free_port
+
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/findimage"
+    code, out, err = await probe("bot", {**env, "DATABASE_URL": url}, tmp_path)
+    assert code == 1 and out == "torch not imported\n"  # systemd restarts on 1, not on 2
+    line = one_line(err)
+    assert line.startswith(f"PostgreSQL at 127.0.0.1:{url.rsplit(':', 1)[1].split('/')[0]}"
+                           "/findimage is not answering (")
+    assert line.endswith("; start it, or check DATABASE_URL.")

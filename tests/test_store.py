@@ -29,7 +29,7 @@ async def test_responses_expire_after_24_hours(tmp_path):
     assert await store.get_response(PIXABAY, "k") == {"hits": [1]}
     now[0] += 2
     assert await store.get_response(PIXABAY, "k") is None
-    store.close()
+    await store.aclose()
 
 
 async def test_another_model_never_reads_another_models_vectors(tmp_path):
@@ -40,7 +40,7 @@ async def test_another_model_never_reads_another_models_vectors(tmp_path):
     assert await store.get_embeddings(PIXABAY, "model-b", [1, 2]) == {}
     np.testing.assert_array_equal((await store.get_embeddings(PIXABAY, "model-a", [2]))[2],
                                   v * 2)
-    store.close()
+    await store.aclose()
 
 
 async def test_responses_and_vectors_never_cross_endpoints_or_keys(tmp_path):
@@ -54,7 +54,7 @@ async def test_responses_and_vectors_never_cross_endpoints_or_keys(tmp_path):
     assert await store.get_embeddings(other_host, "m", [0, 1, 2]) == {}
     # vectors belong to the catalogue, not to the key
     assert set(await store.get_embeddings(other_key, "m", [0, 1, 2])) == {0, 1, 2}
-    store.close()
+    await store.aclose()
     stored = b"".join(p.read_bytes() for p in tmp_path.iterdir())
     assert b"secret-key-123" not in stored  # sanity for the next line's claim
     assert key_fingerprint("secret-key-123") != "secret-key-123"
@@ -64,7 +64,7 @@ async def test_corrupt_file_is_moved_aside_once_and_older_copies_are_removed(tmp
     path = tmp_path / "c.sqlite3"
     (tmp_path / "c.sqlite3.broken-20200101-000000").write_bytes(b"an old broken copy")
     path.write_bytes(b"this is not a database" * 100)
-    with caplog.at_level(logging.ERROR, logger="search.sqlite"):
+    with caplog.at_level(logging.ERROR, logger="search.storage"):
         store = Store(path)
     await store.put_response(PIXABAY, "k", {"ok": True})
     assert await store.get_response(PIXABAY, "k") == {"ok": True}
@@ -73,7 +73,7 @@ async def test_corrupt_file_is_moved_aside_once_and_older_copies_are_removed(tmp
     assert len(broken) == 1 and broken[0] != "c.sqlite3.broken-20200101-000000"
     assert (tmp_path / broken[0]).read_bytes() == b"this is not a database" * 100
     assert any("corrupt" in r.getMessage() for r in caplog.records)
-    store.close()
+    await store.aclose()
 
 
 HOLD_LOCK = """
@@ -116,7 +116,7 @@ async def test_a_lock_held_past_the_busy_timeout_skips_the_write_and_keeps_the_c
     assert store.rebuilt == 0 and not list(tmp_path.glob("*.broken-*"))
     assert await store.put_embeddings(PIXABAY, "m", vectors(5, start=5000)) is True
     assert await store.count_embeddings() == 1005
-    store.close()
+    await store.aclose()
 
 
 async def test_a_short_lock_is_waited_for_and_the_write_lands(tmp_path):
@@ -126,16 +126,16 @@ async def test_a_short_lock_is_waited_for_and_the_write_lands(tmp_path):
     assert await store.put_embeddings(PIXABAY, "m", vectors(10)) is True
     assert await asyncio.wait_for(proc.wait(), 30) == 0
     assert await store.count_embeddings() == 10
-    store.close()
+    await store.aclose()
 
 
 async def test_a_full_disk_skips_writes_keeps_what_was_kept_and_recovers(tmp_path, caplog):
     store = Store(tmp_path / "c.sqlite3")
     await store.put_embeddings(PIXABAY, "m", vectors(100, dim=512))
-    pages = store.db.call(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
+    pages = await store.db.execute_raw("PRAGMA page_count")
     # SQLite's own cap on the file's size: past it, writes fail with SQLITE_FULL exactly
     # as on a full disk.
-    store.db.call(lambda c: c.execute(f"PRAGMA max_page_count = {pages + 2}"))
+    await store.db.execute_raw(f"PRAGMA max_page_count = {pages + 2}")
     with caplog.at_level(logging.WARNING):
         assert await store.put_embeddings(PIXABAY, "m", vectors(200, dim=512, start=1000)) \
             is False
@@ -143,10 +143,10 @@ async def test_a_full_disk_skips_writes_keeps_what_was_kept_and_recovers(tmp_pat
     assert len(await store.get_embeddings(PIXABAY, "m", list(range(100)))) == 100
     assert not any("cannot rollback" in r.getMessage() for r in caplog.records)
     assert any("Full" in r.getMessage() for r in caplog.records)
-    store.db.call(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))  # space returns
+    await store.db.execute_raw("PRAGMA max_page_count = 1073741823")  # space returns
     assert await store.put_embeddings(PIXABAY, "m", vectors(200, dim=512, start=1000)) is True
     assert await store.count_embeddings() == 300
-    store.close()
+    await store.aclose()
 
 
 async def test_a_file_from_a_newer_release_is_refused_with_a_sentence(tmp_path):
@@ -180,6 +180,6 @@ async def test_a_first_release_file_is_upgraded_and_its_unattributable_rows_drop
     assert await store.get_embeddings(PIXABAY, "m", [1]) == {}
     await store.put_embeddings(PIXABAY, "m", vectors(2))
     assert await store.count_embeddings() == 2
-    store.close()
+    await store.aclose()
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 2

@@ -8,7 +8,7 @@ The fake speaks only HTTP/JSON and websocket JSON on 127.0.0.1 (random port); it
 
 FakeDiscord(*, token="test-token", app_id, bot_user_id, guild_id, bot_name="FindImage",
             heartbeat_interval=45000, privileged_intents=0, bot_manage_messages=True)
-  await start() / await close();  api_base, gateway_url, base_url, port
+  await start(port=0) / await close();  api_base, gateway_url, base_url, port (0: any free one)
 
 World: one guild ``guild_id``; text channels ``channels["general"|"nsfw"|"picks"]`` (FakeChannel;
 "nsfw" has nsfw=True); members ``members["owner"|"admin"|"alice"|"bob"]`` (FakeMember; "owner"
@@ -51,6 +51,28 @@ Driving the bot:
       PermissionError: Discord hides the command from this user (default_member_permissions, or
       an nsfw command outside an NSFW channel); override_permissions=True models an admin's
       per-command override in Server Settings > Integrations.
+      An attachment may be ``(filename, bytes, overrides)``, as a hostile gateway would send
+      it: overrides ``url`` (any URL), ``size`` (the declared size), ``serve_size`` (the CDN
+      streams that many bytes, chunked, whatever was declared), ``reset`` (the CDN drops the
+      connection mid-body).  ``cdn_bytes_sent`` counts the body bytes the CDN wrote.
+  await post(channel="general", *, user="bob", content="", files=(), embeds=()) -> FakeMessage
+      A member posts a message (MESSAGE_CREATE); files are ``(filename, bytes)`` pairs (or
+      with overrides, as above) served at /attachments/...
+  await invoke_message_command(name, message_id, *, user="alice") -> FakeInteraction
+      Apps -> NAME on a message: INTERACTION_CREATE type 2 with data.type 3, target_id and
+      data.resolved.messages (the message as the channel API shows it).
+  await submit_modal(interaction, values, *, user=None) -> FakeInteraction
+      The member fills the modal the bot answered ``interaction`` with (callback type 9,
+      ``interaction.modal``) and presses Submit: type 5 MODAL_SUBMIT whose data has the
+      modal's custom_id and its components with ``values`` (custom_id -> text).
+      ValueError: what Discord's client refuses (a required input empty, a length outside
+      min_length/max_length, an unknown input).
+  await autocomplete(name, options, focused, *, user="alice", channel="general")
+      -> FakeInteraction
+      The member types into option ``focused``: APPLICATION_COMMAND_AUTOCOMPLETE (type 4)
+      with the options typed so far (strings, as Discord sends them) and that option
+      marked focused. The bot answers with callback type 8 ({"choices": [...]}, at most 25,
+      names 1-100 characters); ``choices(interaction)`` reads them.
   await click(message_id, custom_id, *, user="alice", component_type=2, values=None)
       INTERACTION_CREATE type 3 for a component on a message.
   await react(message_id, emoji, *, user="alice") / await unreact(...)   ("👍" or "name:id")
@@ -278,6 +300,8 @@ class FakeAttachment:
     content_type: str | None
     data: bytes
     description: str | None = None
+    serve_size: int | None = None  # the CDN streams this many bytes (data, then padding)
+    reset: bool = False  # the CDN drops the connection after half the body
 
     @property
     def size(self) -> int:
@@ -371,6 +395,7 @@ class FakeInteraction:
     original: FakeMessage | None = None
     component_message: FakeMessage | None = None
     expired: bool = False
+    modal: dict | None = None  # the modal the bot answered with (callback type 9)
 
     async def wait_response(self, timeout: float = 10) -> dict:
         await self.fake.wait_for(lambda: self.callbacks, timeout, what=f"a callback for interaction {self.name}")
@@ -470,7 +495,9 @@ class FakeDiscord:
         self.interactions: dict[int, FakeInteraction] = {}
         self.uploads: dict[int, FakeAttachment] = {}
         self.cdn_downloads = 0
+        self.cdn_bytes_sent = 0
         self._command_ids: dict[tuple[int | None, str, int], int] = {}
+        self._attachment_overrides: dict[int, dict[int, dict]] = {}  # message -> attachment -> overrides
         self._gates: list[RouteGate] = []
         self._sessions: list[_Session] = []
         self._conns: set[_Conn] = set()
@@ -511,7 +538,7 @@ class FakeDiscord:
         ch = self._channel_by_id(channel_id)
         return ch.guild_id if ch is not None else self.guild_id
 
-    async def start(self) -> None:
+    async def start(self, port: int = 0) -> None:
         app = web.Application(middlewares=[self._middleware], client_max_size=64 * 1024 * 1024)
         app.router.add_get("/gateway", self._gateway)
         app.router.add_get("/attachments/{channel_id}/{attachment_id}/{filename}", self._cdn)
@@ -549,7 +576,7 @@ class FakeDiscord:
         add("*", "/{tail:.*}", self._unknown)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
         self.port = self._runner.addresses[0][1]
 
@@ -1003,10 +1030,11 @@ class FakeDiscord:
         return self._json(out)
 
     # ----------------------------------------------------------------- messages (shared)
-    def _attachment_json(self, channel_id: int, a: FakeAttachment) -> dict:
-        url = f"{self.base_url}/attachments/{channel_id}/{a.id}/{a.filename}"
-        data = {"id": str(a.id), "filename": a.filename, "size": a.size, "url": url, "proxy_url": url,
-                "content_type": a.content_type}
+    def _attachment_json(self, channel_id: int, a: FakeAttachment, overrides: dict | None = None) -> dict:
+        overrides = overrides or {}
+        url = overrides.get("url") or f"{self.base_url}/attachments/{channel_id}/{a.id}/{a.filename}"
+        data = {"id": str(a.id), "filename": a.filename, "size": overrides.get("size", a.size),
+                "url": url, "proxy_url": url, "content_type": a.content_type}
         if a.description is not None:
             data["description"] = a.description
         if a.content_type and a.content_type.startswith("image/"):
@@ -1023,7 +1051,8 @@ class FakeDiscord:
             "author": author.user.to_json() if author else self.bot_user.to_json(),
             "content": msg.content, "timestamp": msg.timestamp, "edited_timestamp": msg.edited_timestamp,
             "tts": False, "mention_everyone": False, "mentions": [], "mention_roles": [],
-            "mention_channels": [], "attachments": [self._attachment_json(msg.channel_id, a) for a in msg.attachments],
+            "mention_channels": [], "attachments": [self._attachment_json(msg.channel_id, a, self._attachment_overrides.get(msg.id, {}).get(a.id))
+                            for a in msg.attachments],
             "embeds": msg.embeds, "components": msg.components, "pinned": False, "type": msg.type,
             "flags": msg.flags,
             "reactions": [
@@ -1209,15 +1238,13 @@ class FakeDiscord:
             }
             return str(ch.id)
         elif otype == 11:
-            try:
-                filename, data = value
-            except (TypeError, ValueError):
-                raise ValueError(f"option {oname!r}: give an attachment as (filename, bytes)") from None
-            upload = FakeAttachment(self._snowflake(), filename, mimetypes.guess_type(filename)[0],
-                                    bytes(data))
+            filename, data, overrides = self._file_spec(value, oname)
+            upload = self._attachment(filename, data, overrides)
             self.uploads[upload.id] = upload
-            url = f"{self.base_url}/ephemeral-attachments/{self.app_id}/{upload.id}/{filename}"
-            info = {"id": str(upload.id), "filename": filename, "size": upload.size, "url": url,
+            url = overrides.get("url") or (
+                f"{self.base_url}/ephemeral-attachments/{self.app_id}/{upload.id}/{filename}")
+            info = {"id": str(upload.id), "filename": filename,
+                    "size": overrides.get("size", upload.size), "url": url,
                     "proxy_url": url, "ephemeral": True}
             if upload.content_type:
                 info["content_type"] = upload.content_type
@@ -1275,6 +1302,129 @@ class FakeDiscord:
             data["resolved"] = resolved
         return self._start_interaction(2, name, data, member, ch)
 
+    @staticmethod
+    def _file_spec(value: Any, what: str) -> tuple[str, bytes, dict]:
+        try:
+            filename, data, *rest = value
+        except (TypeError, ValueError):
+            raise ValueError(f"{what}: give an attachment as (filename, bytes)") from None
+        overrides = dict(rest[0]) if rest else {}
+        unknown = set(overrides) - {"url", "size", "serve_size", "reset"}
+        if unknown:
+            raise ValueError(f"{what}: unknown attachment overrides {sorted(unknown)}")
+        return filename, bytes(data), overrides
+
+    def _attachment(self, filename: str, data: bytes, overrides: dict) -> FakeAttachment:
+        return FakeAttachment(self._snowflake(), filename, mimetypes.guess_type(filename)[0], data,
+                              serve_size=overrides.get("serve_size"),
+                              reset=bool(overrides.get("reset")))
+
+    async def post(self, channel: str = "general", *, user: str = "bob", content: str = "",
+                   files: tuple | list = (), embeds: tuple | list = ()) -> FakeMessage:
+        """A member's message (the bot cannot read its content: no message-content intent)."""
+        ch, member = self.channels[channel], self.members[user]
+        msg = FakeMessage(id=self._snowflake(), channel_id=ch.id, author_id=member.id,
+                          content=content, embeds=[{"type": "rich", **e} for e in embeds])
+        self._attachment_overrides.setdefault(msg.id, {})
+        for spec in files:
+            filename, data, overrides = self._file_spec(spec, "post")
+            a = self._attachment(filename, data, overrides)
+            msg.attachments.append(a)
+            self._attachment_overrides[msg.id][a.id] = overrides
+        self.messages[msg.id] = msg
+        self._message_event("MESSAGE_CREATE", msg)
+        self._notify()
+        return msg
+
+    async def invoke_message_command(self, name: str, message_id: int, *, user: str = "alice"
+                                     ) -> FakeInteraction:
+        cmd = next((c for scope in (self.guild_id, None) for c in self.synced_commands.get(scope, [])
+                    if c["name"] == name and c.get("type", 1) == 3), None)
+        if cmd is None:
+            raise LookupError(f"FakeDiscord: no message command {name!r} was synced")
+        msg = self._reactable(message_id)
+        ch = self._channel_by_id(msg.channel_id)
+        assert ch is not None
+        member = self.members[user]
+        needed = cmd.get("default_member_permissions")
+        if needed is not None and int(needed) & ~self._permissions(member, ch):
+            raise PermissionError(f"Apps > {name} is hidden from {user!r}")
+        data: dict[str, Any] = {"id": cmd["id"], "name": cmd["name"], "type": 3,
+                                "target_id": str(msg.id),
+                                "resolved": {"messages": {str(msg.id): self.message_json(msg)}}}
+        if cmd.get("guild_id"):
+            data["guild_id"] = cmd["guild_id"]
+        return self._start_interaction(2, name, data, member, ch)
+
+    async def submit_modal(self, interaction: FakeInteraction, values: dict[str, str], *,
+                           user: str | None = None) -> FakeInteraction:
+        modal = interaction.modal
+        if modal is None:
+            raise ValueError("the bot did not answer that interaction with a modal")
+        inputs: dict[str, dict] = {}
+        for row in modal.get("components") or []:
+            for comp in ([row.get("component")] if row.get("type") == 18 else row.get("components") or []):
+                if comp and comp.get("type") == 4:
+                    inputs[comp["custom_id"]] = comp
+        unknown = set(values) - set(inputs)
+        if unknown:
+            raise ValueError(f"the modal has no inputs {sorted(unknown)}")
+        for cid, comp in inputs.items():
+            text = values.get(cid, comp.get("value") or "")
+            if comp.get("required", True) and not text:
+                raise ValueError(f"the modal's {cid!r} is required")
+            if text and not comp.get("min_length", 0) <= len(text) <= comp.get("max_length", 4000):
+                raise ValueError(f"the modal's {cid!r}: length {len(text)} outside its limits")
+
+        def filled(comp: dict) -> dict:
+            out = {"type": 4, "custom_id": comp["custom_id"],
+                   "value": values.get(comp["custom_id"], comp.get("value") or "")}
+            if "id" in comp:
+                out["id"] = comp["id"]
+            return out
+
+        components = []
+        for row in modal.get("components") or []:
+            if row.get("type") == 18:
+                label = {"type": 18, "component": filled(row["component"])}
+                if "id" in row:
+                    label["id"] = row["id"]
+                components.append(label)
+            else:
+                components.append({"type": 1, "components": [filled(c) for c in row.get("components") or []]})
+        ch = self._channel_by_id(interaction.channel_id)
+        assert ch is not None
+        member = self.members[user] if user else self._member_by_id(interaction.user_id)
+        assert member is not None
+        return self._start_interaction(5, interaction.name, {"custom_id": modal["custom_id"],
+                                                             "components": components}, member, ch)
+
+    async def autocomplete(self, name: str, options: dict, focused: str, *, user: str = "alice",
+                           channel: str = "general") -> FakeInteraction:
+        cmd, scope = self._find_command(name)
+        defs = {o["name"]: o for o in cmd.get("options") or []}
+        if focused not in defs or not defs[focused].get("autocomplete"):
+            raise ValueError(f"/{name}: option {focused!r} has no autocomplete")
+        built = []
+        for oname, value in options.items():
+            if oname not in defs:
+                raise ValueError(f"/{name}: unknown option {oname!r}")
+            entry = {"name": oname, "type": defs[oname]["type"], "value": str(value)}
+            if oname == focused:
+                entry["focused"] = True
+            built.append(entry)
+        if focused not in options:
+            built.append({"name": focused, "type": defs[focused]["type"], "value": "", "focused": True})
+        data: dict[str, Any] = {"id": cmd["id"], "name": cmd["name"], "type": 1, "options": built}
+        if scope is not None:
+            data["guild_id"] = str(scope)
+        return self._start_interaction(4, name, data, self.members[user], self.channels[channel])
+
+    @staticmethod
+    def choices(interaction: FakeInteraction) -> list[dict]:
+        (callback,) = interaction.callbacks
+        return callback["data"]["choices"]
+
     async def click(self, message_id: int, custom_id: str, *, user: str = "alice",
                     component_type: int = 2, values: list[str] | None = None) -> FakeInteraction:
         msg = self.messages[message_id]
@@ -1308,6 +1458,15 @@ class FakeDiscord:
         ctype, data = body.get("type"), body.get("data") or {}
         if ctype not in (4, 5, 6, 7, 8, 9, 10, 12) or (ctype in (6, 7) and inter.type != 3):
             raise FakeHTTPError(400, "Invalid interaction response type", 50035)
+        # autocomplete is answered with choices (8) and nothing else; a modal submit
+        # cannot open another modal
+        if (inter.type == 4) != (ctype == 8) or (ctype == 9 and inter.type == 5):
+            raise FakeHTTPError(400, "Invalid interaction response type", 50035)
+        if ctype == 8:
+            self._check_choices(data)
+        if ctype == 9:
+            self._check_modal(data)
+            inter.modal = data
         component_message = inter.component_message
         msg: FakeMessage | None = None
         mtype = 20 if inter.type == 2 else 0
@@ -1337,6 +1496,32 @@ class FakeDiscord:
         if msg is not None and ctype in (4, 5, 7):
             result["resource"]["message"] = self.message_json(msg)
         return self._json(result)
+
+    @staticmethod
+    def _check_choices(data: dict) -> None:
+        choices = data.get("choices")
+        if not isinstance(choices, list) or len(choices) > 25:
+            raise FakeHTTPError(400, "Invalid Form Body", 50035, {"choices": {"_errors": [
+                {"code": "BASE_TYPE_MAX_LENGTH", "message": "Must be 25 or fewer in length."}]}})
+        for c in choices:
+            if not 1 <= len(str(c.get("name", ""))) <= 100 or "value" not in c or (
+                    isinstance(c["value"], str) and len(c["value"]) > 100):
+                raise FakeHTTPError(400, "Invalid Form Body", 50035, {"choices": {"_errors": [
+                    {"code": "BASE_TYPE_BAD_LENGTH", "message": "Must be between 1 and 100 in length."}]}})
+
+    @staticmethod
+    def _check_modal(data: dict) -> None:
+        rows = data.get("components") or []
+        if not (1 <= len(str(data.get("title", ""))) <= 45 and 1 <= len(str(data.get("custom_id", ""))) <= 100
+                and 1 <= len(rows) <= 5):
+            raise FakeHTTPError(400, "Invalid Form Body", 50035, {"data": {"_errors": [
+                {"code": "BASE_TYPE_BAD_LENGTH", "message": "title 1-45, custom_id 1-100, 1-5 components"}]}})
+        for row in rows:
+            inputs = [row.get("component")] if row.get("type") == 18 else row.get("components") or []
+            for comp in inputs:
+                if not comp or comp.get("type") not in (3, 4, 5, 6, 7, 8, 10, 19) or not comp.get("custom_id"):
+                    raise FakeHTTPError(400, "Invalid Form Body", 50035, {"components": {"_errors": [
+                        {"code": "COMPONENT_TYPE_INVALID", "message": "not a modal input"}]}})
 
     def _webhook_interaction(self, request: web.Request) -> FakeInteraction:
         token = request.match_info["token"]
@@ -1402,20 +1587,46 @@ class FakeDiscord:
             raise _not_found("Message", 10008)
         return msg
 
-    async def _cdn(self, request: web.Request) -> web.Response:
+    async def _cdn(self, request: web.Request) -> web.StreamResponse:
         for msg in self.messages.values():
             for a in msg.attachments:
                 if str(a.id) == request.match_info["attachment_id"]:
-                    return web.Response(body=a.data, content_type=a.content_type or "application/octet-stream")
+                    self.cdn_downloads += 1
+                    return await self._serve_attachment(request, a)
         return web.Response(status=404, text="Not Found")
 
-    async def _ephemeral_cdn(self, request: web.Request) -> web.Response:
+    async def _ephemeral_cdn(self, request: web.Request) -> web.StreamResponse:
         upload = self.uploads.get(int(request.match_info["attachment_id"]))
         if upload is None or upload.filename != request.match_info["filename"]:
             return web.Response(status=404, text="Not Found")
         self.cdn_downloads += 1
-        return web.Response(body=upload.data,
-                            content_type=upload.content_type or "application/octet-stream")
+        return await self._serve_attachment(request, upload)
+
+    async def _serve_attachment(self, request: web.Request, a: FakeAttachment) -> web.StreamResponse:
+        ctype = a.content_type or "application/octet-stream"
+        if a.serve_size is None and not a.reset:
+            self.cdn_bytes_sent += len(a.data)
+            return web.Response(body=a.data, content_type=ctype)
+        response = web.StreamResponse(headers={"Content-Type": ctype})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        total = a.serve_size if a.serve_size is not None else len(a.data)
+        stop = total // 2 if a.reset else total
+        sent, pad = 0, b"\0" * 65536
+        while sent < stop:
+            chunk = (a.data[sent:sent + 65536] if sent < len(a.data) else pad)[:stop - sent]
+            try:
+                await response.write(chunk)
+            except (ConnectionError, RuntimeError):
+                return response  # the client stopped reading
+            sent += len(chunk)
+            self.cdn_bytes_sent += len(chunk)
+        if a.reset:
+            assert request.transport is not None
+            request.transport.abort()  # as a reset connection: no end of body
+            return response
+        await response.write_eof()
+        return response
 
     async def _get_channel(self, request: web.Request) -> web.Response:
         return self._json(self._channel(request).to_json())

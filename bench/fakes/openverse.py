@@ -38,6 +38,8 @@ Routes
     (``?full_size=true``: 1280 px); unknown id: 404.
 
 Knobs and counters: ``latency``, ``fail_next(n, status)``, ``malformed_next(n)``,
+``extra_headers`` (dict: headers set last on every search answer, e.g. a hostile
+``{"Retry-After": "inf"}`` on the 429),
 ``api_requests``, ``token_requests``, ``thumb_requests``, ``queries`` (each search's
 query dict), ``auth_headers`` (each search's Authorization header or None),
 ``reset_counters()``, ``uuid_of(entry_id)``, ``entry(uuid)``, ``thumb_url(uuid)``.
@@ -93,6 +95,7 @@ class FakeOpenverse:
         self.registered_burst_limit, self.registered_sustained_limit = 100, 10_000
         self.clock = time.monotonic
         self.latency = 0.0
+        self.extra_headers: dict[str, str] = {}
         self.host = "127.0.0.1"
         self.port = 0
         self._tokens: dict[str, float] = {}
@@ -107,14 +110,15 @@ class FakeOpenverse:
     def api_url(self) -> str:
         return f"http://{self.host}:{self.port}/v1/"
 
-    async def start(self) -> FakeOpenverse:
+    async def start(self, port: int = 0) -> FakeOpenverse:
         app = web.Application()
         app.router.add_get("/v1/images/", self._search)
+        app.on_response_prepare.append(self._extra_headers)
         app.router.add_post("/v1/auth_tokens/token/", self._token)
         app.router.add_get("/v1/images/{id}/thumb/", self._thumb)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, 0)
+        site = web.TCPSite(self._runner, self.host, port)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         return self
@@ -186,6 +190,10 @@ class FakeOpenverse:
     def _json(body: Any, status: int = 200, headers: dict | None = None) -> web.Response:
         return web.Response(text=json.dumps(body), status=status, headers=headers,
                             content_type="application/json")
+
+    async def _extra_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        if request.path == "/v1/images/":
+            response.headers.update(self.extra_headers)
 
     def _caller(self, request: web.Request) -> str | None:
         """The client id behind a valid bearer token, or None (anonymous)."""

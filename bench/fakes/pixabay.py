@@ -411,14 +411,14 @@ class FakePixabay:
     def api_url(self) -> str:
         return f"http://{self.host}:{self.port}/api/"
 
-    async def start(self) -> FakePixabay:
+    async def start(self, port: int = 0) -> FakePixabay:
         app = web.Application()
         app.router.add_get("/api/", self._api)
         app.router.add_get("/get/{name}", self._image)
         app.router.add_route("*", "/{tail:.*}", self._other)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, 0)
+        site = web.TCPSite(self._runner, self.host, port)
         await site.start()
         self.port = self._runner.addresses[0][1]
         return self

@@ -7,6 +7,7 @@ import logging
 import re
 import time
 import weakref
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -15,22 +16,27 @@ from discord.ext import commands
 
 from search import metrics
 from search.config import LAYOUTS
+from search.errors import InvalidQuery, LanguageUnsupported
 from search.models import (
     COLORS,
     IMAGE_TYPES,
+    LANGS,
     MAX_PHRASE_CHARS,
     MAX_QUERY_IMAGE_BYTES,
     MAX_TAG_CHARS,
     ORIENTATIONS,
     SOURCES,
     Filters,
+    check_negatives,
 )
 from search.sources import label
+from search.storage import Unavailable
 
 from .. import activity
-from ..embeds import NEXT, PREV, provisional_line, results_embeds
+from ..cooldown import MemberCooldown
+from ..embeds import NEXT, PREV, provisional_line
 from ..errors import Busy, Refusal, reply_error
-from ..pages import Page, post_results, render_page, resolve_layout
+from ..pages import Page, post_results, render_hits, render_page, resolve_layout
 from ..state import ResultsState, View
 
 if TYPE_CHECKING:
@@ -52,11 +58,6 @@ LAYOUT_CHOICES = [app_commands.Choice(name=v, value=v) for v in LAYOUTS if v != 
 SHOWN_PAGE = re.compile(r"· page (\d+)/\d+")
 
 
-def _cooldown(interaction: discord.Interaction) -> app_commands.Cooldown | None:
-    seconds = interaction.client.settings.user_cooldown_seconds  # type: ignore[attr-defined]
-    return app_commands.Cooldown(1, seconds) if seconds > 0 else None
-
-
 class FindImage(commands.Cog):
     def __init__(self, bot: FindImageBot) -> None:
         self.bot = bot
@@ -68,6 +69,7 @@ class FindImage(commands.Cog):
         self._locks: weakref.WeakValueDictionary[int, asyncio.Lock] = \
             weakref.WeakValueDictionary()
         self.cannot_remove: set[int] = set()  # channels where we may not remove reactions
+        self.cooldown = MemberCooldown(bot.settings.user_cooldown_seconds)
 
     async def cog_app_command_error(self, interaction: discord.Interaction,
                                     error: app_commands.AppCommandError) -> None:
@@ -89,10 +91,10 @@ class FindImage(commands.Cog):
         image="A picture to find more like (with a phrase: both count equally)",
         source="Where candidates come from (Openverse: openly licensed, no account)",
         layout="A list of embeds, or one contact sheet of numbered tiles",
+        lang="The language the tag is typed in, e.g. de (Pixabay only)",
     )
     @app_commands.choices(image_type=IMAGE_TYPE_CHOICES, orientation=ORIENTATION_CHOICES,
                           colors=COLOUR_CHOICES, source=SOURCE_CHOICES, layout=LAYOUT_CHOICES)
-    @app_commands.checks.dynamic_cooldown(_cooldown)
     async def findimage(self, interaction: discord.Interaction,
                         tag: app_commands.Range[str, 1, MAX_TAG_CHARS],
                         phrase: app_commands.Range[str, 1, MAX_PHRASE_CHARS] | None = None,
@@ -103,7 +105,8 @@ class FindImage(commands.Cog):
                         safe: bool = True,
                         image: discord.Attachment | None = None,
                         source: app_commands.Choice[str] | None = None,
-                        layout: app_commands.Choice[str] | None = None) -> None:
+                        layout: app_commands.Choice[str] | None = None,
+                        lang: app_commands.Range[str, 2, 2] | None = None) -> None:
         record = activity.begin(interaction, tag, phrase or "")
         if phrase is None and image is None:
             raise Refusal("Give a phrase, an image, or both: for example phrase:\"a tiger in "
@@ -114,16 +117,42 @@ class FindImage(commands.Cog):
         if not safe and not _age_restricted(interaction.channel):
             raise Refusal("Safe search can be turned off only in age-restricted channels; "
                           "this channel is not marked age-restricted.")
-        if self.pending >= self.bot.settings.max_concurrent_searches + self.queue_limit:
-            raise Busy("I'm busy with other searches right now; try again in a few seconds.")
         retriever = self.bot.service.source(source.value if source else None)
-        view = View(layout=resolve_layout(layout.value if layout else
-                                          self.bot.settings.results_layout, count),
-                    source=retriever.name)
-        record.source = retriever.name
+        language = _language(lang, retriever.name, self.bot.settings.search_language)
         filters = Filters(image_type=image_type.value if image_type else "all",
                           orientation=orientation.value if orientation else "all",
-                          colors=(colors.value,) if colors else (), safesearch=safe)
+                          colors=(colors.value,) if colors else (), safesearch=safe,
+                          lang=language)
+        label = _query_label(phrase or "", image)
+        check_negatives(phrase or "", by_image=image is not None)
+        # The member's turn is taken only now that nothing above refused the command.
+        self.cooldown.check(interaction.user.id)
+        turn = self.cooldown.charge(interaction.user.id)
+
+        async def picture() -> dict:
+            if image is None:
+                return {}
+            return {"image": await self.bot.service.picture(image.url,
+                                                            declared_size=image.size)}
+
+        await self.search(interaction, record, tag=tag, phrase=phrase, count=count,
+                          filters=filters, source=retriever.name, picture=picture,
+                          layout=layout.value if layout else None, label=label,
+                          final_label=lambda result: _query_label(result.phrase, image),
+                          turn=turn)
+
+    async def search(self, interaction: discord.Interaction, record, *, tag: str,
+                     phrase: str | None, count: int, filters: Filters, source: str,
+                     picture: Callable[[], Awaitable[dict]], layout: str | None, label: str,
+                     final_label: Callable[[Any], str], turn: float | None = None) -> None:
+        """Defer, find (showing a provisional page), answer: /findimage and Apps → Find
+        similar images both end here. ``picture`` gives the query's image (bytes or a
+        cached vector) once the interaction is deferred."""
+        if self.pending >= self.bot.settings.max_concurrent_searches + self.queue_limit:
+            raise Busy("I'm busy with other searches right now; try again in a few seconds.")
+        view = View(layout=resolve_layout(layout or self.bot.settings.results_layout, count),
+                    source=source)
+        record.source = source
         # The slot is taken before the first await: commands arriving together all see it.
         self.pending += 1
         metrics.QUEUE_DEPTH.inc()
@@ -135,12 +164,14 @@ class FindImage(commands.Cog):
                                              interaction.token)
             interaction.extras["pending_noted"] = True
             started = time.perf_counter()
-            data = await _read(image) if image is not None else None
+            query_picture = await picture()
             async with self.slots:
                 result, provisional = await self._find_progressively(
-                    interaction, tag, phrase, count, filters, retriever.name, data,
-                    _query_label(phrase or "", image))
-        except BaseException:
+                    interaction, tag, phrase, count, filters, source, query_picture, label,
+                    view)
+        except BaseException as e:
+            if isinstance(e, InvalidQuery) and turn is not None:  # refused for its text
+                self.cooldown.refund(interaction.user.id, turn)
             await self._done_pending(interaction)
             raise
         finally:
@@ -149,10 +180,32 @@ class FindImage(commands.Cog):
         record.took(result)
         try:
             await self._answer(interaction, result, filters, count,
-                               time.perf_counter() - started, view,
-                               _query_label(result.phrase, image), provisional)
+                               time.perf_counter() - started, view, final_label(result),
+                               provisional)
         finally:
             await self._done_pending(interaction)
+
+    @findimage.autocomplete("tag")
+    async def tag_suggestions(self, interaction: discord.Interaction, current: str
+                              ) -> list[app_commands.Choice[str]]:
+        """This server's recent tags, then the catalogue's words in cached answers: local
+        data only, well inside Discord's 3 s (an empty list if the disk is slower)."""
+        try:
+            tags = await asyncio.wait_for(
+                suggest_tags(self.bot.state, self.bot.service.store, interaction.guild_id,
+                             current), SUGGEST_SECONDS)
+        except TimeoutError:
+            log.info("tag suggestions took over %.1f s; none offered", SUGGEST_SECONDS)
+            return []
+        return [app_commands.Choice(name=t, value=t) for t in tags]
+
+    @findimage.autocomplete("lang")
+    async def lang_suggestions(self, interaction: discord.Interaction, current: str
+                               ) -> list[app_commands.Choice[str]]:
+        typed = current.strip().lower()
+        return [app_commands.Choice(name=f"{code} · {LANGUAGE_NAMES[code]}", value=code)
+                for code in LANGS if code.startswith(typed[:2])
+                or LANGUAGE_NAMES[code].lower().startswith(typed)][:25]
 
     async def _done_pending(self, interaction: discord.Interaction) -> None:
         if interaction.extras.pop("pending_noted", False):
@@ -196,7 +249,7 @@ class FindImage(commands.Cog):
 
     async def _find_progressively(self, interaction: discord.Interaction, tag: str,
                                   phrase: str | None, count: int, filters: Filters,
-                                  source: str, image: bytes | None, shown: str):
+                                  source: str, picture: dict, shown: str, view: View):
         """``(result, provisional message or None)``; the provisional page as it goes."""
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -229,16 +282,17 @@ class FindImage(commands.Cog):
                 partial = latest
                 if partial is None or partial.ranked < min(count, partial.total):
                     continue
-                page: dict[str, Any] = dict(content=provisional_line(tag=tag, phrase=shown,
-                                                     ranked=partial.ranked, total=partial.total,
-                                                     source=source),
-                            embeds=results_embeds(partial.ranking.page(0, count)),
-                            allowed_mentions=discord.AllowedMentions.none())
+                # In the final page's layout: a grid stays a grid (its tiles are the files
+                # being ranked, so drawing it downloads nothing).
+                page = await render_hits(
+                    self.bot.service, partial.ranking.page(0, count), view,
+                    provisional_line(tag=tag, phrase=shown, ranked=partial.ranked,
+                                     total=partial.total, source=source))
                 try:
                     if message is None:
-                        message = await interaction.followup.send(**page, wait=True)
+                        message = await interaction.followup.send(**page.send(), wait=True)
                     else:
-                        await message.edit(**page)
+                        await message.edit(**page.edit())
                 except discord.HTTPException as e:  # the final answer still comes
                     log.info("could not show a provisional page: %s", e)
                     return message
@@ -249,7 +303,7 @@ class FindImage(commands.Cog):
             result = await self.bot.service.find(tag, phrase, top=count, filters=filters,
                                                  partial=on_partial,
                                                  partial_interval=self.edit_interval / 4,
-                                                 source=source, image=image)
+                                                 source=source, **picture)
         except BaseException:
             shower.cancel()
             raise
@@ -271,6 +325,12 @@ class FindImage(commands.Cog):
     # -- paging ---------------------------------------------------------------
     @commands.Cog.listener()
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        try:
+            await self._pressed(payload)
+        except Unavailable:  # the database is down: one sentence, never silence
+            await self.bot.say_database_down(payload)
+
+    async def _pressed(self, payload: discord.RawReactionActionEvent) -> None:
         if not self._is_page_press(payload):
             return
         if not await self.bot.state.is_results(payload.message_id):
@@ -387,12 +447,35 @@ class FindImage(commands.Cog):
             log.info("could not remove a reaction: %s", e)
 
 
-async def _read(image: discord.Attachment) -> bytes:
-    """The attachment's bytes through discord.py, or one sentence."""
-    try:
-        return await image.read()
-    except (discord.HTTPException, discord.NotFound):
-        raise Refusal("I could not download your image from Discord; attach it again.") from None
+SUGGEST_SECONDS = 2.0  # Discord drops an autocomplete answer after 3 s
+LANGUAGE_NAMES = {
+    "cs": "Čeština", "da": "Dansk", "de": "Deutsch", "en": "English", "es": "Español",
+    "fr": "Français", "id": "Indonesia", "it": "Italiano", "hu": "Magyar",
+    "nl": "Nederlands", "no": "Norsk", "pl": "Polski", "pt": "Português", "ro": "Română",
+    "sk": "Slovenčina", "fi": "Suomi", "sv": "Svenska", "tr": "Türkçe", "vi": "Việt",
+    "th": "ไทย", "bg": "Български", "ru": "Русский", "el": "Ελληνικά", "ja": "日本語",
+    "ko": "한국어", "zh": "简体中文"}
+
+
+async def suggest_tags(state, store, guild_id: int | None, current: str,
+                       limit: int = 25) -> list[str]:
+    """Up to ``limit`` tags starting with what was typed: this server's first."""
+    recent, cached = await asyncio.gather(state.recent_tags(guild_id, current, limit),
+                                          store.cached_tags(current, limit))
+    return list(dict.fromkeys([*recent, *cached]))[:limit]
+
+
+def _language(lang: str | None, source: str, default: str) -> str:
+    """The member's lang (checked), else SEARCH_LANGUAGE; Openverse takes none."""
+    if lang is None:
+        return default
+    code = lang.strip().lower()
+    if code not in LANGS:
+        raise Refusal(f"lang must be one of Pixabay's language codes ({', '.join(LANGS)}), "
+                      f"not '{lang}'.")
+    if source == "openverse":
+        raise LanguageUnsupported()
+    return code
 
 
 def _query_label(phrase: str, image: discord.Attachment | None) -> str:

@@ -11,6 +11,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from search import metrics
+from search.storage import Unavailable
 
 from ..discord_text import inline
 from ..embeds import MAGNIFIER, number_index, pick_embed, picks_embeds
@@ -40,6 +41,12 @@ class Picks(commands.Cog):
     # -- sharing ------------------------------------------------------------------
     @commands.Cog.listener()
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        try:
+            await self._pressed(payload)
+        except Unavailable:  # the database is down: one sentence, never silence
+            await self.bot.say_database_down(payload)
+
+    async def _pressed(self, payload: discord.RawReactionActionEvent) -> None:
         me = self.bot.user
         index = number_index(str(payload.emoji))
         if me is None or payload.user_id == me.id or index is None or payload.guild_id is None:

@@ -15,6 +15,7 @@ import discord
 from discord.ext import commands
 
 from search.errors import PickForgotten
+from search.storage import Unavailable
 
 from ..embeds import MAGNIFIER
 from ..pages import post_results
@@ -35,6 +36,12 @@ class Similar(commands.Cog):
 
     @commands.Cog.listener()
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        try:
+            await self._pressed(payload)
+        except Unavailable:  # the database is down: one sentence, never silence
+            await self.bot.say_database_down(payload)
+
+    async def _pressed(self, payload: discord.RawReactionActionEvent) -> None:
         me = self.bot.user
         if (me is None or payload.user_id == me.id or str(payload.emoji) != MAGNIFIER
                 or payload.guild_id is None):

@@ -2,7 +2,8 @@
 
 ``export_model`` does it in the calling process (``python -m search.export`` calls it
 there, with a progress bar). A serving process never does: ``ExportChild`` runs
-``python -m search.clip.export`` beside it, niced, under a memory ceiling, and reads
+``python -m search.clip.export`` beside it, at the encoder's niceness, under a memory
+ceiling, and reads
 its progress as JSON lines, so an export killed for memory takes only itself down.
 
 Each step's files are written into a staging folder ``MODELS/.export-*`` that holds a
@@ -218,6 +219,23 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _load_prctl():
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):  # not glibc: close() still stops the export
+        return None
+
+
+def _die_with_parent(prctl) -> None:
+    """Linux: SIGTERM the export when the thread that started it dies (a bot killed with
+    SIGKILL leaves no export running; its staging folder goes at the next start). Runs
+    between fork and exec, so libc was loaded before the fork (dlopen there can hang)."""
+    if prctl is not None:
+        prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM
+
+
 def _status_mb(field: str) -> float | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -250,7 +268,7 @@ class ExportChild:
     """
 
     def __init__(self, model_name: str, pretrained: str | None, precision: str, root: Path, *,
-                 random_weights: bool, ceiling_mb: float | None, nice: int = 10,
+                 random_weights: bool, ceiling_mb: float | None, nice: int = 0,
                  on_progress: Progress, on_exit: Callable[[str | None, dict], None]) -> None:
         cmd = [sys.executable, "-m", "search.clip.export", "--model", model_name,
                "--precision", precision, "--cache-dir", str(root)]
@@ -263,7 +281,10 @@ class ExportChild:
         self._stopping = False
         limit = None if ceiling_mb is None else int(ceiling_mb * 2**20) + ADDRESS_SPACE_SLACK
 
-        def setup() -> None:  # in the child, before exec
+        prctl = _load_prctl()  # before the fork
+
+        def setup() -> None:  # in the child, before exec: nothing that takes a lock
+            _die_with_parent(prctl)
             if nice:
                 os.nice(nice)  # beside the serving process, out of its way
             if limit is not None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ModelLoadError
+from ..errors import ConfigError, ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,17 @@ class LoadedModel:
 
 
 def resolve_device(device: str) -> str:
+    """``auto`` made concrete; ConfigError when CLIP_DEVICE names a GPU torch cannot see."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device[5:]) if device.startswith("cuda:") else 0
+        if index >= count:
+            seen = ("no CUDA GPU (no driver, or a CPU-only torch)" if count == 0
+                    else f"only cuda:0 to cuda:{count - 1}")
+            raise ConfigError(f"CLIP_DEVICE={device}, but torch sees {seen} here; use "
+                              "CLIP_DEVICE=auto or cpu.")
     return device
 
 

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -30,7 +31,8 @@ import numpy as np
 import torch
 
 from .. import metrics
-from ..store import FeatureVector
+from ..models import FeatureVector
+from ..threads import BACKGROUND_NICENESS
 from . import backends
 from .backends import Backend, TorchBackend, choose, from_cache
 from .model import LoadedModel, default_threads, from_levels, load_model, resolve_device
@@ -226,10 +228,13 @@ class ClipEncoder:
         thread.start()
         try:
             await ready
-        except BaseException:
+        except BaseException as e:
             self._thread = None
             self._stop_export()  # a start cut short leaves no export behind
-            await asyncio.to_thread(thread.join, 30)
+            # A load in progress cannot be stopped: when start-up is cancelled (Ctrl-C,
+            # SIGTERM) the daemon thread is left to end with the process, not waited for.
+            if not isinstance(e, asyncio.CancelledError):
+                await asyncio.to_thread(thread.join, 30)
             raise
 
     async def close(self) -> None:
@@ -404,8 +409,20 @@ class ClipEncoder:
 
         self._child = ExportChild(self.model_name, self.pretrained, precision, self._root,
                                   random_weights=self.random_weights, ceiling_mb=ceiling,
-                                  nice=0 if self.export_mode == "wait" else 10,
+                                  # the worker thread's own niceness (search.threads),
+                                  # inherited: below the event loop and the downloads, level
+                                  # with the encoder. More starves it on a busy host (a
+                                  # nice-19 export of the test model never finished at load 17)
+                                  nice=BACKGROUND_NICENESS if self._thread_niceness() == 0
+                                  else 0,
                                   on_progress=progress, on_exit=finished)
+
+    @staticmethod
+    def _thread_niceness() -> int:
+        try:
+            return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        except (AttributeError, OSError):
+            return 0
 
     def _swap_if_ready(self) -> None:
         """On the worker, between batches: serve the freshly exported, checked files."""

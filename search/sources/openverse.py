@@ -1,4 +1,4 @@
-"""The second retriever: an Openverse API client that needs no account.
+"""Openverse: no account needed, openly licensed images, thumbnails from its API host.
 
 Openverse (https://api.openverse.org/v1/) indexes openly licensed images. Anonymous
 callers get at most 20 results a page (a larger ``page_size`` is answered 401) and a
@@ -21,24 +21,29 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import aiohttp
+from yarl import URL
 
-from . import metrics
-from .errors import (
+from .. import metrics
+from ..budget import RateBudget
+from ..config import Settings
+from ..errors import (
     InvalidOpenverseCredentials,
     InvalidQuery,
     MalformedResponse,
     OpenverseRejected,
     OpenverseUnavailable,
-    RateLimited,
+    OpenverseUnreachable,
+    SourceError,
 )
-from .models import Filters, Source, check_tag, key_fingerprint
-from .pixabay import Candidates, Hit, RateBudget, normalise_tag
-from .shared import SharedBudget, SharedRedis, Window
-from .store import Store
-from .upstream import (
+from ..models import Candidates, Filters, Hit, Source, check_tag, key_fingerprint, normalise_tag
+from ..store import Store
+from ..upstream import (
+    MAX_ERROR_BYTES,
     Invalid,
+    Reply,
     TooLarge,
     cached_page,
     header_seconds,
@@ -47,12 +52,15 @@ from .upstream import (
     optional_whole,
     parse_json_off_loop,
     read_body,
+    read_json,
+    request,
     text,
 )
+from .base import Adapter
 
 log = logging.getLogger(__name__)
 
-PROVIDER = "openverse"
+NAME = "openverse"
 LABEL = "Openverse"
 DEFAULT_API_URL = "https://api.openverse.org/v1/"
 ANONYMOUS_PAGE_SIZE = 20  # a larger page_size without a token is answered 401
@@ -64,7 +72,6 @@ MAX_REACHABLE = ANONYMOUS_PAGE_SIZE * MAX_PAGES
 ANONYMOUS_PER_MINUTE, ANONYMOUS_PER_DAY = 20, 200
 REGISTERED_PER_MINUTE, REGISTERED_PER_DAY = 100, 10_000
 MAX_BODY_BYTES = 8 * 1024 * 1024  # 20 results are ~30 KB; 500 are ~1 MB
-MAX_ERROR_BYTES = 16 * 1024
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
                    r"[0-9a-fA-F]{12}$")
@@ -143,7 +150,7 @@ def hit_from_api(raw: Mapping) -> Hit | None:
         width=num("width"),
         height=num("height"),
         image_size=num("filesize"),
-        source=PROVIDER,
+        source=NAME,
         title=_text(raw.get("title"), 200),
         license=licence if _LICENSE.match(licence) else "",
         license_version=version if _VERSION.match(version) else "",
@@ -153,22 +160,24 @@ def hit_from_api(raw: Mapping) -> Hit | None:
 
 
 class OpenverseClient:
-    """Searches Openverse images on a shared session; anonymous unless given credentials."""
+    """Searches Openverse images on a shared session; anonymous unless given credentials.
+    Also the request loop's ``Terms`` for Openverse."""
 
-    name = PROVIDER
+    name = NAME
+    label = LABEL
+    log = log
 
     def __init__(self, session: aiohttp.ClientSession, *, api_url: str = DEFAULT_API_URL,
                  client_id: str | None = None, client_secret: str | None = None,
                  store: Store | None = None, timeout: float = 10.0, retries: int = 2,
-                 backoff: float = 0.5, clock: Callable[[], float] = time.monotonic,
-                 shared: SharedRedis | None = None, processes: int = 1) -> None:
+                 backoff: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:
         self.session = session
         self.api_url = api_url if api_url.endswith("/") else api_url + "/"
         self._client_id = client_id or None
         self._client_secret = client_secret or None
         # Cached pages are keyed by endpoint and who asks: a registered client's pages are
         # larger than an anonymous one's. Vectors by endpoint alone.
-        self.source = Source(PROVIDER, self.api_url,
+        self.source = Source(NAME, self.api_url,
                              key_fingerprint(client_id) if client_id else "anonymous")
         self.store = store
         self.timeout = aiohttp.ClientTimeout(total=timeout)
@@ -179,13 +188,8 @@ class OpenverseClient:
                                else (REGISTERED_PER_MINUTE, REGISTERED_PER_DAY))
         self.minute = RateBudget(limit=per_minute, window=60.0, clock=clock, label=LABEL)
         self.day = RateBudget(limit=per_day, window=86400.0, clock=clock, label=LABEL)
-        # With REDIS_URL both windows live in Redis, shared by every process (one script
-        # checks both before spending either); the two above are then not used.
-        self.shared = None if shared is None else SharedBudget(
-            shared, self.source.response_scope,
-            [Window("60s", per_minute, 60.0), Window("86400s", per_day, 86400.0)],
-            processes=processes, label=LABEL, clock=clock)
-        metrics.watch_budget(PROVIDER, self.shared or self.minute)
+        self.budgets = (self.minute, self.day)
+        metrics.watch_budget(NAME, self.minute)
         self._token: str | None = None
         self._token_expires = 0.0
         self._token_lock = asyncio.Lock()
@@ -241,7 +245,27 @@ class OpenverseClient:
         return await cached_page(self.store, self.source, self._inflight, params,
                                  self._request)
 
+    async def _request(self, params: dict[str, str]) -> dict:
+        data = await request(self.session, self.api_url + "images/", self, params=params,
+                             timeout=self.timeout, retries=self.retries,
+                             backoff=self.backoff, headers=self._auth, renew=self._renew)
+        body = await read_json(data, self)
+        if not isinstance(body, dict):
+            raise MalformedResponse(LABEL)
+        return body
+
     # -- OAuth2 client credentials ---------------------------------------------------
+    async def _auth(self) -> dict[str, str]:
+        token = await self._bearer()
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    async def _renew(self, reply: Reply) -> bool:
+        """A 401 to a registered client: its token expired or was revoked."""
+        if self.anonymous:
+            return False
+        await self._bearer(renew=True)
+        return True
+
     async def _bearer(self, *, renew: bool = False) -> str | None:
         if self.anonymous:
             return None
@@ -280,28 +304,8 @@ class OpenverseClient:
         # Renewed before it expires: a minute early, or a tenth of a short lifetime.
         self._token_expires = self.clock() + expires_in - min(60.0, expires_in / 10)
 
-    # -- requests ------------------------------------------------------------------
-    async def _take(self) -> None:
-        if self.shared is not None:
-            await self.shared.take()
-        else:
-            self._acquire()
-
-    def _acquire(self) -> None:
-        now = self.clock()
-        for budget in (self.minute, self.day):  # check both before spending either
-            if now >= budget.server_reset_at:
-                budget.server_remaining = None
-            if budget.server_remaining is not None and budget.server_remaining <= 0:
-                raise RateLimited(budget.server_reset_at - now, LABEL, cap=budget.window)
-            while budget.sent and now - budget.sent[0] >= budget.window:
-                budget.sent.popleft()
-            if len(budget.sent) >= budget.limit:
-                raise RateLimited(budget.sent[0] + budget.window - now, LABEL, cap=budget.window)
-        self.minute.acquire()
-        self.day.acquire()
-
-    async def _observe(self, headers: Mapping[str, str]) -> None:
+    # -- what Openverse's answers mean (upstream.Terms) ---------------------------------
+    def observe(self, headers: Mapping[str, str]) -> None:
         """Read ``X-RateLimit-Limit-<scope>: N/period`` and ``X-RateLimit-Available-<scope>``."""
         limits: dict[str, tuple[int, int]] = {}
         available: dict[str, int] = {}
@@ -315,83 +319,28 @@ class OpenverseClient:
                 count = header_whole(value, lo=0, hi=10**9)
                 if count is not None:
                     available[lower[22:]] = count
-        now = self.clock()
         for scope, (limit, period) in limits.items():
             budget = self.day if period >= 3600 else self.minute
-            budget.limit = max(1, limit)
-            if self.shared is not None:
-                self.shared.resize(1 if period >= 3600 else 0, max(1, limit))
-                if scope in available:
-                    await self.shared.tell(1 if period >= 3600 else 0, available[scope],
-                                           period, None)
             if scope in available:
-                budget.server_remaining = available[scope]
-                budget.server_reset_at = now + period
+                budget.tighten(available[scope], period, limit)
+            else:
+                budget.limit = max(1, limit)
 
-    async def _request(self, params: dict[str, str]) -> dict:
-        last = "no answer"
-        renewed = False
-        attempt = 0
-        while attempt <= self.retries:
-            if attempt:
-                await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
-            token = await self._bearer()
-            await self._take()
-            headers = {"Authorization": f"Bearer {token}"} if token else {}
-            try:
-                async with self.session.get(self.api_url + "images/", params=params,
-                                            headers=headers, timeout=self.timeout) as resp:
-                    await self._observe(resp.headers)
-                    status = resp.status
-                    metrics.UPSTREAM_REQUESTS.labels(PROVIDER, str(status)).inc()
-                    retry_after = resp.headers.get("Retry-After")
-                    data = await read_body(resp, MAX_BODY_BYTES if status == 200
-                                           else MAX_ERROR_BYTES, cut=status != 200)
-            except TooLarge as e:
-                log.warning("openverse: refused an answer %s", e)
-                raise MalformedResponse(LABEL) from None
-            except TimeoutError:
-                metrics.UPSTREAM_REQUESTS.labels(PROVIDER, "timeout").inc()
-                last = "timed out"
-                log.warning("openverse: request timed out (attempt %d)", attempt + 1)
-                attempt += 1
-                continue
-            except aiohttp.ClientError as e:
-                metrics.UPSTREAM_REQUESTS.labels(PROVIDER, "error").inc()
-                last = type(e).__name__
-                log.warning("openverse: %s (attempt %d)", last, attempt + 1)
-                attempt += 1
-                continue
-            if status == 200:
-                try:
-                    body = await parse_json_off_loop(data)
-                except Invalid as e:
-                    log.warning("openverse: unreadable answer: %s", e)
-                    raise MalformedResponse(LABEL) from None
-                if not isinstance(body, dict):
-                    raise MalformedResponse(LABEL)
-                return body
-            if status == 429:
-                retry = header_seconds(retry_after, cap=86400.0)
-                retry = 60.0 if retry is None else max(retry, 1.0)
-                self.minute.server_remaining = 0
-                self.minute.server_reset_at = self.clock() + retry
-                if self.shared is not None:
-                    await self.shared.refuse(retry)
-                raise RateLimited(retry, LABEL, cap=86400.0)
-            if status == 401 and token and not renewed:  # the token expired or was revoked
-                renewed = True
-                await self._bearer(renew=True)
-                continue
-            if status >= 500:
-                last = f"HTTP {status}"
-                log.warning("openverse: HTTP %d (attempt %d)", status, attempt + 1)
-                attempt += 1
-                continue
-            detail = _detail(data.decode("utf-8", "replace"), status)
-            log.warning("openverse: HTTP %d: %s", status, detail)
-            raise OpenverseRejected(detail, status)
-        raise OpenverseUnavailable(last)
+    def wait(self, reply: Reply) -> float | None:
+        return header_seconds(reply.headers.get("Retry-After"))
+
+    def refused(self, reply: Reply) -> SourceError:
+        detail = _detail(reply.data.decode("utf-8", "replace"), reply.status)
+        log.warning("openverse: HTTP %d: %s", reply.status, detail)
+        return OpenverseRejected(detail, reply.status)
+
+    def unavailable(self, why: str, *, unreachable: bool) -> SourceError:
+        if unreachable:
+            return OpenverseUnreachable(str(URL(self.api_url).with_user(None)), why)
+        return OpenverseUnavailable(why)
+
+    def malformed(self) -> SourceError:
+        return MalformedResponse(LABEL)
 
 
 def _detail(text: str, status: int) -> str:
@@ -405,3 +354,44 @@ def _detail(text: str, status: int) -> str:
                            for k, v in detail.items())
     detail = " ".join(str(detail or "").split())[:200]
     return detail or f"HTTP {status}"
+
+
+class Openverse(Adapter):
+    name = NAME
+    label = LABEL
+    home = "https://openverse.org"
+    colour = 0x3C5BD1  # Openverse's blue
+
+    def open(self, session: aiohttp.ClientSession, settings: Settings, store: Store | None,
+             **options: Any) -> OpenverseClient:
+        """Always offered: anonymously unless given client credentials."""
+        mine = {k: v for k, v in options.items() if k in ("timeout", "retries", "backoff",
+                                                          "clock")}
+        return OpenverseClient(session, api_url=settings.openverse_api_url,
+                               client_id=settings.openverse_client_id,
+                               client_secret=settings.openverse_client_secret,
+                               store=store, **mine)
+
+    def endpoint(self, settings: Settings) -> str:
+        return settings.openverse_api_url
+
+    def image_hosts(self, settings: Settings) -> tuple[str, ...]:
+        """Thumbnails come from the API host, whatever site the original lives on."""
+        return (settings.openverse_host,)
+
+    def rank_url(self, hit: Hit, variant: int) -> str:
+        """Its thumbnail, served by the API host whatever site the original lives on."""
+        return hit.preview_url
+
+    def display_url(self, hit: Hit) -> str:
+        return hit.preview_url
+
+    def share_urls(self, hit: Hit) -> list[str]:
+        """The originals live on many foreign hosts; the API host serves the thumbnail at
+        full size, so the allow-list needs only that one host."""
+        if not hit.preview_url:
+            return []
+        return [str(URL(hit.preview_url).update_query(full_size="true")), hit.preview_url]
+
+
+ADAPTER = Openverse()
