@@ -7,7 +7,7 @@ once it serves are the commands synced and the gateway joined.
 
 Exit codes: 0 closed cleanly; 2 a setting a person must fix (restarting cannot help); 75
 (EX_TEMPFAIL) a remote that may come back (Discord, the model hub) is unreachable:
-restart later; 130 / 143 interrupted by SIGINT / SIGTERM before it was online; 1 anything
+restart later; 130 / 143 interrupted by SIGINT / SIGTERM before the model served; 1 anything
 else.
 """
 
@@ -69,7 +69,7 @@ async def run(settings: Settings, *, bot_options: dict | None = None,
     """Open the resources in start-up order, then go online until closed or signalled.
 
     With ``handle_signals`` (the entry point), systemd hears how start-up goes
-    (``Type=notify``: READY=1 once online), and a signal once online closes the bot.
+    (``Type=notify``: READY=1 once online), and a signal once the model serves closes the bot.
     """
     point_at(settings)
     systemd = notify_socket() if handle_signals else None
@@ -124,17 +124,20 @@ async def run(settings: Settings, *, bot_options: dict | None = None,
 
 @contextlib.contextmanager
 def _online_signals(bot: FindImageBot, systemd: str | None):
-    """Once online, SIGINT / SIGTERM close the bot cleanly (exit 0); before, they interrupt."""
+    """Once the model serves, SIGINT / SIGTERM close the bot cleanly (exit 0): from the
+    gateway connect on, a member may be mid-search, and close() lets discord.py finish
+    what it can. Before, they interrupt (130 / 143). systemd hears READY=1 once the
+    gateway is ready (with shards, every shard this process runs)."""
 
     async def ready() -> None:
         await bot.wait_until_ready()
         notify(systemd, "READY=1", "STATUS=online")
-        interrupt.on_signal(lambda signum: asyncio.ensure_future(close()))
 
     async def close() -> None:
         notify(systemd, "STOPPING=1", "STATUS=closing")
         await bot.close()
 
+    interrupt.on_signal(lambda signum: asyncio.ensure_future(close()))
     task = asyncio.ensure_future(ready())
     try:
         yield

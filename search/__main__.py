@@ -31,7 +31,6 @@ from .errors import (
     AllImagesFailed,
     ConfigError,
     InvalidQuery,
-    LanguageUnsupported,
     ModelHubUnreachable,
     ModelLoadError,
     NoResults,
@@ -53,7 +52,7 @@ from .models import (
     Filters,
     Query,
 )
-from .sources import adapter, require
+from .sources import adapter, check_language, require
 from .sqlite import check_data_dir
 
 if TYPE_CHECKING:  # the service imports torch: only once every cheap check has passed
@@ -202,8 +201,8 @@ def build_query(args: argparse.Namespace, settings: Settings) -> Query:
     """The request, checked before anything heavy loads (InvalidQuery on bad input)."""
     colors = tuple(c.strip() for c in args.colors.split(",") if c.strip())
     source = args.source or settings.search_source
-    if args.lang is not None and source == "openverse":
-        raise LanguageUnsupported()
+    if args.lang is not None:
+        check_language(source, args.lang)
     filters = Filters(image_type=args.image_type, orientation=args.orientation, colors=colors,
                       order=args.order, safesearch=not args.no_safesearch,
                       lang=args.lang or settings.search_language)

@@ -108,7 +108,11 @@ class Embedder:
         self.remote = encoder.device == "remote"
         self.on_device = (encoder.device.startswith("cuda") if on_device is None
                           else on_device) and not self.remote
-        self.batched = self.on_device or self.remote
+
+    @property
+    def batched(self) -> bool:
+        """Files go out in batches (to the device's decoder, or to the service)."""
+        return self.on_device or self.remote
 
     async def embed(self, hits: list[Hit], fetcher: ImageFetcher, *,
                     progress: Progress | None = None, on_vectors: OnVectors | None = None,

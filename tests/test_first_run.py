@@ -18,6 +18,9 @@ from bench.fakes.pixabay import default_catalogue
 from tests.test_cli import cli
 
 ROOT = Path(__file__).parent.parent
+# Run as a member would from a shell: under `make test` the outer make's MAKEFLAGS and
+# MAKELEVEL would make this one print "Entering/Leaving directory" lines.
+MAKE = ("make", "--no-print-directory")
 CATALOGUE = {e.id: e.scene for e in default_catalogue(10)}
 
 
@@ -27,7 +30,7 @@ def table_ids(block: str) -> list[int]:
 
 # -- make demo --------------------------------------------------------------------------
 def test_make_demo_runs_the_demo_module():
-    done = subprocess.run(["make", "-n", "demo"], cwd=ROOT, capture_output=True, text=True,
+    done = subprocess.run([*MAKE, "-n", "demo"], cwd=ROOT, capture_output=True, text=True,
                           check=True)
     assert done.stdout.splitlines()[-1].endswith("-m bench.demo")
 
@@ -166,7 +169,7 @@ def project_copy(tmp_path: Path) -> Path:
 
 def test_make_clean_removes_build_outputs_and_keeps_the_members_picks(tmp_path):
     work = project_copy(tmp_path)
-    subprocess.run(["make", "clean"], cwd=work, check=True, capture_output=True)
+    subprocess.run([*MAKE, "clean"], cwd=work, check=True, capture_output=True)
     assert (work / "data" / "bot.sqlite3").read_bytes() == b"the members' picks"
     assert not any((work / f).exists() for f in (".pytest_cache", ".ruff_cache",
                                                  "search/__pycache__", "x.egg-info"))
@@ -174,7 +177,7 @@ def test_make_clean_removes_build_outputs_and_keeps_the_members_picks(tmp_path):
 
 def test_make_clean_data_says_what_it_removes_then_removes_data_dir(tmp_path):
     work = project_copy(tmp_path)
-    done = subprocess.run(["make", "clean-data"], cwd=work, capture_output=True, text=True,
+    done = subprocess.run([*MAKE, "clean-data"], cwd=work, capture_output=True, text=True,
                           check=True)
     assert "bot.sqlite3 (the members' picks" in done.stdout
     assert "back it up first" in done.stdout
@@ -183,7 +186,7 @@ def test_make_clean_data_says_what_it_removes_then_removes_data_dir(tmp_path):
     other = tmp_path / "photos"
     other.mkdir()
     (other / "holiday.jpg").write_bytes(b"x")
-    refused = subprocess.run(["make", "clean-data", f"DATA_DIR={other}"], cwd=work,
+    refused = subprocess.run([*MAKE, "clean-data", f"DATA_DIR={other}"], cwd=work,
                              capture_output=True, text=True)
     assert refused.returncode != 0 and (other / "holiday.jpg").exists()
     assert "holds none of /findimage's files: left alone." in refused.stdout

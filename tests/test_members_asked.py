@@ -139,6 +139,24 @@ async def test_find_similar_on_our_own_pick_uses_its_stored_vector(bot, fake_dis
     assert bot.service.encoder.stats.images == encoded  # no picture encoded either
 
 
+async def test_find_similar_takes_the_members_search_turn_and_a_refusal_gives_it_back(
+        env, fake_discord):
+    env["USER_COOLDOWN_SECONDS"] = "60"
+    async with running_bot(Settings.from_mapping(env)):
+        posted = await fake_discord.post(files=[("holiday.jpg", picture("square", "blue",
+                                                                        "grass"))], user="bob")
+        _, refused = await find_similar(fake_discord, posted.id, {"tag": "   "})
+        await fake_discord.wait_for(lambda: any(m.ephemeral for m in refused.followups), 60,
+                                    what="the refusal")
+        assert next(m for m in refused.followups if m.ephemeral).content.startswith(
+            "The tag is empty")
+        _, submitted = await find_similar(fake_discord, posted.id, {"tag": "square"})
+        reply = await submitted.wait_followup(1, timeout=120)
+        assert not reply.ephemeral and len(reply.embeds) == 5  # the refusal cost no turn
+        text = await ephemeral_error(fake_discord, tag="circle", phrase="a red circle")
+        assert text.startswith("Slow down: you can search again in ")  # this one did
+
+
 @pytest.mark.parametrize(("message", "expected"), [
     ({"embeds": [{"image": {"url": "https://example.com/cat.jpg"}}]},
      "That picture is not on Discord's own servers, so I will not download it"),

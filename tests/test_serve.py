@@ -316,10 +316,10 @@ async def test_check_has_a_service_row_instead_of_loading_the_model(reader_servi
     code, out, err = await run_bot(env, "--check", cwd=tmp_path)
     assert code == 0, out + err
     lines = out.splitlines()
-    assert [line.split()[1] for line in lines] == ["settings", "data", "discord", "pixabay",
-                                                   "service", "encode"]
-    assert lines[4].startswith(f"✔ service   {reader_service.url} serves local-dir:tiny-clip@")
-    assert lines[5].startswith("✔ encode    one image through the service in ")
+    assert [line.split()[1] for line in lines] == ["settings", "data", "database", "redis",
+                                                   "discord", "pixabay", "service", "encode"]
+    assert lines[6].startswith(f"✔ service   {reader_service.url} serves local-dir:tiny-clip@")
+    assert lines[7].startswith("✔ encode    one image through the service in ")
 
     down = f"http://127.0.0.1:{free_port()}"
     code, out, err = await run_bot({**env, "INFERENCE_URL": down}, "--check", cwd=tmp_path)

@@ -136,6 +136,7 @@ class Apps(commands.Cog):
         filters = Filters(lang=_language(None, retriever.name,
                                          self.bot.settings.search_language))
         label = f"{target.label} + {phrase}" if phrase else target.label
+        refund = finder.take_turn(interaction.user.id)  # one cooldown for both ways in
 
         async def picture() -> dict:
             service = self.bot.service
@@ -151,7 +152,8 @@ class Apps(commands.Cog):
 
         await finder.search(interaction, record, tag=tag, phrase=phrase, count=5,
                             filters=filters, source=retriever.name, picture=picture,
-                            layout=None, label=label, final_label=lambda _result: label)
+                            layout=None, label=label, final_label=lambda _result: label,
+                            refund=refund)
 
 
 def _is_image(content_type: str | None, filename: str) -> bool:

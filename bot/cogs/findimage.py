@@ -16,7 +16,7 @@ from discord.ext import commands
 
 from search import metrics
 from search.config import LAYOUTS
-from search.errors import InvalidQuery, LanguageUnsupported
+from search.errors import InvalidQuery
 from search.models import (
     COLORS,
     IMAGE_TYPES,
@@ -29,7 +29,7 @@ from search.models import (
     Filters,
     check_negatives,
 )
-from search.sources import label
+from search.sources import check_language, label
 from search.storage import Unavailable
 
 from .. import activity
@@ -126,8 +126,7 @@ class FindImage(commands.Cog):
         label = _query_label(phrase or "", image)
         check_negatives(phrase or "", by_image=image is not None)
         # The member's turn is taken only now that nothing above refused the command.
-        self.cooldown.check(interaction.user.id)
-        turn = self.cooldown.charge(interaction.user.id)
+        refund = self.take_turn(interaction.user.id)
 
         async def picture() -> dict:
             if image is None:
@@ -139,12 +138,21 @@ class FindImage(commands.Cog):
                           filters=filters, source=retriever.name, picture=picture,
                           layout=layout.value if layout else None, label=label,
                           final_label=lambda result: _query_label(result.phrase, image),
-                          turn=turn)
+                          refund=refund)
+
+    def take_turn(self, member: int) -> Callable[[], None]:
+        """The member's search turn (CommandOnCooldown: "Slow down" when it is not back
+        yet), taken once a request has passed its checks; call what it returns to hand
+        the turn back when the search refuses the query."""
+        self.cooldown.check(member)
+        before = self.cooldown.charge(member)
+        return lambda: self.cooldown.refund(member, before)
 
     async def search(self, interaction: discord.Interaction, record, *, tag: str,
                      phrase: str | None, count: int, filters: Filters, source: str,
                      picture: Callable[[], Awaitable[dict]], layout: str | None, label: str,
-                     final_label: Callable[[Any], str], turn: float | None = None) -> None:
+                     final_label: Callable[[Any], str],
+                     refund: Callable[[], None] | None = None) -> None:
         """Defer, find (showing a provisional page), answer: /findimage and Apps → Find
         similar images both end here. ``picture`` gives the query's image (bytes or a
         cached vector) once the interaction is deferred."""
@@ -170,8 +178,8 @@ class FindImage(commands.Cog):
                     interaction, tag, phrase, count, filters, source, query_picture, label,
                     view)
         except BaseException as e:
-            if isinstance(e, InvalidQuery) and turn is not None:  # refused for its text
-                self.cooldown.refund(interaction.user.id, turn)
+            if isinstance(e, InvalidQuery) and refund is not None:  # refused for its text
+                refund()
             await self._done_pending(interaction)
             raise
         finally:
@@ -469,13 +477,7 @@ def _language(lang: str | None, source: str, default: str) -> str:
     """The member's lang (checked), else SEARCH_LANGUAGE; Openverse takes none."""
     if lang is None:
         return default
-    code = lang.strip().lower()
-    if code not in LANGS:
-        raise Refusal(f"lang must be one of Pixabay's language codes ({', '.join(LANGS)}), "
-                      f"not '{lang}'.")
-    if source == "openverse":
-        raise LanguageUnsupported()
-    return code
+    return check_language(source, lang)
 
 
 def _query_label(phrase: str, image: discord.Attachment | None) -> str:

@@ -16,11 +16,11 @@ from __future__ import annotations
 from importlib import import_module
 
 from ..config import Settings
-from ..errors import ConfigError, InvalidQuery
+from ..errors import ConfigError, InvalidQuery, LanguageUnsupported
 from ..models import SOURCES, Hit
 from .base import Adapter, Retriever
 
-__all__ = ["ADAPTERS", "Adapter", "Retriever", "adapter", "credit", "display_url", "label",
+__all__ = ["ADAPTERS", "Adapter", "Retriever", "adapter", "check_language", "credit", "display_url", "label",
            "licence_label", "rank_url", "require", "share_urls", "short_credit", "tile_url"]
 
 # Each name in SOURCES is the module of its adapter, imported once here.
@@ -45,6 +45,19 @@ def require(settings: Settings, source: str) -> None:
         if not getattr(settings, name.lower()):
             raise ConfigError(found.missing(name) or f"{name} is not set; put it in the "
                               "environment or in .env (see .env.example).")
+
+
+def check_language(source: str, lang: str) -> str:
+    """``lang`` as ``source`` takes it (lower case), or InvalidQuery: a code it does not
+    know, or LanguageUnsupported when the source has no language parameter (Openverse)."""
+    found = adapter(source)
+    if not found.languages:
+        raise LanguageUnsupported(found.label)
+    code = lang.strip().lower()
+    if code not in found.languages:
+        raise InvalidQuery(f"lang must be one of {found.label}'s language codes "
+                           f"({', '.join(found.languages)}), not '{lang}'.")
+    return code
 
 
 def label(source: str) -> str:

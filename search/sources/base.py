@@ -39,6 +39,7 @@ class Adapter(Protocol):
     home: ClassVar[str]  # the site members are pointed to
     colour: ClassVar[int]  # of its embeds, 0xRRGGBB
     required: ClassVar[tuple[str, ...]] = ()  # settings it cannot run without
+    languages: ClassVar[tuple[str, ...]] = ()  # the lang codes it takes; () when it has none
 
     def open(self, session: aiohttp.ClientSession, settings: Settings, store: Store | None,
              **options: Any) -> Retriever | None:

@@ -29,6 +29,7 @@ from ..errors import (
     SourceError,
 )
 from ..models import (
+    LANGS,
     MAX_CANDIDATES,
     Candidates,
     Filters,
@@ -269,6 +270,7 @@ class Pixabay(Adapter):
     home = "https://pixabay.com"
     colour = 0x2EC66D  # Pixabay's green
     required = ("PIXABAY_API_KEY",)
+    languages = LANGS  # https://pixabay.com/api/docs/#api_search_images: lang
     table_column = "tags"
 
     def missing(self, name: str) -> str | None:
