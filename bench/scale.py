@@ -148,19 +148,25 @@ async def configuration(processes: int, args, work: Path) -> dict:
             "rss_mb": [r[0] for r in rss], "peak_rss_mb": [r[1] for r in rss],
         }
     finally:
-        for p in procs:
-            if p.returncode is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                await asyncio.wait_for(p.wait(), 60)
-            except TimeoutError:
-                p.kill()
-                await p.wait()
+        await stop_processes(procs)
         for log in logs:
             log.close()
         await pixabay.close()
         await discord.close()
+
+
+async def stop_processes(procs: list[asyncio.subprocess.Process], grace: float = 60.0) -> None:
+    """SIGTERM every bot process still running, then wait; SIGKILL one that outlives
+    ``grace`` seconds (the tests' sharded bots stop the same way)."""
+    for p in procs:
+        if p.returncode is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            await asyncio.wait_for(p.wait(), grace)
+        except TimeoutError:
+            p.kill()
+            await p.wait()
 
 
 def table(rows: list[dict]) -> str:

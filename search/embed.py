@@ -336,18 +336,12 @@ class _Run:
                                        or held >= self.fetcher.budget.capacity // 2)
 
     async def encode_batch(self, batch: list[Waiting]) -> None:
-        if self.remote:
-            await self.encode_remote(batch)
-            return
+        """Encode one batch; every download waiting on it goes on (or raises its error)."""
         try:
-            result = await self.embedder.encode_jpegs([data for _, data, _ in batch],
-                                                      max_pixels=self.decoder.max_pixels)
-            self.seconds["decode"] += result.decode_seconds
-            self.seconds["encode"] += result.encode_seconds
-            self.keep({batch[index][0].id: result.vectors[row]
-                       for row, index in enumerate(result.encoded)})
-            self.finished(len(result.encoded))
-            await asyncio.gather(*(self.on_cpu(*batch[i][:2]) for i in result.failed))
+            if self.remote:
+                await self.encode_remote(batch)
+            else:
+                await self.encode_on_device(batch)
         except Exception as e:  # each download waiting on this batch raises it
             for _, _, encoded in batch:
                 if not encoded.done():
@@ -357,26 +351,28 @@ class _Run:
                 if not encoded.done():
                     encoded.set_result(None)
 
+    async def encode_on_device(self, batch: list[Waiting]) -> None:
+        """The batch's JPEGs decoded and encoded on the device; the ones it refuses on the CPU."""
+        result = await self.embedder.encode_jpegs([data for _, data, _ in batch],
+                                                  max_pixels=self.decoder.max_pixels)
+        self.seconds["decode"] += result.decode_seconds
+        self.seconds["encode"] += result.encode_seconds
+        self.keep({batch[index][0].id: result.vectors[row]
+                   for row, index in enumerate(result.encoded)})
+        self.finished(len(result.encoded))
+        await asyncio.gather(*(self.on_cpu(*batch[i][:2]) for i in result.failed))
+
     async def encode_remote(self, batch: list[Waiting]) -> None:
         """The batch's files to the service, which decodes and encodes them there."""
         assert isinstance(self.encoder, RemoteEncoder)
-        try:
-            result = await self.encoder.encode_images([data for _, data, _ in batch])
-            self.seconds["decode"] += result.decode_seconds
-            self.seconds["encode"] += result.encode_seconds
-            self.keep({batch[index][0].id: result.vectors[row]
-                       for row, index in enumerate(result.ok)})
-            self.finished(len(result.ok))
-            for index, reason in result.failed.items():
-                self.skip(batch[index][0], ImageSkipped(reason, "the service could not read it"))
-        except Exception as e:  # each download waiting on this batch raises it
-            for _, _, encoded in batch:
-                if not encoded.done():
-                    encoded.set_exception(e)
-        finally:
-            for _, _, encoded in batch:
-                if not encoded.done():
-                    encoded.set_result(None)
+        result = await self.encoder.encode_images([data for _, data, _ in batch])
+        self.seconds["decode"] += result.decode_seconds
+        self.seconds["encode"] += result.encode_seconds
+        self.keep({batch[index][0].id: result.vectors[row]
+                   for row, index in enumerate(result.ok)})
+        self.finished(len(result.ok))
+        for index, reason in result.failed.items():
+            self.skip(batch[index][0], ImageSkipped(reason, "the service could not read it"))
 
     # -- counts --------------------------------------------------------------------------
     def skip(self, hit: Hit, error: ImageSkipped) -> None:

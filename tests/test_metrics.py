@@ -8,7 +8,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.__main__ import run
-from bot.embeds import NUMBERS
+from bot.embeds import MAGNIFIER, NUMBERS
 from search.config import Settings
 from search.errors import ConfigError
 from tests.conftest import bot_env
@@ -49,6 +49,8 @@ async def test_counters_move_after_a_search_a_share_and_a_refusal(env, fake_disc
         await fake_discord.react(reply.id, NUMBERS[0], user="bob")
         await fake_discord.wait_for(lambda: len(fake_discord.messages) > posted, 30,
                                     what="the shared pick")
+        pick = max(fake_discord.messages)  # the newest message: the pick
+        await reactions_added(fake_discord, pick, (MAGNIFIER,))  # the share is recorded
         await ephemeral_error(fake_discord, tag="circle", phrase="a circle", safe=False)
         after = await scrape(bot.metrics_url)
 

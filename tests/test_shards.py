@@ -5,7 +5,6 @@ IDENTIFY turns taken in Redis, a hand-off that posts a pick once, Redis restarte
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from bench.scale import stop_processes
 from bot.embeds import NUMBERS
 from search.errors import RateLimited
 from tests.conftest import bot_env
@@ -69,15 +69,7 @@ async def bot_processes(fake, envs: list[dict[str, str]], tmp_path: Path, shards
         assert all(p.returncode is None for p in procs), "\n".join(read_logs(tmp_path, len(envs)))
         yield procs
     finally:
-        for p in procs:
-            if p.returncode is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                await asyncio.wait_for(p.wait(), 60)
-            except TimeoutError:
-                p.kill()
-                await p.wait()
+        await stop_processes(procs)
         for log in logs:
             log.close()
 
@@ -146,14 +138,30 @@ async def test_130_tags_across_two_processes_make_at_most_100_pixabay_requests_a
     assert all(r.ephemeral and r.content.startswith(sentence) for r in limited)
 
 
+@pytest.fixture(params=["data_dir", "postgresql"])
+async def database_url(request):
+    """None: the processes share one DATA_DIR (one machine); else a fresh PostgreSQL
+    database that processes with a DATA_DIR each share (several machines)."""
+    if request.param == "data_dir":
+        yield None
+        return
+    from tests.pg import create_database, drop_database
+
+    url = await create_database()
+    yield url
+    await drop_database(url)
+
+
 async def test_a_tag_searched_in_one_process_then_another_makes_one_api_call_and_one_round_of_downloads(
-        sharded_discord, fake_pixabay, redis_url, tmp_path):  # noqa: F811
-    """Two processes on one machine share DATA_DIR's caches (SQLite, WAL); with
-    DATABASE_URL they share PostgreSQL's the same way."""
+        sharded_discord, fake_pixabay, redis_url, tmp_path, database_url):  # noqa: F811
+    """Two processes on one machine share DATA_DIR's caches (SQLite, WAL); on two machines
+    (a DATA_DIR each) they share PostgreSQL's through DATABASE_URL."""
     fake = sharded_discord
     url, prefix = redis_url
-    envs = [shard_env(fake, fake_pixabay, tmp_path / "data", SHARD_COUNT="2", SHARD_IDS=str(i),
-                      REDIS_URL=url, REDIS_KEY_PREFIX=prefix, SEARCH_CANDIDATES="20")
+    extra = {"DATABASE_URL": database_url} if database_url else {}
+    envs = [shard_env(fake, fake_pixabay, tmp_path / (f"data{i}" if database_url else "data"),
+                      SHARD_COUNT="2", SHARD_IDS=str(i), REDIS_URL=url, REDIS_KEY_PREFIX=prefix,
+                      SEARCH_CANDIDATES="20", **extra)
             for i in range(2)]
     async with bot_processes(fake, envs, tmp_path, {0, 1}, one_by_one=True):
         fake_pixabay.reset_counters()
@@ -192,7 +200,10 @@ async def test_a_hand_off_with_two_processes_on_one_shard_posts_a_pick_once(
         await fake.wait_for(lambda: any(m.interaction_id is None for i, m in
                                         fake.messages.items() if i not in before), 60,
                             what="the pick to be posted")
-        await asyncio.sleep(3)  # the other process had every chance to post it too
+        # Both processes saw the press: the other says it let this one post (no sleep).
+        await fake.wait_for(lambda: any("was shared within the last minute" in text
+                                        for text in read_logs(tmp_path, 2)), 60,
+                            what="the other process to step aside")
         posts = [m for i, m in fake.messages.items() if i not in before
                  and m.interaction_id is None]
         assert len(posts) == 1, [p.content for p in posts]
