@@ -223,7 +223,7 @@ async def test_check_connects_to_database_url_and_reports_its_schema(env, pg_url
     where = pg_url.split("@", 1)[1]
     mark, detail = rows(out)["database"]
     assert mark == "✔" and detail.startswith("PostgreSQL 1") and detail.endswith(
-        f"at {where}, empty: start-up creates the schema (cache2, state4)"), detail
+        f"at {where}, empty: start-up creates the schema (cache3, state4)"), detail
     # the Pixabay row's answer was cached where searches will read it: in PostgreSQL
     conn = await asyncpg.connect(pg_url)
     try:

@@ -159,7 +159,7 @@ async def test_cli_refuses_a_cache_from_a_newer_release(fake_pixabay, tmp_path):
     _, err = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode == 2
     assert one_line(err.decode()).startswith(f"{data / 'search.sqlite3'} was written by a newer "
-                                             "findimage (schema 9; this one reads up to 2)")
+                                             "findimage (schema 9; this one reads up to 3)")
 
 
 def read_bytes(path: Path) -> bytes:

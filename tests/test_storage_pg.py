@@ -40,6 +40,38 @@ async def test_a_response_and_vectors_cached_by_one_process_are_read_by_another(
         assert await second.count_embeddings() == 2
 
 
+async def test_a_searchs_vectors_are_found_by_id_whatever_the_statistics(pg_url):
+    """The lookup a search makes (its 200 ids, one model) probes those ids only, on a table
+    that has grown since PostgreSQL last gathered statistics (cache 3's key: under cache
+    2's, this plan matched the source and model in the index and filtered 100,000 rows),
+    and every call is planned for its own ids (a generic plan made while the table was
+    small would stay a sequential scan for the connection's life)."""
+    import sqlalchemy as sa
+
+    store = Store(pg_url)
+    rng = np.random.default_rng(0)
+    vector = rng.standard_normal(16).astype(np.float32)
+    for start in range(0, 100_000, 5000):
+        await store.put_embeddings(PIXABAY, "m", [(i, vector) for i in range(start, start + 5000)])
+    wanted = list(range(99_800, 100_000))
+    assert set(await store.get_embeddings(PIXABAY, "m", wanted)) == set(wanted)
+    assert store.db.engine is not None
+    async with store.db.engine.connect() as conn:  # one of the store's own connections
+        mode = (await conn.execute(sa.text("SHOW plan_cache_mode"))).scalar_one()
+    await store.aclose()
+    assert mode == "force_custom_plan"
+    conn = await asyncpg.connect(pg_url)
+    try:
+        plan = "\n".join(r[0] for r in await conn.fetch(
+            "EXPLAIN ANALYZE SELECT image_id, dim, vector FROM embeddings WHERE source = $1 "
+            "AND model = $2 AND image_id = ANY($3::text[])", PIXABAY.id, "m",
+            [str(i) for i in wanted]))
+    finally:
+        await conn.close()
+    assert "Index Cond: ((image_id = ANY" in plan, plan
+    assert "Rows Removed by Filter" not in plan, plan
+
+
 async def test_results_saved_by_one_process_page_in_another_with_snowflake_ids(pg_url):
     snowflake = 1_234_567_890_123_456_789  # Discord ids are past 2**32
     async with State(pg_url) as first, State(pg_url) as second:
@@ -115,7 +147,7 @@ async def test_processes_starting_together_create_the_schema_once_without_racing
         heads = {r[0] for r in await conn.fetch("SELECT version_num FROM alembic_version")}
     finally:
         await conn.close()
-    assert heads == {"cache2", "state4"}
+    assert heads == {"cache3", "state4"}
 
 
 async def test_a_connection_the_server_dropped_is_replaced_and_the_call_answers(pg_url):

@@ -158,7 +158,7 @@ async def test_a_file_from_a_newer_release_is_refused_with_a_sentence(tmp_path):
     with pytest.raises(DataDirError) as info:
         Store(path)
     assert str(info.value) == (
-        f"{path} was written by a newer findimage (schema 7; this one reads up to 2); "
+        f"{path} was written by a newer findimage (schema 7; this one reads up to 3); "
         "upgrade findimage or point DATA_DIR at another folder.")
     assert path.read_bytes() == before
 
@@ -182,4 +182,31 @@ async def test_a_first_release_file_is_upgraded_and_its_unattributable_rows_drop
     assert await store.count_embeddings() == 2
     await store.aclose()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+
+
+async def test_a_cache_2_file_keeps_its_vectors_and_keys_them_by_id_first(tmp_path):
+    """Cache 3 moved the image id to the front of the key: the vectors are copied."""
+    path = tmp_path / "search.sqlite3"
+    v = np.arange(4, dtype=np.float32)
+    with sqlite3.connect(path) as conn:
+        conn.executescript("""
+            CREATE TABLE api_cache (scope TEXT NOT NULL, request TEXT NOT NULL,
+                fetched_at REAL NOT NULL, body TEXT NOT NULL, PRIMARY KEY (scope, request));
+            CREATE INDEX api_cache_age ON api_cache (fetched_at);
+            CREATE TABLE embeddings (source TEXT NOT NULL, image_id TEXT NOT NULL,
+                model TEXT NOT NULL, dim INTEGER NOT NULL, vector BLOB NOT NULL,
+                PRIMARY KEY (source, image_id, model));
+            PRAGMA user_version = 2;
+        """)
+        conn.execute("INSERT INTO embeddings VALUES (?, '7', 'm', 4, ?)",
+                     (PIXABAY.id, v.tobytes()))
+    store = Store(path)
+    got = await store.get_embeddings(PIXABAY, "m", [7])
+    np.testing.assert_array_equal(got[7], v)
+    await store.aclose()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        key = sorted((row[5], row[1]) for row in conn.execute("PRAGMA table_info(embeddings)")
+                     if row[5])
+        assert [name for _, name in key] == ["image_id", "source", "model"]

@@ -28,11 +28,13 @@ api_cache = sa.Table(
 
 embeddings = sa.Table(
     "embeddings", metadata,
-    sa.Column("source", sa.Text, primary_key=True),  # the source's endpoint
-    sa.Column("image_id", sa.Text, primary_key=True),
-    sa.Column("model", sa.Text, primary_key=True),
+    sa.Column("image_id", sa.Text, nullable=False),
+    sa.Column("source", sa.Text, nullable=False),  # the source's endpoint
+    sa.Column("model", sa.Text, nullable=False),
     sa.Column("dim", sa.Integer, nullable=False),
     sa.Column("vector", sa.LargeBinary, nullable=False),  # float32, little-endian
+    # the id first: a search's 200 ids are 200 index probes, statistics or not (cache 3)
+    sa.PrimaryKeyConstraint("image_id", "source", "model", name="embeddings_by_id_pkey"),
 )
 
 # -- the state branch ----------------------------------------------------------------
