@@ -40,6 +40,11 @@ def messages(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records]
 
 
+def process_state(pid: int) -> str:
+    """R, S, D, T (stopped), Z: the third field of /proc/PID/stat."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
+
+
 async def test_first_start_serves_with_torch_at_once_and_switches_once_no_search_holds_it(
         tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="search.clip")
@@ -51,7 +56,11 @@ async def test_first_start_serves_with_torch_at_once_and_switches_once_no_search
         assert enc.exporting and "torch serves while the ONNX export runs" in enc.note
         # a search that holds the encoder keeps torch, even once the files are ready
         with enc.held():
+            child = enc._child
             before = (await enc.encode_text("a red circle")).vector
+            # the export was stopped while that batch ran, and goes on now the encoder idles
+            assert child is not None and child.paused_seconds > 0 and not child.paused
+            assert process_state(child.process.pid) != "T"  # not stopped
             await until(lambda: not enc.exporting, EXPORT_TIMEOUT, "the export to finish")
             await until(lambda: enc._swap_ready, 30, "the worker to see the files")
             again = await enc.encode_text("a blue square")

@@ -21,6 +21,7 @@ import logging
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -229,11 +230,12 @@ def _load_prctl():
 
 
 def _die_with_parent(prctl) -> None:
-    """Linux: SIGTERM the export when the thread that started it dies (a bot killed with
-    SIGKILL leaves no export running; its staging folder goes at the next start). Runs
-    between fork and exec, so libc was loaded before the fork (dlopen there can hang)."""
+    """Linux: SIGKILL the export when the thread that started it dies (a bot killed with
+    SIGKILL leaves no export running, even one paused with SIGSTOP, which a SIGTERM would
+    not wake; its staging folder goes at the next start). Runs between fork and exec, so
+    libc was loaded before the fork (dlopen there can hang)."""
     if prctl is not None:
-        prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM
+        prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
 
 
 def _status_mb(field: str) -> float | None:
@@ -279,6 +281,9 @@ class ExportChild:
         self.ceiling_mb = ceiling_mb
         self._on_progress, self._on_exit = on_progress, on_exit
         self._stopping = False
+        self.paused = False
+        self.paused_seconds = 0.0  # in all, while searches encoded
+        self._paused_at = 0.0
         limit = None if ceiling_mb is None else int(ceiling_mb * 2**20) + ADDRESS_SPACE_SLACK
 
         prctl = _load_prctl()  # before the fork
@@ -331,8 +336,6 @@ class ExportChild:
     def describe(self, rc: int) -> str:
         last = self._errors[-1] if self._errors else ""
         if rc < 0:
-            import signal
-
             name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else rc
             memory = " (the kernel's OOM killer, most likely: too little memory)" \
                 if -rc == signal.SIGKILL else ""
@@ -342,10 +345,30 @@ class ExportChild:
             return f"the export ran out of memory under its ceiling of {ceiling}"
         return last or f"the export process exited with status {rc}"
 
+    def pause(self) -> None:
+        """SIGSTOP the export while a search encodes: on a small host the member's query
+        gets the cores, and the export goes on once the encoder is idle (``resume``)."""
+        if not self.paused and self.process.poll() is None:
+            try:
+                os.kill(self.process.pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                return
+            self.paused, self._paused_at = True, time.perf_counter()
+
+    def resume(self) -> None:
+        if self.paused:
+            self.paused = False
+            self.paused_seconds += time.perf_counter() - self._paused_at
+            try:
+                os.kill(self.process.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
     def stop(self, timeout: float = 2.0) -> None:
         """End the export now (the serving process is closing); its staging folder goes at
         the next start."""
         self._stopping = True
+        self.resume()  # a stopped process does not act on SIGTERM
         if self.process.poll() is None:
             self.process.terminate()
             try:

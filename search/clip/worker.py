@@ -400,9 +400,11 @@ class ClipEncoder:
                           "`python -m search.export` (make model) to try again")
                 return
             self.export_child_peak_mb = final.get("peak_rss_mb")
-            log.info("CLIP %s: ONNX export done in %.0f s (child peak %s MB resident, %s MB "
-                     "address space)", self.model_name, time.perf_counter() - started,
-                     final.get("peak_rss_mb"), final.get("peak_vm_mb"))
+            paused = self._child.paused_seconds if self._child is not None else 0.0
+            log.info("CLIP %s: ONNX export done in %.0f s, %.0f s of it paused for searches "
+                     "(child peak %s MB resident, %s MB address space)", self.model_name,
+                     time.perf_counter() - started, paused, final.get("peak_rss_mb"),
+                     final.get("peak_vm_mb"))
             with self._cv:
                 self._swap_ready = True
                 self._cv.notify_all()
@@ -462,6 +464,11 @@ class ClipEncoder:
             if not jobs:  # the exported files are ready and no search holds the backend
                 self._swap_if_ready()
                 continue
+            # A member's batch first: the export is stopped while the encoder works and
+            # goes on whenever it idles (between a search's batches, between searches).
+            child = self._child
+            if child is not None:
+                child.pause()
             try:
                 if jobs[0].kind == "text":
                     results = self._forward_texts(jobs)
@@ -471,6 +478,11 @@ class ClipEncoder:
             except BaseException as e:  # one bad batch fails its callers, not the worker
                 log.exception("CLIP batch failed")
                 results, error = [None] * len(jobs), e
+            if child is not None:  # before the results: the caller sees it running again
+                with self._cv:
+                    idle = not (self._texts or self._images)
+                if idle:
+                    child.resume()
             for job, result in zip(jobs, results, strict=True):
                 _deliver(job.loop, job.future, result, error)
 
