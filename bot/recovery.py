@@ -73,6 +73,8 @@ async def reconcile_picks(bot: FindImageBot) -> None:
             log.info("recorded pick %s, posted before the restart", pick.id)
         else:
             await bot.state.drop_pick(pick.id)
+            log.info("dropped pick %s, claimed but never posted before the restart: the next "
+                     "press posts it", pick.id)
 
 
 async def sweep_forever(bot: FindImageBot, every: float) -> None:

@@ -3,6 +3,8 @@ the middle of a search, a share and with results posted is replaced by a bot on 
 empty DATA_DIR with the same database, which pages the dead one's message, answers its
 search left "thinking…", and takes over its unposted pick."""
 
+import asyncio
+
 import asyncpg
 
 from bot.embeds import NEXT, NUMBERS
@@ -11,6 +13,19 @@ from search.config import Settings
 from tests.conftest import bot_env
 from tests.test_bot import image_id, press, running_bot, search
 from tests.test_crash_recovery import bot_process, new_posts, until
+
+
+async def until_no_unposted_claim(url: str, timeout: float = 60.0) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while await conn.fetchval("SELECT count(*) FROM picks WHERE message_id IS NULL"):
+            if loop.time() > deadline:
+                raise TimeoutError("the dead process's claim was never dropped")
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.close()
 
 
 async def test_a_killed_process_is_replaced_on_a_fresh_data_dir_with_nothing_lost(
@@ -36,7 +51,10 @@ async def test_a_killed_process_is_replaced_on_a_fresh_data_dir_with_nothing_los
         await fake_discord.wait_for(lambda: not thinking.original.loading, 60,
                                     what="the dead process's search to be answered")
         assert thinking.original.content == RESTARTED
-        # its claim, never posted, blocks nothing now: the next press posts the image once
+        # its claim, never posted, is dropped once the new process has looked for the post
+        # in the channel (a press before that finds the claim still held)
+        await until_no_unposted_claim(pg_url)
+        # and blocks nothing now: the next press posts the image once
         await fake_discord.react(reply.id, NUMBERS[0], user="bob")
         await fake_discord.wait_for(lambda: new_posts(fake_discord, before), 30,
                                     what="the pick taken over")
