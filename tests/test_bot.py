@@ -340,6 +340,7 @@ async def test_a_refused_command_does_not_use_up_the_members_cooldown(env, fake_
 
 async def test_full_queue_says_busy_instead_of_hanging(env, fake_discord, fake_pixabay):
     env["MAX_CONCURRENT_SEARCHES"] = "1"  # one running, two waiting, the fourth is turned away
+    env["USER_COOLDOWN_SECONDS"] = "60"  # and "busy" costs the fourth member no turn
     async with running_bot(Settings.from_mapping(env)):
         fake_pixabay.hang_next(1)
         users = ["alice", "bob", "admin"]
@@ -356,6 +357,8 @@ async def test_full_queue_says_busy_instead_of_hanging(env, fake_discord, fake_p
         fake_pixabay.release_hung()
         for i in waiting:
             assert len((await answered(fake_discord, i)).embeds) == 5
+        _, reply = await search(fake_discord, tag="cross", phrase="x", user="owner")
+        assert not reply.ephemeral and len(reply.embeds) == 5  # not "Slow down"
 
 
 async def run_bot_process(env: dict[str, str]) -> tuple[int, str]:

@@ -261,3 +261,21 @@ async def test_check_says_a_failed_export_left_torch_serving(fake_discord, fake_
     assert model.endswith("the ONNX export failed at an earlier start (the export process was "
                           "killed by SIGKILL); torch serves. Run `python -m search.export` "
                           "(make model) to try again")
+
+
+def test_searches_that_never_stop_leave_the_export_half_the_time_after_a_grace():
+    """The pause policy under batches back to back for 20 minutes: the first minute is the
+    searches' own, then the export runs at least half the time, so it always finishes."""
+    from search.clip.export import PAUSE_GRACE_S, pause_allowed
+
+    paused = ran = 0.0
+    step = 0.1
+    for _ in range(12_000):  # 20 minutes of encoder batches, each 0.1 s
+        if pause_allowed(paused, paused + ran):
+            paused += step
+        else:
+            ran += step
+        if paused + ran <= PAUSE_GRACE_S:
+            assert ran == 0.0  # a first member's cold query is not slowed by the export
+    assert ran >= (paused + ran) / 2 - 1.0
+    assert pause_allowed(0.0, 0.0) and not pause_allowed(PAUSE_GRACE_S, 10.0)

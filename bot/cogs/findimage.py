@@ -157,6 +157,8 @@ class FindImage(commands.Cog):
         similar images both end here. ``picture`` gives the query's image (bytes or a
         cached vector) once the interaction is deferred."""
         if self.pending >= self.bot.settings.max_concurrent_searches + self.queue_limit:
+            if refund is not None:  # turned away: the member's turn is still theirs
+                refund()
             raise Busy("I'm busy with other searches right now; try again in a few seconds.")
         view = View(layout=resolve_layout(layout or self.bot.settings.results_layout, count),
                     source=source)

@@ -262,6 +262,16 @@ def needed_mb(parameters: int) -> float:
     return IMPORTS_MB + parameters * 4 * PEAK_PER_WEIGHT_BYTE / 2**20
 
 
+PAUSE_GRACE_S = 60.0  # searches may stop the export this long in all, whatever its age
+
+
+def pause_allowed(paused_s: float, life_s: float) -> bool:
+    """Searches may stop the export for ``PAUSE_GRACE_S`` in all (a first member's cold
+    query, start to end), then for at most half its life: under searches that never
+    stop, the export still runs half the time and finishes."""
+    return paused_s < max(PAUSE_GRACE_S, life_s / 2)
+
+
 class ExportChild:
     """``python -m search.clip.export`` beside the serving process, watched by a thread.
 
@@ -295,6 +305,7 @@ class ExportChild:
             if limit is not None:
                 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
+        self.started = time.perf_counter()
         self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, preexec_fn=setup, text=True)
         self._errors: list[str] = []
@@ -345,10 +356,17 @@ class ExportChild:
             return f"the export ran out of memory under its ceiling of {ceiling}"
         return last or f"the export process exited with status {rc}"
 
+    def may_pause(self) -> bool:
+        """Whether searches may keep (or put) the export stopped: see ``pause_allowed``."""
+        now = time.perf_counter()
+        paused = self.paused_seconds + (now - self._paused_at if self.paused else 0.0)
+        return pause_allowed(paused, now - self.started)
+
     def pause(self) -> None:
         """SIGSTOP the export while a search encodes: on a small host the member's query
-        gets the cores, and the export goes on once the encoder is idle (``resume``)."""
-        if not self.paused and self.process.poll() is None:
+        gets the cores, and the export goes on once the encoder is idle (``resume``), or
+        once it has been stopped for its share (``pause_allowed``)."""
+        if not self.paused and self.process.poll() is None and self.may_pause():
             try:
                 os.kill(self.process.pid, signal.SIGSTOP)
             except ProcessLookupError:

@@ -481,7 +481,7 @@ class ClipEncoder:
             if child is not None:  # before the results: the caller sees it running again
                 with self._cv:
                     idle = not (self._texts or self._images)
-                if idle:
+                if idle or not child.may_pause():
                     child.resume()
             for job, result in zip(jobs, results, strict=True):
                 _deliver(job.loop, job.future, result, error)
